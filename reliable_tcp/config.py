@@ -1,0 +1,79 @@
+"""Session settings shared by the core and the threaded shell."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .frames import DATA_OVERHEAD, DATA_PER_MESSAGE_OVERHEAD, MIN_FRAME_LIMIT
+
+__all__ = ["SessionConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    """Timers and limits of one session. All durations are in seconds.
+
+    ``dead_after`` defaults to three heartbeat intervals (the seed's
+    heartbeat of 3 s gives 9 s). The retransmit window is bounded both by a
+    message count and a byte total; whichever is reached first makes the
+    window full.
+    """
+
+    heartbeat_interval: float = 3.0
+    dead_after: float | None = None
+    resume_window: float = 120.0
+    handshake_timeout: float = 10.0
+    window_messages: int = 8192
+    window_bytes: int = 16 * 1024 * 1024
+    max_message_size: int = 1024 * 1024
+    #: Send an ACK once this many messages arrived without one ...
+    ack_every: int = 512
+    #: ... or this long after the first unacknowledged one arrived.
+    ack_delay: float = 0.005
+    #: DATA frames are cut once their messages reach this many bytes.
+    data_frame_target: int = 256 * 1024
+    #: Largest frame body accepted; derived from max_message_size when unset.
+    max_frame_size: int = field(default=0)
+
+    def __post_init__(self) -> None:
+        if self.dead_after is None:
+            object.__setattr__(self, "dead_after", 3.0 * self.heartbeat_interval)
+        if self.max_frame_size == 0:
+            object.__setattr__(
+                self,
+                "max_frame_size",
+                max(self.max_message_size, self.data_frame_target, MIN_FRAME_LIMIT)
+                + DATA_OVERHEAD
+                + DATA_PER_MESSAGE_OVERHEAD,
+            )
+        positive = {
+            "heartbeat_interval": self.heartbeat_interval,
+            "dead_after": self.dead_after,
+            "resume_window": self.resume_window,
+            "handshake_timeout": self.handshake_timeout,
+            "window_messages": self.window_messages,
+            "window_bytes": self.window_bytes,
+            "max_message_size": self.max_message_size,
+            "ack_every": self.ack_every,
+            "data_frame_target": self.data_frame_target,
+        }
+        for name, value in positive.items():
+            if not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        if self.ack_delay < 0:
+            raise ValueError(f"ack_delay must not be negative, got {self.ack_delay!r}")
+        assert self.dead_after is not None
+        if self.dead_after <= self.heartbeat_interval:
+            raise ValueError("dead_after must be longer than heartbeat_interval, or every quiet moment is a death")
+        if self.ack_delay >= self.dead_after:
+            raise ValueError("ack_delay must be shorter than dead_after")
+        if self.window_bytes < self.max_message_size:
+            raise ValueError("window_bytes must hold at least one message of max_message_size")
+        if self.max_frame_size < max(MIN_FRAME_LIMIT, self.max_message_size + DATA_OVERHEAD + DATA_PER_MESSAGE_OVERHEAD):
+            raise ValueError("max_frame_size must hold every control frame and one DATA frame of max_message_size")
+
+    @property
+    def dead_after_seconds(self) -> float:
+        """``dead_after`` as a float (it is never None after construction)."""
+        assert self.dead_after is not None
+        return self.dead_after

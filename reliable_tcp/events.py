@@ -1,0 +1,105 @@
+"""Events the session engine reports: past-tense facts for the shell to act on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+__all__ = [
+    "HandshakeCompleted",
+    "MessagesReceived",
+    "MessagesAcknowledged",
+    "PongReceived",
+    "TransportFailed",
+    "PeerClosed",
+    "SessionClosed",
+    "SessionLost",
+    "Event",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeCompleted:
+    """The session is open on the current connection.
+
+    ``replayed`` counts this side's messages that will be sent again
+    because the peer lacked them.
+    """
+
+    session_id: bytes
+    resumed: bool
+    replayed: int
+
+
+@dataclass(frozen=True, slots=True)
+class MessagesReceived:
+    """New messages, in order, starting at ``first_seq``; each arrives once."""
+
+    first_seq: int
+    messages: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MessagesAcknowledged:
+    """The peer acknowledged everything up to ``ack``; ``freed`` left the window."""
+
+    ack: int
+    freed: int
+
+
+@dataclass(frozen=True, slots=True)
+class PongReceived:
+    """A heartbeat was answered after ``rtt`` seconds."""
+
+    rtt: float
+
+
+@dataclass(frozen=True, slots=True)
+class TransportFailed:
+    """The engine judged the current connection unusable; the shell must drop it.
+
+    The session itself survives (it is detached and can be resumed).
+    """
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerClosed:
+    """The peer closed the session; ``last_seq`` was its last message."""
+
+    last_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionClosed:
+    """The session ended cleanly. ``unacked`` lists this side's messages the
+    peer never acknowledged (empty after a complete close)."""
+
+    by_peer: bool
+    unacked: tuple[tuple[int, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLost:
+    """The session ended without a clean close and can't be resumed.
+
+    ``unacked`` lists every message of this side the peer never
+    acknowledged; ``error`` is set when a protocol violation ended it.
+    """
+
+    reason: str
+    unacked: tuple[tuple[int, bytes], ...]
+    error: Exception | None = None
+
+
+Event = Union[
+    HandshakeCompleted,
+    MessagesReceived,
+    MessagesAcknowledged,
+    PongReceived,
+    TransportFailed,
+    PeerClosed,
+    SessionClosed,
+    SessionLost,
+]

@@ -1,0 +1,403 @@
+"""Frame codec: the byte layout of every frame and an incremental decoder.
+
+Layout (all integers big-endian; see docs/protocol.md for the full text)::
+
+    0      2        3      4         8        12
+    +------+--------+------+---------+--------+----------------+
+    | "RT" | version| type | length  | crc32  | body (length)  |
+    +------+--------+------+---------+--------+----------------+
+
+``crc32`` is zlib's CRC-32 of header bytes 0-7 followed by the body, so a
+flipped bit anywhere in a frame is detected rather than delivered.
+
+The decoder checks the length field against ``max_frame_size`` before it
+waits for (or allocates) the body, and on any input either returns frames
+or raises :class:`~reliable_tcp.exceptions.FrameError`.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Union
+
+from .exceptions import FrameError, FrameTooLarge, UnsupportedVersion
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "MAGIC",
+    "HEADER_SIZE",
+    "ID_SIZE",
+    "MAX_SEQ",
+    "MIN_FRAME_LIMIT",
+    "DATA_OVERHEAD",
+    "DATA_PER_MESSAGE_OVERHEAD",
+    "FrameType",
+    "RejectReason",
+    "Hello",
+    "Accept",
+    "Reject",
+    "Data",
+    "Ack",
+    "Ping",
+    "Pong",
+    "Close",
+    "CloseAck",
+    "Frame",
+    "encode",
+    "encode_data",
+    "FrameDecoder",
+]
+
+PROTOCOL_VERSION = 1
+MAGIC = b"RT"
+ID_SIZE = 16
+MAX_SEQ = 2**64 - 1
+MAX_REJECT_TEXT = 512
+#: Every control frame (REJECT with its longest text included) fits in this.
+MIN_FRAME_LIMIT = 1024
+
+_HEADER = struct.Struct(">2sBBI")  # magic, version, type, body length
+_CRC = struct.Struct(">I")
+HEADER_SIZE = _HEADER.size + _CRC.size
+
+_U64 = struct.Struct(">Q")
+_U32 = struct.Struct(">I")
+_HELLO = struct.Struct(f">B{ID_SIZE}s{ID_SIZE}sQ")
+_ACCEPT = struct.Struct(f">B{ID_SIZE}s{ID_SIZE}sQ")
+_DATA_HEAD = struct.Struct(">QQI")  # first seq, piggybacked ack, message count
+_REJECT_HEAD = struct.Struct(">B")
+
+#: Bytes a DATA frame costs on top of its messages, and per message.
+DATA_OVERHEAD = HEADER_SIZE + _DATA_HEAD.size
+DATA_PER_MESSAGE_OVERHEAD = _U32.size
+
+FLAG_RESUME = 0x01
+
+
+class FrameType(enum.IntEnum):
+    """The type byte of a frame."""
+
+    HELLO = 1
+    ACCEPT = 2
+    REJECT = 3
+    DATA = 4
+    ACK = 5
+    PING = 6
+    PONG = 7
+    CLOSE = 8
+    CLOSE_ACK = 9
+
+
+class RejectReason(enum.IntEnum):
+    """Why a handshake (or a session) was refused; carried by REJECT."""
+
+    #: Unknown, expired or closed session, or a wrong secret. One code on
+    #: purpose: a failed resume must not reveal whether the session exists.
+    SESSION_UNKNOWN = 1
+    UNSUPPORTED_VERSION = 2
+    #: The resume claimed a sequence number the other side cannot satisfy.
+    BAD_SEQUENCE = 3
+    SERVER_BUSY = 4
+    PROTOCOL_ERROR = 5
+    HANDSHAKE_TIMEOUT = 6
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Client -> server, first frame of every connection: start or resume a session.
+
+    ``expect`` is the next sequence number the client expects from the
+    server (1 for a new session). A new session sends zero id and secret.
+    """
+
+    resume: bool
+    session_id: bytes
+    secret: bytes
+    expect: int
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    """Server -> client: the session is open; ``secret`` replaces the old one."""
+
+    resumed: bool
+    session_id: bytes
+    secret: bytes
+    expect: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """Either side: the handshake or session is refused, with a reason."""
+
+    reason: RejectReason
+    text: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    """A run of consecutive messages ``first_seq, first_seq + 1, ...``.
+
+    ``ack`` is a piggybacked cumulative acknowledgement (0 acknowledges nothing).
+    """
+
+    first_seq: int
+    ack: int
+    messages: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Cumulative acknowledgement: every message up to ``ack`` was received."""
+
+    ack: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Heartbeat; the peer answers with a Pong echoing ``token``."""
+
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """Answer to a Ping, echoing its ``token`` (so the sender can measure RTT)."""
+
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Graceful close: the sender will send nothing after ``last_seq``."""
+
+    last_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class CloseAck:
+    """Answer to Close; ``ack`` is the answering side's cumulative receive ack."""
+
+    ack: int
+
+
+Frame = Union[Hello, Accept, Reject, Data, Ack, Ping, Pong, Close, CloseAck]
+
+
+def _frame(frame_type: FrameType, body: bytes) -> bytes:
+    header = _HEADER.pack(MAGIC, PROTOCOL_VERSION, frame_type, len(body))
+    crc = zlib.crc32(body, zlib.crc32(header))
+    return b"".join((header, _CRC.pack(crc), body))
+
+
+def _check_u64(value: int, name: str) -> None:
+    if not 0 <= value <= MAX_SEQ:
+        raise ValueError(f"{name} {value} is outside 0..2**64-1")
+
+
+def _check_id(value: bytes, name: str) -> None:
+    if len(value) != ID_SIZE:
+        raise ValueError(f"{name} must be {ID_SIZE} bytes, got {len(value)}")
+
+
+def encode_data(first_seq: int, ack: int, messages: "list[bytes] | tuple[bytes, ...]") -> bytes:
+    """Encode one DATA frame carrying ``messages`` (at least one)."""
+    if not messages:
+        raise ValueError("a DATA frame carries at least one message")
+    _check_u64(first_seq, "first_seq")
+    _check_u64(first_seq + len(messages) - 1, "last seq")
+    _check_u64(ack, "ack")
+    # One join for the whole run: per-message work is a length prefix only.
+    parts = [_DATA_HEAD.pack(first_seq, ack, len(messages))]
+    pack = _U32.pack
+    for message in messages:
+        parts.append(pack(len(message)))
+        parts.append(message)
+    return _frame(FrameType.DATA, b"".join(parts))
+
+
+def encode(frame: Frame) -> bytes:
+    """Encode any frame to its wire bytes."""
+    if isinstance(frame, Data):
+        return encode_data(frame.first_seq, frame.ack, frame.messages)
+    if isinstance(frame, (Hello, Accept)):
+        _check_id(frame.session_id, "session_id")
+        _check_id(frame.secret, "secret")
+        _check_u64(frame.expect, "expect")
+        if isinstance(frame, Hello):
+            flags = FLAG_RESUME if frame.resume else 0
+            return _frame(FrameType.HELLO, _HELLO.pack(flags, frame.session_id, frame.secret, frame.expect))
+        flags = FLAG_RESUME if frame.resumed else 0
+        return _frame(FrameType.ACCEPT, _ACCEPT.pack(flags, frame.session_id, frame.secret, frame.expect))
+    if isinstance(frame, Reject):
+        text = frame.text.encode("utf-8")[:MAX_REJECT_TEXT]
+        # Cutting may split a character; drop the partial tail so it decodes.
+        text = text.decode("utf-8", "ignore").encode("utf-8")
+        return _frame(FrameType.REJECT, _REJECT_HEAD.pack(frame.reason) + text)
+    if isinstance(frame, Ack):
+        _check_u64(frame.ack, "ack")
+        return _frame(FrameType.ACK, _U64.pack(frame.ack))
+    if isinstance(frame, Ping):
+        _check_u64(frame.token, "token")
+        return _frame(FrameType.PING, _U64.pack(frame.token))
+    if isinstance(frame, Pong):
+        _check_u64(frame.token, "token")
+        return _frame(FrameType.PONG, _U64.pack(frame.token))
+    if isinstance(frame, Close):
+        _check_u64(frame.last_seq, "last_seq")
+        return _frame(FrameType.CLOSE, _U64.pack(frame.last_seq))
+    if isinstance(frame, CloseAck):
+        _check_u64(frame.ack, "ack")
+        return _frame(FrameType.CLOSE_ACK, _U64.pack(frame.ack))
+    raise TypeError(f"not a frame: {frame!r}")
+
+
+def _decode_body(frame_type: int, body: bytes) -> Frame:
+    size = len(body)
+    if frame_type == FrameType.DATA:
+        return _decode_data(body)
+    if frame_type in (FrameType.ACK, FrameType.PING, FrameType.PONG, FrameType.CLOSE, FrameType.CLOSE_ACK):
+        if size != _U64.size:
+            raise FrameError(f"{FrameType(frame_type).name} body must be 8 bytes, got {size}")
+        (value,) = _U64.unpack(body)
+        if frame_type == FrameType.ACK:
+            return Ack(value)
+        if frame_type == FrameType.PING:
+            return Ping(value)
+        if frame_type == FrameType.PONG:
+            return Pong(value)
+        if frame_type == FrameType.CLOSE:
+            return Close(value)
+        return CloseAck(value)
+    if frame_type in (FrameType.HELLO, FrameType.ACCEPT):
+        if size != _HELLO.size:
+            raise FrameError(f"{FrameType(frame_type).name} body must be {_HELLO.size} bytes, got {size}")
+        flags, session_id, secret, expect = _HELLO.unpack(body)
+        if flags & ~FLAG_RESUME:
+            raise FrameError(f"unknown flags 0x{flags:02x}")
+        if frame_type == FrameType.HELLO:
+            return Hello(bool(flags), session_id, secret, expect)
+        return Accept(bool(flags), session_id, secret, expect)
+    if frame_type == FrameType.REJECT:
+        if not 1 <= size <= 1 + MAX_REJECT_TEXT:
+            raise FrameError(f"REJECT body of {size} bytes")
+        try:
+            reason = RejectReason(body[0])
+        except ValueError:
+            raise FrameError(f"unknown reject reason {body[0]}") from None
+        try:
+            text = body[1:].decode("utf-8")
+        except UnicodeDecodeError:
+            raise FrameError("REJECT text is not UTF-8") from None
+        return Reject(reason, text)
+    raise FrameError(f"unknown frame type {frame_type}")
+
+
+def _decode_data(body: bytes) -> Data:
+    size = len(body)
+    if size < _DATA_HEAD.size:
+        raise FrameError(f"DATA body of {size} bytes is shorter than its header")
+    first_seq, ack, count = _DATA_HEAD.unpack_from(body)
+    if count == 0:
+        raise FrameError("DATA frame with no messages")
+    # Each message needs at least its 4-byte length: reject absurd counts
+    # before looping over them.
+    if count * _U32.size > size - _DATA_HEAD.size:
+        raise FrameError(f"DATA count {count} does not fit in {size} bytes")
+    if first_seq == 0 or first_seq + count - 1 > MAX_SEQ:
+        raise FrameError(f"DATA sequence range {first_seq}+{count} is invalid")
+    unpack = _U32.unpack_from
+    offset = _DATA_HEAD.size
+    messages = []
+    for _ in range(count):
+        if offset + 4 > size:
+            raise FrameError("DATA frame truncated inside a length field")
+        (length,) = unpack(body, offset)
+        offset += 4
+        end = offset + length
+        if end > size:
+            raise FrameError("DATA message runs past the end of its frame")
+        messages.append(body[offset:end])
+        offset = end
+    if offset != size:
+        raise FrameError(f"{size - offset} stray bytes after the last DATA message")
+    return Data(first_seq, ack, tuple(messages))
+
+
+class FrameDecoder:
+    """Incremental decoder: ``feed`` bytes, then take the frames completed so far.
+
+    However the byte stream is split, the same frames come out. The buffer
+    never holds more than one incomplete frame (at most ``max_frame_size``
+    plus a header) on top of what the last ``feed`` added.
+    """
+
+    def __init__(self, max_frame_size: int) -> None:
+        if max_frame_size < 1:
+            raise ValueError("max_frame_size must be positive")
+        self.max_frame_size = max_frame_size
+        self._buffer = bytearray()
+        self._needed: int | None = None  # body length of the frame in progress
+        self._failed: FrameError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet part of a complete frame."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
+        """Add received bytes; return every frame they complete, in order.
+
+        Raises FrameError on malformed input; after that the decoder stays
+        failed (every later call raises the same error), because the byte
+        stream can't be resynchronised.
+        """
+        if self._failed is not None:
+            raise self._failed
+        self._buffer += data
+        try:
+            return self._drain()
+        except FrameError as exc:
+            self._failed = exc
+            self._buffer.clear()
+            raise
+
+    def _drain(self) -> list[Frame]:
+        frames: list[Frame] = []
+        buffer = self._buffer
+        offset = 0
+        while True:
+            available = len(buffer) - offset
+            if available < HEADER_SIZE:
+                # A wrong magic or version is reported as soon as those bytes arrive.
+                self._check_prefix(buffer[offset:])
+                break
+            self._check_prefix(buffer[offset : offset + 3])
+            _, _, frame_type, length = _HEADER.unpack_from(buffer, offset)
+            if length > self.max_frame_size:
+                raise FrameTooLarge(length, self.max_frame_size)
+            end = offset + HEADER_SIZE + length
+            if end > len(buffer):
+                break
+            (crc,) = _CRC.unpack_from(buffer, offset + _HEADER.size)
+            # One copy of the body; messages are sliced out of it.
+            body = bytes(buffer[offset + HEADER_SIZE : end])
+            actual = zlib.crc32(body, zlib.crc32(buffer[offset : offset + _HEADER.size]))
+            if actual != crc:
+                raise FrameError(f"checksum mismatch (got {crc:08x}, computed {actual:08x})")
+            frames.append(_decode_body(frame_type, body))
+            offset = end
+        if offset:
+            del buffer[:offset]
+        return frames
+
+    @staticmethod
+    def _check_prefix(prefix: bytearray) -> None:
+        n = len(prefix)
+        if (n and prefix[0] != MAGIC[0]) or (n > 1 and prefix[1] != MAGIC[1]):
+            raise FrameError(f"bad magic {bytes(prefix[:2])!r}; not a reliable_tcp peer")
+        if n > 2 and prefix[2] != PROTOCOL_VERSION:
+            raise UnsupportedVersion(prefix[2])

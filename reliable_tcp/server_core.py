@@ -1,0 +1,161 @@
+"""Pure server-side session handling: the first frame of a connection and the session registry.
+
+The listener's shell reads a new connection's first bytes into a
+:class:`HandshakeReader`, then asks the :class:`SessionRegistry` to start
+or resume a session. Detached sessions live in the registry for the resume
+window; :meth:`SessionRegistry.reap` expires them from ``now``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .config import SessionConfig
+from .engine import SessionEngine
+from .exceptions import ProtocolError, ReliableTCPError
+from .frames import ID_SIZE, FrameDecoder, Hello, Reject, RejectReason, encode
+from .state import SessionState
+
+__all__ = ["HandshakeReader", "HandshakeRejected", "SessionRegistry", "Attached"]
+
+logger = logging.getLogger(__name__)
+
+#: The HELLO is small; a first frame larger than this is refused early.
+MAX_HELLO_FRAME = 256
+_DUMMY_SECRET = bytes(ID_SIZE)
+
+
+class HandshakeRejected(ReliableTCPError):
+    """The registry refused a HELLO; ``reply`` holds the REJECT frame to send."""
+
+    def __init__(self, reason: RejectReason, text: str) -> None:
+        super().__init__(f"{reason.name}: {text}")
+        self.reason = reason
+        self.reply = encode(Reject(reason, text))
+
+
+class HandshakeReader:
+    """Reads the first frame of a server-side connection, which must be a HELLO.
+
+    Raises FrameError for bytes that are not frames and ProtocolError for
+    any other first frame, or anything sent before the answer.
+    """
+
+    def __init__(self) -> None:
+        self._decoder = FrameDecoder(MAX_HELLO_FRAME)
+
+    def receive_data(self, data: bytes) -> Hello | None:
+        """Feed bytes; return the HELLO once it is complete."""
+        frames = self._decoder.feed(data)
+        if not frames:
+            return None
+        hello = frames[0]
+        if not isinstance(hello, Hello):
+            raise ProtocolError(f"the first frame must be HELLO, got {type(hello).__name__}")
+        if len(frames) > 1 or self._decoder.buffered:
+            raise ProtocolError("data sent before the handshake was answered")
+        return hello
+
+
+@dataclass(frozen=True, slots=True)
+class Attached:
+    """A HELLO was accepted: ``engine`` is open on the new connection."""
+
+    engine: SessionEngine
+    is_new: bool
+
+
+class SessionRegistry:
+    """Every live session of a listener, by session id.
+
+    ``token_source`` makes ids and secrets (tests pass a seeded one).
+    """
+
+    def __init__(
+        self,
+        config: SessionConfig,
+        *,
+        max_sessions: int = 1024,
+        token_source: Callable[[int], bytes] = secrets.token_bytes,
+    ) -> None:
+        if max_sessions < 1:
+            raise ValueError("max_sessions must be at least 1")
+        self.config = config
+        self.max_sessions = max_sessions
+        self._token = token_source
+        self._sessions: dict[bytes, SessionEngine] = {}
+        self.rejected = 0
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def get(self, session_id: bytes) -> SessionEngine | None:
+        """The session with this id, if it is still registered."""
+        return self._sessions.get(session_id)
+
+    def handshake(self, hello: Hello, now: float) -> Attached:
+        """Start or resume the session ``hello`` asks for, or raise HandshakeRejected."""
+        if not hello.resume:
+            return self._start(hello, now)
+        engine = self._sessions.get(hello.session_id)
+        # Compare against a dummy secret when the id is unknown, so an unknown
+        # id and a wrong secret cost the same and answer the same.
+        known = engine is not None and engine.state in (SessionState.OPEN, SessionState.DETACHED)
+        if engine is not None and known:
+            secret_ok = engine.secret_matches(hello.secret)
+        else:
+            secret_ok = hmac.compare_digest(hello.secret, _DUMMY_SECRET) and False
+        if engine is None or not secret_ok:
+            self.rejected += 1
+            raise HandshakeRejected(RejectReason.SESSION_UNKNOWN, "no such session")
+        if not engine.can_resume_from(hello.expect):
+            self.rejected += 1
+            engine.reject_resume(hello.expect, now)
+            del self._sessions[hello.session_id]
+            raise HandshakeRejected(RejectReason.BAD_SEQUENCE, "resume claim can't be satisfied")
+        engine.attach(hello, self._token(ID_SIZE), now)
+        return Attached(engine, False)
+
+    def _start(self, hello: Hello, now: float) -> Attached:
+        if len(self._sessions) >= self.max_sessions:
+            self.reap(now)
+        if len(self._sessions) >= self.max_sessions:
+            self.rejected += 1
+            raise HandshakeRejected(RejectReason.SERVER_BUSY, "too many sessions")
+        session_id = self._token(ID_SIZE)
+        while session_id in self._sessions or session_id == bytes(ID_SIZE):
+            session_id = self._token(ID_SIZE)
+        engine = SessionEngine(self.config, client=False, session_id=session_id)
+        engine.attach(hello, self._token(ID_SIZE), now)
+        self._sessions[session_id] = engine
+        return Attached(engine, True)
+
+    def remove(self, engine: SessionEngine) -> None:
+        """Forget a session (it ended)."""
+        if self._sessions.get(engine.session_id) is engine:
+            del self._sessions[engine.session_id]
+
+    def reap(self, now: float) -> list[SessionEngine]:
+        """Fire the timers of detached sessions; remove and return every
+        session that has ended (expired, closed or failed)."""
+        ended = []
+        for session_id, engine in list(self._sessions.items()):
+            if engine.state is SessionState.DETACHED:
+                engine.handle_timer(now)
+            if engine.state not in (SessionState.OPEN, SessionState.DETACHED, SessionState.CLOSING):
+                del self._sessions[session_id]
+                ended.append(engine)
+        return ended
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`reap` next has work for a detached session."""
+        deadlines = [
+            deadline
+            for engine in self._sessions.values()
+            if engine.state is SessionState.DETACHED and (deadline := engine.next_deadline()) is not None
+        ]
+        return min(deadlines, default=None)
