@@ -246,7 +246,8 @@ class SessionEngine:
 
     def transport_lost(self, now: float, reason: str = "transport lost") -> None:
         """The connection is gone (reset, EOF, error); keep the session for a resume."""
-        if self._state in TERMINAL_STATES or self._state in (SessionState.DETACHED, SessionState.IDLE):
+        if self._state in (SessionState.IDLE, SessionState.DETACHED, *TERMINAL_STATES):
+            self._move(SessionInput.TRANSPORT_LOST, now)  # nothing to drop
             return
         self.counters.transport_failures += 1
         logger.info("session %s: %s", self.session_id.hex()[:8], reason)

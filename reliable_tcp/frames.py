@@ -371,14 +371,15 @@ class FrameDecoder:
         offset = 0
         while True:
             available = len(buffer) - offset
-            if available < HEADER_SIZE:
-                # A wrong magic or version is reported as soon as those bytes arrive.
-                self._check_prefix(buffer[offset:])
-                break
+            # Magic, version and length are judged as soon as their bytes arrive.
             self._check_prefix(buffer[offset : offset + 3])
+            if available < _HEADER.size:
+                break
             _, _, frame_type, length = _HEADER.unpack_from(buffer, offset)
             if length > self.max_frame_size:
                 raise FrameTooLarge(length, self.max_frame_size)
+            if available < HEADER_SIZE:
+                break
             end = offset + HEADER_SIZE + length
             if end > len(buffer):
                 break

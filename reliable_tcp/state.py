@@ -57,6 +57,7 @@ TRANSITIONS: dict[tuple[SessionState, SessionInput], SessionState] = {
     (S.IDLE, I.CONNECTION_MADE): S.HANDSHAKING,
     (S.IDLE, I.ATTACHED): S.OPEN,
     (S.IDLE, I.CLOSE_CALLED): S.CLOSED,
+    (S.IDLE, I.TRANSPORT_LOST): S.IDLE,  # a connection that failed before its HELLO
     (S.HANDSHAKING, I.RECV_ACCEPT): S.OPEN,
     (S.HANDSHAKING, I.RECV_REJECT): S.LOST,
     (S.HANDSHAKING, I.TRANSPORT_LOST): S.DETACHED,

@@ -48,6 +48,7 @@ class EnginePair:
         self.to_server = bytearray()
         self.to_client = bytearray()
         self.connected = False
+        self.orphans: list[tuple[SessionEngine, SideRecord]] = []
         self._reader: HandshakeReader | None = None
         self._server_on_link = False
         self._sniff = {"client": FrameDecoder(config.max_frame_size), "server": FrameDecoder(config.max_frame_size)}
@@ -61,11 +62,11 @@ class EnginePair:
         return self.records[side]
 
     def _collect(self) -> None:
-        for side in ("client", "server"):
-            engine = self.engine(side)
+        sides = [("client", self.client, self.records["client"]), ("server", self.server, self.records["server"])]
+        sides += [("orphan", engine, rec) for engine, rec in self.orphans]
+        for side, engine, rec in sides:
             if engine is None:
                 continue
-            rec = self.records[side]
             for event in engine.events_received():
                 if isinstance(event, ev.MessagesReceived):
                     assert event.first_seq == len(rec.delivered) + 1, (side, event.first_seq, len(rec.delivered))
@@ -148,9 +149,13 @@ class EnginePair:
             except HandshakeRejected as rejected:
                 self.to_client += rejected.reply
                 return
-            assert self.server is None or attached.engine is self.server or attached.is_new
-            if attached.is_new:
-                assert self.server is None or self.server.state in TERMINAL_STATES or self.server.state is SessionState.OPEN
+            if attached.is_new and self.server is not None:
+                # The client never saw the ACCEPT of the previous session, so
+                # it asked for a new one; the old one is an orphan that must
+                # end by itself and report what it could not deliver.
+                assert self.records["server"].delivered == []
+                self.orphans.append((self.server, self.records["server"]))
+                self.records["server"] = SideRecord()
             self.server = attached.engine
             self._server_on_link = True
         else:
@@ -183,6 +188,12 @@ class EnginePair:
                 engine.handle_timer(self.now)
         self.registry.reap(self.now)
         self.step()
+
+    def expire_orphans(self) -> None:
+        """Let every orphaned server session reach its resume-window verdict."""
+        for engine, _ in self.orphans:
+            engine.handle_timer(self.now + self.config.resume_window + 1)
+        self._collect()
 
     def settle(self, max_rounds: int = 200) -> None:
         """Run a healthy link until nothing changes: reconnect, deliver all, let acks fire."""

@@ -1,0 +1,321 @@
+"""Engine scenarios with a virtual clock: liveness, acks, resume, reject, close, limits."""
+
+from __future__ import annotations
+
+import pytest
+
+from enginepair import EnginePair
+from reliable_tcp import events as ev
+from reliable_tcp import frames as f
+from reliable_tcp.config import SessionConfig
+from reliable_tcp.engine import SessionEngine
+from reliable_tcp.exceptions import ChannelBroken, ChannelClosed, FrameError, MessageTooLarge, ProtocolError, WindowFull
+from reliable_tcp.server_core import HandshakeReader, HandshakeRejected, SessionRegistry
+from reliable_tcp.state import SessionState as S
+
+CONFIG = SessionConfig(heartbeat_interval=1.0, resume_window=10.0, ack_every=4, ack_delay=0.05, window_messages=4)
+
+
+def open_pair(config: SessionConfig = CONFIG) -> EnginePair:
+    pair = EnginePair(config)
+    pair.connect()
+    pair.deliver_to_server(10_000)
+    pair.deliver_to_client(10_000)
+    assert pair.client.state is S.OPEN and pair.server is not None and pair.server.state is S.OPEN
+    return pair
+
+
+def frames_in(data: bytes) -> list[f.Frame]:
+    return f.FrameDecoder(1 << 20).feed(data)
+
+
+def test_ping_is_due_after_a_quiet_heartbeat_interval_and_pong_measures_rtt() -> None:
+    pair = open_pair()
+    assert pair.client.next_deadline() == pytest.approx(pair.now + 1.0)
+    pair.advance(0.99)
+    assert not pair.to_server
+    pair.advance(0.01)
+    assert any(isinstance(x, f.Ping) for x in frames_in(bytes(pair.to_server)))
+    pair.advance(0.25)  # the pong takes a quarter second to come back
+    pair.deliver_to_server(10_000)
+    pair.deliver_to_client(10_000)
+    assert pair.client.counters.last_rtt == pytest.approx(0.25)
+
+
+def test_peer_declared_dead_after_dead_after_of_silence_and_session_survives() -> None:
+    pair = open_pair()
+    client = pair.client
+    client.handle_timer(pair.now + 2.99)
+    assert client.state is S.OPEN
+    client.handle_timer(pair.now + 3.0)
+    assert client.state is S.DETACHED
+    events = client.events_received()
+    assert any(isinstance(e, ev.TransportFailed) and "unresponsive" in e.reason for e in events)
+    assert client.counters.last_detection_time == pytest.approx(3.0)
+
+
+def test_any_byte_received_counts_as_life() -> None:
+    pair = open_pair()
+    data = f.encode_data(1, 0, [b"x" * 100])
+    pair.client.receive_data(data[:5], pair.now + 2.5)
+    pair.client.handle_timer(pair.now + 5.0)
+    assert pair.client.state is S.OPEN  # 2.5 s since the last byte, not 5
+
+
+def test_acks_are_coalesced_by_count_and_by_delay() -> None:
+    pair = open_pair()
+    for i in range(3):
+        pair.send("client", b"m%d" % i)
+    pair.deliver_to_server(10_000)
+    assert not pair.to_client  # three messages, ack_every is four: wait
+    pair.advance(0.05)
+    assert [x for x in frames_in(bytes(pair.to_client)) if isinstance(x, f.Ack)] == [f.Ack(3)]
+    pair.deliver_to_client(10_000)
+    for i in range(4):
+        pair.send("client", b"n%d" % i)
+    pair.deliver_to_server(10_000)
+    assert [x for x in frames_in(bytes(pair.to_client)) if isinstance(x, f.Ack)] == [f.Ack(7)]
+
+
+def test_data_carries_the_ack_so_no_separate_ack_is_sent() -> None:
+    pair = open_pair()
+    pair.send("client", b"question")
+    pair.deliver_to_server(10_000)
+    pair.send("server", b"answer")
+    sent = frames_in(bytes(pair.to_client))
+    assert sent == [f.Data(1, 1, (b"answer",))]
+
+
+def test_window_full_and_message_too_large() -> None:
+    pair = open_pair()
+    for i in range(4):
+        pair.client.send_message(b"x", pair.now)
+    assert not pair.client.can_send(1)
+    with pytest.raises(WindowFull):
+        pair.client.send_message(b"x", pair.now)
+    with pytest.raises(MessageTooLarge):
+        pair.client.send_message(b"x" * (CONFIG.max_message_size + 1), pair.now)
+
+
+def test_window_byte_bound() -> None:
+    config = SessionConfig(window_bytes=100, max_message_size=60)
+    engine = SessionEngine(config, client=True)
+    engine.send_message(b"a" * 60, 0.0)
+    assert engine.can_send(40) and not engine.can_send(41)
+
+
+def test_resume_replays_what_the_peer_lacks_and_rotates_the_secret() -> None:
+    pair = open_pair()
+    old_secret = pair.client.secret
+    for i in range(3):
+        pair.send("client", b"m%d" % i)
+    pair.deliver_to_server(f.DATA_OVERHEAD + 4 + 2)  # only the first message arrives
+    pair.cut()
+    pair.connect()
+    pair.deliver_to_server(10_000)
+    pair.deliver_to_client(10_000)
+    pair.deliver_to_server(10_000)
+    assert pair.records["server"].delivered == [b"m0", b"m1", b"m2"]
+    assert pair.client.retransmitted == 2  # the server had m0: only m1 and m2 go again
+    assert pair.client.secret != old_secret
+    assert pair.client.counters.resumes == 1
+
+
+def test_resume_with_a_wrong_secret_or_unknown_id_is_rejected_alike() -> None:
+    pair = open_pair()
+    registry = pair.registry
+    good = pair.client
+    wrong_secret = f.Hello(True, good.session_id, bytes(16), 1)
+    unknown = f.Hello(True, b"\x01" * 16, good.secret, 1)
+    answers = []
+    for hello in (wrong_secret, unknown):
+        with pytest.raises(HandshakeRejected) as info:
+            registry.handshake(hello, pair.now)
+        answers.append(info.value.reply)
+    assert answers[0] == answers[1] == f.encode(f.Reject(f.RejectReason.SESSION_UNKNOWN, "no such session"))
+
+
+def test_previous_secret_works_until_the_client_proves_it_has_the_new_one() -> None:
+    pair = open_pair()
+    pair.cut()
+    presented = pair.client.secret
+    pair.connect()
+    pair.deliver_to_server(10_000)  # the server rotates the secret ...
+    pair.cut()  # ... but the ACCEPT never reaches the client
+    assert pair.client.secret == presented
+    pair.connect()
+    pair.deliver_to_server(10_000)
+    pair.deliver_to_client(10_000)
+    assert pair.client.state is S.OPEN and pair.client.counters.resumes == 1
+    # Once the client has spoken on the new connection, the old secret is dead.
+    pair.send("client", b"hello")
+    pair.deliver_to_server(10_000)
+    assert not pair.server.secret_matches(presented)
+    assert pair.server.secret_matches(pair.client.secret)
+
+
+def test_impossible_resume_claim_ends_both_sides_with_their_unacked_messages() -> None:
+    pair = open_pair()
+    pair.send("server", b"s1")
+    pair.cut()
+    # A client that claims it expects message 7 (never sent).
+    hello = f.Hello(True, pair.client.session_id, pair.client.secret, 7)
+    with pytest.raises(HandshakeRejected) as info:
+        pair.registry.handshake(hello, pair.now)
+    assert info.value.reason is f.RejectReason.BAD_SEQUENCE
+    assert pair.server.state is S.FAILED
+    (lost,) = [e for e in pair.server.events_received() if isinstance(e, ev.SessionLost)]
+    assert lost.unacked == ((1, b"s1"),)
+    assert pair.registry.get(pair.client.session_id) is None
+
+
+def test_reject_ends_the_client_session_with_its_unacked_messages() -> None:
+    pair = open_pair()
+    pair.send("client", b"a")
+    pair.send("client", b"b")
+    pair.cut()
+    pair.registry.reap(pair.now + CONFIG.resume_window)  # the server forgets the session
+    assert pair.server.state is S.LOST
+    pair.connect()
+    pair.deliver_to_server(10_000)
+    pair.deliver_to_client(10_000)
+    assert pair.client.state is S.LOST
+    ended = pair.records["client"].ended
+    assert isinstance(ended, ev.SessionLost) and ended.unacked == ((1, b"a"), (2, b"b"))
+    assert "SESSION_UNKNOWN" in ended.reason
+    with pytest.raises(ChannelBroken):
+        pair.client.send_message(b"c", pair.now)
+
+
+def test_resume_window_expiry_on_the_client_reports_unacked() -> None:
+    pair = open_pair()
+    pair.send("client", b"a")
+    pair.cut()
+    pair.client.handle_timer(pair.now + CONFIG.resume_window - 0.01)
+    assert pair.client.state is S.DETACHED
+    pair.client.handle_timer(pair.now + CONFIG.resume_window)
+    assert pair.client.state is S.LOST
+    (lost,) = [e for e in pair.client.events_received() if isinstance(e, ev.SessionLost)]
+    assert lost.unacked == ((1, b"a"),)
+
+
+def test_graceful_close_delivers_in_flight_data_then_ends_both_sides() -> None:
+    pair = open_pair()
+    for i in range(3):
+        pair.send("client", b"m%d" % i)
+    pair.client.close(pair.now)
+    pair.step()
+    assert pair.client.state is S.CLOSING
+    with pytest.raises(ChannelClosed):
+        pair.client.send_message(b"late", pair.now)
+    pair.deliver_to_server(10_000)
+    pair.deliver_to_client(10_000)
+    assert pair.records["server"].delivered == [b"m0", b"m1", b"m2"]
+    assert pair.records["server"].peer_closed
+    assert pair.client.state is S.CLOSED and pair.server.state is S.CLOSED
+    assert pair.records["client"].ended == ev.SessionClosed(False, ())
+    assert pair.records["server"].ended == ev.SessionClosed(True, ())
+
+
+def test_simultaneous_close() -> None:
+    pair = open_pair()
+    pair.client.close(pair.now)
+    pair.server.close(pair.now)
+    pair.step()
+    pair.deliver_to_server(10_000)
+    pair.deliver_to_client(10_000)
+    pair.deliver_to_server(10_000)
+    assert pair.client.state is S.CLOSED and pair.server.state is S.CLOSED
+
+
+def test_close_while_detached_reports_unacked() -> None:
+    pair = open_pair()
+    pair.send("client", b"a")
+    pair.cut()
+    pair.client.close(pair.now)
+    pair.step()
+    assert pair.records["client"].ended == ev.SessionClosed(False, ((1, b"a"),))
+
+
+def test_corrupt_stream_drops_the_connection_but_keeps_the_session() -> None:
+    pair = open_pair()
+    pair.send("server", b"x")
+    wire = bytearray(pair.to_client)
+    wire[-1] ^= 0xFF
+    pair.to_client[:] = wire
+    pair.deliver_to_client(10_000)
+    assert pair.client.state is S.DETACHED
+    assert pair.records["client"].transport_failures == 1
+    pair.connect()
+    pair.deliver_to_server(10_000)
+    pair.deliver_to_client(10_000)
+    assert pair.records["client"].delivered == [b"x"]
+
+
+@pytest.mark.parametrize(
+    ("frame", "match"),
+    [
+        (f.Ack(5), "never sent"),
+        (f.Data(3, 0, (b"gap",)), "gap"),
+        (f.Accept(False, bytes(range(16)), bytes(16), 1), "ACCEPT"),
+        (f.Hello(False, bytes(16), bytes(16), 1), "HELLO"),
+        (f.Close(9), "CLOSE after message 9"),
+    ],
+)
+def test_protocol_violations_fail_the_session_and_tell_the_peer(frame: f.Frame, match: str) -> None:
+    pair = open_pair()
+    pair.send("client", b"pending")
+    pair.client.receive_data(f.encode(frame), pair.now)
+    assert pair.client.state is S.FAILED
+    (lost,) = [e for e in pair.client.events_received() if isinstance(e, ev.SessionLost)]
+    assert isinstance(lost.error, ProtocolError) and match in str(lost.error)
+    assert lost.unacked == ((1, b"pending"),)
+    (reject,) = frames_in(pair.client.data_to_send())
+    assert isinstance(reject, f.Reject) and reject.reason is f.RejectReason.PROTOCOL_ERROR
+
+
+def test_duplicates_are_dropped_and_counted() -> None:
+    pair = open_pair()
+    pair.client.receive_data(f.encode_data(1, 0, [b"a", b"b"]), pair.now)
+    pair.client.receive_data(f.encode_data(1, 0, [b"a", b"b", b"c"]), pair.now)
+    received = [e for e in pair.client.events_received() if isinstance(e, ev.MessagesReceived)]
+    assert received == [ev.MessagesReceived(1, (b"a", b"b")), ev.MessagesReceived(3, (b"c",))]
+    assert pair.client.duplicates_dropped == 2
+
+
+def test_handshake_reader_accepts_only_a_lone_hello() -> None:
+    hello = f.Hello(False, bytes(16), bytes(16), 1)
+    reader = HandshakeReader()
+    wire = f.encode(hello)
+    assert reader.receive_data(wire[:10]) is None
+    assert reader.receive_data(wire[10:]) == hello
+    with pytest.raises(ProtocolError, match="first frame"):
+        HandshakeReader().receive_data(f.encode(f.Ping(1)))
+    with pytest.raises(ProtocolError, match="before the handshake"):
+        HandshakeReader().receive_data(wire + f.encode(f.Ping(1)))
+    with pytest.raises(FrameError):
+        HandshakeReader().receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    with pytest.raises(FrameError):
+        HandshakeReader().receive_data(b"RT\x01\x04\x7f\xff\xff\xff")  # 2 GiB first frame
+
+
+def test_registry_caps_sessions_and_reaps_expired_ones() -> None:
+    registry = SessionRegistry(CONFIG, max_sessions=2)
+    hello = f.Hello(False, bytes(16), bytes(16), 1)
+    first = registry.handshake(hello, 0.0).engine
+    registry.handshake(hello, 0.0)
+    with pytest.raises(HandshakeRejected) as info:
+        registry.handshake(hello, 0.0)
+    assert info.value.reason is f.RejectReason.SERVER_BUSY
+    first.transport_lost(0.0)
+    assert registry.next_deadline() == CONFIG.resume_window
+    # Once the first session's resume window is over, there is room again.
+    assert registry.handshake(hello, CONFIG.resume_window).is_new
+    assert first.state is S.LOST and registry.get(first.session_id) is None
+
+
+def test_handshake_timeout_detaches_the_client() -> None:
+    pair = EnginePair(CONFIG)
+    pair.connect()
+    pair.client.handle_timer(pair.now + CONFIG.handshake_timeout)
+    assert pair.client.state is S.DETACHED

@@ -1,0 +1,188 @@
+"""Frame codec: round trips, split invariance, limits, corruption."""
+
+from __future__ import annotations
+
+import zlib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from reliable_tcp import frames as f
+from reliable_tcp.exceptions import FrameError, FrameTooLarge, UnsupportedVersion
+
+u64 = st.integers(0, f.MAX_SEQ)
+ids = st.binary(min_size=f.ID_SIZE, max_size=f.ID_SIZE)
+
+
+@st.composite
+def data_frames(draw: st.DrawFn) -> f.Data:
+    messages = tuple(draw(st.lists(st.binary(max_size=64), min_size=1, max_size=8)))
+    first = draw(st.integers(1, f.MAX_SEQ - len(messages) + 1))
+    return f.Data(first, draw(u64), messages)
+
+
+any_frame = st.one_of(
+    st.builds(f.Hello, st.booleans(), ids, ids, u64),
+    st.builds(f.Accept, st.booleans(), ids, ids, u64),
+    st.builds(f.Reject, st.sampled_from(f.RejectReason), st.text(max_size=40)),
+    data_frames(),
+    st.builds(f.Ack, u64),
+    st.builds(f.Ping, u64),
+    st.builds(f.Pong, u64),
+    st.builds(f.Close, u64),
+    st.builds(f.CloseAck, u64),
+)
+
+LIMIT = 4096
+
+
+def decode_all(data: bytes, chunks: list[int] | None = None) -> list[f.Frame]:
+    decoder = f.FrameDecoder(LIMIT)
+    if chunks is None:
+        return decoder.feed(data)
+    out: list[f.Frame] = []
+    pos = 0
+    for size in chunks:
+        out += decoder.feed(data[pos : pos + size])
+        pos += size
+    out += decoder.feed(data[pos:])
+    assert decoder.buffered == 0
+    return out
+
+
+@given(st.lists(any_frame, max_size=6))
+def test_round_trip_of_every_frame_type(frames: list[f.Frame]) -> None:
+    assert decode_all(b"".join(map(f.encode, frames))) == frames
+
+
+@given(st.lists(any_frame, min_size=1, max_size=5), st.data())
+def test_same_frames_however_the_stream_is_split(frames: list[f.Frame], data: st.DataObject) -> None:
+    wire = b"".join(map(f.encode, frames))
+    assert decode_all(wire, [1] * len(wire)) == frames
+    chunks = data.draw(st.lists(st.integers(0, len(wire)), max_size=20))
+    assert decode_all(wire, chunks) == frames
+
+
+@given(st.binary(max_size=300))
+def test_any_bytes_give_frames_or_frame_error(blob: bytes) -> None:
+    decoder = f.FrameDecoder(LIMIT)
+    try:
+        decoder.feed(blob)
+    except FrameError:
+        with pytest.raises(FrameError):
+            decoder.feed(b"more")  # a failed decoder stays failed
+
+
+@given(st.lists(any_frame, min_size=1, max_size=3), st.binary(max_size=200))
+def test_valid_prefix_then_garbage(frames: list[f.Frame], garbage: bytes) -> None:
+    decoder = f.FrameDecoder(LIMIT)
+    assert decoder.feed(b"".join(map(f.encode, frames))) == frames
+    try:
+        decoder.feed(garbage)
+    except FrameError:
+        pass
+
+
+@given(any_frame, st.data())
+def test_a_flipped_bit_anywhere_is_detected(frame: f.Frame, data: st.DataObject) -> None:
+    wire = bytearray(f.encode(frame))
+    position = data.draw(st.integers(0, len(wire) * 8 - 1))
+    wire[position // 8] ^= 1 << (position % 8)
+    decoder = f.FrameDecoder(2**32)
+    try:
+        decoded = decoder.feed(bytes(wire))
+    except FrameError:
+        return
+    # A flipped length bit can leave the decoder waiting for more bytes,
+    # but it must never hand out a frame.
+    assert decoded == []
+
+
+def test_oversized_length_is_rejected_before_the_body_arrives() -> None:
+    header = f.MAGIC + bytes([f.PROTOCOL_VERSION, f.FrameType.DATA]) + (2**31).to_bytes(4, "big")
+    decoder = f.FrameDecoder(LIMIT)
+    with pytest.raises(FrameTooLarge) as info:
+        decoder.feed(header + b"\0\0\0\0")
+    assert info.value.length == 2**31
+    assert decoder.buffered == 0
+
+
+def test_wrong_magic_and_version_are_reported_at_once() -> None:
+    with pytest.raises(FrameError, match="magic"):
+        f.FrameDecoder(LIMIT).feed(b"GET / HTTP/1.1\r\n")
+    with pytest.raises(FrameError, match="magic"):
+        f.FrameDecoder(LIMIT).feed(b"\x16\x03\x01")  # a TLS ClientHello
+    with pytest.raises(UnsupportedVersion) as info:
+        f.FrameDecoder(LIMIT).feed(b"RT\x09")
+    assert info.value.version == 9
+
+
+def _frame(frame_type: int, body: bytes) -> bytes:
+    header = f.MAGIC + bytes([f.PROTOCOL_VERSION, frame_type]) + len(body).to_bytes(4, "big")
+    return header + zlib.crc32(body, zlib.crc32(header)).to_bytes(4, "big") + body
+
+
+@pytest.mark.parametrize(
+    ("frame_type", "body", "match"),
+    [
+        (99, b"", "unknown frame type"),
+        (f.FrameType.ACK, b"\0" * 7, "8 bytes"),
+        (f.FrameType.HELLO, b"\0" * 10, "HELLO body"),
+        (f.FrameType.HELLO, b"\x80" + b"\0" * 40, "flags"),
+        (f.FrameType.REJECT, b"", "REJECT body"),
+        (f.FrameType.REJECT, b"\x63", "reason"),
+        (f.FrameType.REJECT, b"\x01\xff", "UTF-8"),
+        (f.FrameType.DATA, b"\0" * 5, "shorter"),
+        (f.FrameType.DATA, (1).to_bytes(8, "big") + bytes(8) + bytes(4), "no messages"),
+        (f.FrameType.DATA, bytes(8) + bytes(8) + (1).to_bytes(4, "big") + bytes(4), "sequence"),
+        (f.FrameType.DATA, (1).to_bytes(8, "big") + bytes(8) + (1000).to_bytes(4, "big") + bytes(8), "count"),
+        (f.FrameType.DATA, (1).to_bytes(8, "big") + bytes(8) + (1).to_bytes(4, "big") + (9).to_bytes(4, "big"), "past the end"),
+        (f.FrameType.DATA, (1).to_bytes(8, "big") + bytes(8) + (1).to_bytes(4, "big") + bytes(4) + b"x", "stray"),
+    ],
+)
+def test_malformed_bodies_raise_frame_error(frame_type: int, body: bytes, match: str) -> None:
+    with pytest.raises(FrameError, match=match):
+        f.FrameDecoder(LIMIT).feed(_frame(frame_type, body))
+
+
+def test_bad_checksum() -> None:
+    wire = bytearray(f.encode(f.Ack(5)))
+    wire[9] ^= 0xFF
+    with pytest.raises(FrameError, match="checksum"):
+        f.FrameDecoder(LIMIT).feed(bytes(wire))
+
+
+def test_data_run_of_many_messages_has_one_header() -> None:
+    messages = [bytes([i]) * 3 for i in range(100)]
+    wire = f.encode_data(7, 3, messages)
+    assert len(wire) == f.DATA_OVERHEAD + 100 * (f.DATA_PER_MESSAGE_OVERHEAD + 3)
+    assert f.FrameDecoder(LIMIT).feed(wire) == [f.Data(7, 3, tuple(messages))]
+
+
+def test_encoder_refuses_values_that_do_not_fit() -> None:
+    with pytest.raises(ValueError):
+        f.encode(f.Ack(-1))
+    with pytest.raises(ValueError):
+        f.encode(f.Hello(False, b"short", bytes(16), 1))
+    with pytest.raises(ValueError):
+        f.encode_data(1, 0, [])
+    with pytest.raises(ValueError):
+        f.encode_data(f.MAX_SEQ, 0, [b"a", b"b"])
+    with pytest.raises(TypeError):
+        f.encode("not a frame")  # type: ignore[arg-type]
+
+
+def test_reject_text_is_cut_at_a_character_boundary() -> None:
+    wire = f.encode(f.Reject(f.RejectReason.PROTOCOL_ERROR, "é" * 400))
+    (frame,) = f.FrameDecoder(LIMIT).feed(wire)
+    assert isinstance(frame, f.Reject)
+    assert frame.text == "é" * 256
+
+
+def test_every_prefix_of_a_valid_frame_waits_without_error() -> None:
+    wire = f.encode(f.Hello(True, bytes(range(16)), bytes(16), 9))
+    for cut in range(len(wire)):
+        decoder = f.FrameDecoder(LIMIT)
+        assert decoder.feed(wire[:cut]) == []
+        assert decoder.feed(wire[cut:]) == [f.Hello(True, bytes(range(16)), bytes(16), 9)]

@@ -1,0 +1,168 @@
+"""Every (state, input) pair of the table, through the engine's public API."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from enginepair import EnginePair
+from reliable_tcp import frames as f
+from reliable_tcp.config import SessionConfig
+from reliable_tcp.engine import SessionEngine
+from reliable_tcp.exceptions import ProtocolError
+from reliable_tcp.state import TERMINAL_STATES, TRANSITIONS, SessionInput, SessionState, diagram, next_state
+
+S, I = SessionState, SessionInput
+CONFIG = SessionConfig(heartbeat_interval=1.0, resume_window=10.0, handshake_timeout=2.0, ack_delay=0.01)
+
+
+def test_terminal_states_absorb_everything() -> None:
+    for state, event in itertools.product(TERMINAL_STATES, SessionInput):
+        assert next_state(state, event) is state
+
+
+def test_every_state_is_reachable_and_every_live_state_can_end() -> None:
+    reachable = {S.IDLE}
+    while True:
+        grown = reachable | {TRANSITIONS[(s, i)] for s, i in TRANSITIONS if s in reachable}
+        if grown == reachable:
+            break
+        reachable = grown
+    # FAILED is where every pair outside the table leads.
+    assert reachable | {S.FAILED} == set(SessionState)
+    for state in set(SessionState) - TERMINAL_STATES:
+        assert any(next_state(state, i) in TERMINAL_STATES for i in SessionInput), state
+
+
+def test_hello_is_never_valid_inside_a_session() -> None:
+    assert all(next_state(s, I.RECV_HELLO) in (None, s) for s in SessionState)
+    assert all(next_state(s, I.RECV_HELLO) is None for s in set(SessionState) - TERMINAL_STATES)
+
+
+def test_diagram_lists_every_live_transition() -> None:
+    text = diagram()
+    for (state, event), target in TRANSITIONS.items():
+        if state not in TERMINAL_STATES:
+            assert f"{state.value} --> {target.value}" in text
+            assert event.value in text
+
+
+# ----------------------------------------------------------- engine in a state
+
+
+def engine_in(state: SessionState, client: bool) -> tuple[SessionEngine, EnginePair]:
+    """An engine of the given role in ``state``, with its pair (for the clock)."""
+    pair = EnginePair(CONFIG)
+    if client and state is S.IDLE:
+        return pair.client, pair
+    if not client and state is S.IDLE:
+        return SessionEngine(CONFIG, client=False), pair
+    if client and state is S.HANDSHAKING:
+        # A handshake that follows a lost connection, so the resume window runs.
+        pair.connect()
+        pair.cut()
+        pair.connect()
+        return pair.client, pair
+    pair.connect()
+    pair.deliver_to_server(10_000)
+    pair.deliver_to_client(10_000)
+    engine = pair.client if client else pair.server
+    assert engine is not None and engine.state is S.OPEN
+    pair.send("client", b"c")
+    pair.send("server", b"s")
+    if state is S.OPEN:
+        return engine, pair
+    if state is S.CLOSING:
+        engine.close(pair.now)
+    elif state is S.DETACHED:
+        pair.cut()
+    elif state is S.CLOSED:
+        pair.cut()
+        engine.close(pair.now)
+    elif state is S.LOST:
+        pair.cut()
+        engine.handle_timer(pair.now + CONFIG.resume_window)
+    elif state is S.FAILED:
+        engine.receive_data(f.encode(f.Ack(999)), pair.now)  # ack for a message never sent
+    else:  # pragma: no cover
+        raise AssertionError(state)
+    assert engine.state is state, (engine.state, state)
+    return engine, pair
+
+
+def _frame_for(event: SessionInput, engine: SessionEngine) -> bytes:
+    """A frame for ``event`` that is valid in content, so only the state decides."""
+    ids = engine.session_id if engine.session_id != bytes(16) else bytes(range(16))
+    expect_next = engine.next_seq - engine.unacked_count
+    return {
+        I.RECV_HELLO: lambda: f.encode(f.Hello(True, ids, bytes(16), 1)),
+        I.RECV_ACCEPT: lambda: f.encode(f.Accept(False, ids, bytes(range(16, 32)), 1)),
+        I.RECV_REJECT: lambda: f.encode(f.Reject(f.RejectReason.SESSION_UNKNOWN, "no")),
+        I.RECV_DATA: lambda: f.encode_data(engine.receive_expect, 0, [b"x"]),
+        I.RECV_ACK: lambda: f.encode(f.Ack(max(0, expect_next - 1))),
+        I.RECV_PING: lambda: f.encode(f.Ping(1)),
+        I.RECV_PONG: lambda: f.encode(f.Pong(1)),
+        I.RECV_CLOSE: lambda: f.encode(f.Close(engine.receive_expect - 1)),
+        I.RECV_CLOSE_ACK: lambda: f.encode(f.CloseAck(engine.next_seq - 1)),
+    }[event]()
+
+
+def _apply(engine: SessionEngine, pair: EnginePair, event: SessionInput) -> None:
+    """Drive ``event`` through the public API."""
+    now = pair.now
+    if event is I.CONNECTION_MADE:
+        engine.connection_made(now)
+    elif event is I.ATTACHED:
+        hello = f.Hello(True, engine.session_id, engine.secret, engine.next_seq - engine.unacked_count)
+        engine.attach(hello, bytes(range(16)), now)
+    elif event.name.startswith("RECV_"):
+        engine.receive_data(_frame_for(event, engine), now)
+    elif event is I.TRANSPORT_LOST:
+        engine.transport_lost(now)
+    elif event is I.PEER_DEAD:
+        engine.handle_timer(now + max(CONFIG.dead_after_seconds, CONFIG.handshake_timeout))
+    elif event is I.RESUME_EXPIRED:
+        engine.handle_timer(now + CONFIG.resume_window)
+    elif event is I.CLOSE_CALLED:
+        engine.close(now)
+
+
+ROLE_OF_INPUT = {I.CONNECTION_MADE: [True], I.ATTACHED: [False]}
+STATES_OF_ROLE = {True: list(SessionState), False: [s for s in SessionState if s is not S.HANDSHAKING]}
+# Timer verdicts only exist where a timer runs: the API can't produce the
+# other pairs at all (handle_timer does nothing there, which the
+# ``test_timers_do_nothing_where_no_verdict_exists`` test checks).
+TIMER_STATES = {
+    I.PEER_DEAD: {S.OPEN, S.CLOSING, S.HANDSHAKING},
+    I.RESUME_EXPIRED: {S.DETACHED, S.HANDSHAKING},
+}
+
+
+@pytest.mark.parametrize(
+    ("state", "event", "client"),
+    [
+        (state, event, client)
+        for event in SessionInput
+        for client in ROLE_OF_INPUT.get(event, [True, False])
+        for state in STATES_OF_ROLE[client]
+        if state in TIMER_STATES.get(event, set(SessionState))
+    ],
+    ids=lambda v: v.name if hasattr(v, "name") else ("client" if v else "server"),
+)
+def test_engine_follows_the_table(state: SessionState, event: SessionInput, client: bool) -> None:
+    engine, pair = engine_in(state, client)
+    expected = next_state(state, event)
+    try:
+        _apply(engine, pair, event)
+    except ProtocolError:
+        assert expected is None, f"{state} + {event} is in the table but raised"
+    assert engine.state is (expected if expected is not None else S.FAILED)
+
+
+@pytest.mark.parametrize("state", [S.IDLE, S.CLOSED, S.LOST, S.FAILED])
+def test_timers_do_nothing_where_no_verdict_exists(state: SessionState) -> None:
+    engine, pair = engine_in(state, client=True)
+    assert engine.next_deadline() is None
+    engine.handle_timer(pair.now + 1e6)
+    assert engine.state is state
