@@ -256,6 +256,12 @@ class SessionEngine:
         if was_closing:
             self._events.append(ev.SessionClosed(False, self._window.unacked()))
 
+    def hold_liveness(self, now: float) -> None:
+        """The shell stopped reading on purpose (its receive queue is full):
+        the silence that follows is ours, so don't count it against the peer."""
+        if self._state in _LIVE:
+            self._last_received = now
+
     def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> None:
         """Bytes arrived on the current connection."""
         if self._state not in (SessionState.HANDSHAKING, SessionState.OPEN, SessionState.CLOSING):

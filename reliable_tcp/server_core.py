@@ -121,8 +121,8 @@ class SessionRegistry:
         return Attached(engine, False)
 
     def _start(self, hello: Hello, now: float) -> Attached:
-        if len(self._sessions) >= self.max_sessions:
-            self.reap(now)
+        # No reaping here: other sessions' engines belong to their own
+        # shells (and locks); the shell reaps them on their deadlines.
         if len(self._sessions) >= self.max_sessions:
             self.rejected += 1
             raise HandshakeRejected(RejectReason.SERVER_BUSY, "too many sessions")

@@ -310,6 +310,7 @@ def test_registry_caps_sessions_and_reaps_expired_ones() -> None:
     first.transport_lost(0.0)
     assert registry.next_deadline() == CONFIG.resume_window
     # Once the first session's resume window is over, there is room again.
+    assert registry.reap(CONFIG.resume_window) == [first]
     assert registry.handshake(hello, CONFIG.resume_window).is_new
     assert first.state is S.LOST and registry.get(first.session_id) is None
 

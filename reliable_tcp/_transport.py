@@ -1,0 +1,113 @@
+"""Socket plumbing for the threaded shell: options, the error map, probing, closing.
+
+See docs/design.md and the Linux facts it cites: a zero-byte send only
+surfaces an error the kernel already holds; ``shutdown`` (not ``close``)
+wakes a thread blocked in ``recv``; ``TimeoutError`` with errno ETIMEDOUT is
+the kernel's verdict, without errno it is our own ``settimeout``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import struct
+
+from .config import SessionConfig
+
+__all__ = ["configure_socket", "link_error_reason", "probe_pending_error", "close_socket"]
+
+logger = logging.getLogger(__name__)
+
+_LINK_ERRNOS = {
+    errno.ECONNRESET: "connection reset by peer",
+    errno.EPIPE: "broken pipe",
+    errno.ETIMEDOUT: "connection timed out by the kernel",
+    errno.ECONNREFUSED: "connection refused",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.ENETUNREACH: "network unreachable",
+    errno.ECONNABORTED: "connection aborted",
+    errno.ENETDOWN: "network down",
+    errno.EHOSTDOWN: "host down",
+    errno.ENOTCONN: "not connected",
+    errno.EBADF: "socket closed",
+}
+
+
+def configure_socket(sock: socket.socket, config: SessionConfig) -> None:
+    """Low latency, and kernel backstops for liveness derived from the heartbeat.
+
+    Each option is guarded so that platforms without it still work.
+    """
+    _set(sock, socket.IPPROTO_TCP, "TCP_NODELAY", 1)
+    _set(sock, socket.SOL_SOCKET, "SO_KEEPALIVE", 1)
+    interval = max(1, int(round(config.heartbeat_interval)))
+    misses = max(1, int(round(config.dead_after_seconds / config.heartbeat_interval)))
+    _set(sock, socket.IPPROTO_TCP, "TCP_KEEPIDLE", interval)
+    _set(sock, socket.IPPROTO_TCP, "TCP_KEEPINTVL", interval)
+    _set(sock, socket.IPPROTO_TCP, "TCP_KEEPCNT", misses)
+    # Never below dead_after: a shorter user timeout breaks slow, lossy paths.
+    _set(sock, socket.IPPROTO_TCP, "TCP_USER_TIMEOUT", int(config.dead_after_seconds * 1000))
+
+
+def _set(sock: socket.socket, level: int, name: str, value: int) -> None:
+    option = getattr(socket, name, None)
+    if option is None:
+        return
+    try:
+        sock.setsockopt(level, option, value)
+    except OSError as exc:  # e.g. not a TCP socket (socketpair in tests)
+        logger.debug("could not set %s: %s", name, exc)
+
+
+def link_error_reason(exc: BaseException) -> str | None:
+    """Why ``exc`` means the connection is gone, or None when it does not.
+
+    ``TimeoutError`` without an errno is our own deadline expiring, which
+    says nothing about the link; with ETIMEDOUT it is the kernel's verdict.
+    """
+    if isinstance(exc, TimeoutError) and exc.errno is None:
+        return None
+    if isinstance(exc, OSError):
+        if exc.errno in _LINK_ERRNOS:
+            return _LINK_ERRNOS[exc.errno]
+        return f"socket error: {exc}"
+    return None
+
+
+def probe_pending_error(sock: socket.socket) -> OSError | None:
+    """A non-blocking zero-byte send: returns the error the kernel already
+    holds for this socket (reset, timeout, closed), or None.
+
+    On Linux this sends no packet at all, so it can't detect a pulled
+    cable; the heartbeat deadline does that. It only turns a known failure
+    into an immediate verdict instead of one at the next deadline.
+    """
+    try:
+        sock.send(b"", socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        return exc
+    return None
+
+
+def close_socket(sock: socket.socket, *, abort: bool = False) -> None:
+    """Wake every thread blocked on ``sock`` and release it.
+
+    ``abort`` sends RST (SO_LINGER 0) instead of an orderly FIN, freeing
+    the kernel state at once; used for dead or misbehaving peers.
+    """
+    if abort:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+    try:
+        sock.shutdown(socket.SHUT_RDWR)  # close() alone does not wake recv() on Linux
+    except OSError:
+        pass
+    try:
+        sock.close()
+    except OSError:
+        pass

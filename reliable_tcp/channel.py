@@ -1,0 +1,795 @@
+"""The threaded shell around one session engine: what ``connect`` and ``accept`` return.
+
+Per connection a reader thread (the only caller of ``recv``), a writer
+thread (the only caller of ``sendall``) and a heartbeat thread (sleeps until
+the engine's next deadline). The connecting side adds a connector thread
+that reconnects with backoff. One lock guards the engine; user code and
+socket I/O never run under it. See docs/design.md.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import logging
+import random
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields
+from typing import Any
+
+from . import events as ev
+from ._transport import close_socket, configure_socket, link_error_reason, probe_pending_error
+from .backoff import Backoff, is_retryable
+from .config import SessionConfig
+from .engine import SessionEngine
+from .exceptions import ChannelBroken, ChannelClosed, ReliableTCPError, SessionLost, UsageError
+from .state import TERMINAL_STATES, SessionState
+
+__all__ = [
+    "Channel",
+    "ChannelState",
+    "ChannelStatistics",
+    "ChannelEvent",
+    "ShellOptions",
+    "connect",
+    "split_options",
+]
+
+logger = logging.getLogger(__name__)
+
+_RECV_BUFFER = 256 * 1024
+_JOIN_TIMEOUT = 5.0
+
+
+class ChannelState(enum.Enum):
+    """What a channel is doing, as the application sees it."""
+
+    CONNECTING = "connecting"  # first handshake not done yet
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"  # link lost; waiting to resume
+    CLOSING = "closing"
+    CLOSED = "closed"
+    FAILED = "failed"  # session lost or protocol error
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelEvent:
+    """A state change reported to ``on_event``: ``kind`` is one of
+    ``connected``, ``disconnected``, ``resumed``, ``closed``, ``failed``.
+
+    ``detail`` says why (the cause of a disconnect, the reason of a failure);
+    ``replayed`` counts the messages sent again after a resume.
+    """
+
+    kind: str
+    state: ChannelState
+    detail: str = ""
+    replayed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelStatistics:
+    """A snapshot of a channel's counters and timings (seconds)."""
+
+    state: ChannelState
+    messages_sent: int
+    bytes_sent: int
+    messages_received: int
+    bytes_received: int
+    retransmitted: int
+    duplicates_dropped: int
+    connections: int
+    disconnects: int
+    resumes: int
+    unacked_messages: int
+    unacked_bytes: int
+    queued_messages: int
+    last_rtt: float | None
+    last_detection_time: float | None
+    last_recovery_time: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ShellOptions:
+    """Settings of the threaded shell (the session's own are in SessionConfig)."""
+
+    connect_timeout: float = 30.0
+    backoff: Backoff = Backoff()
+    max_queued_messages: int = 65536
+    max_queued_bytes: int = 64 * 1024 * 1024
+    on_event: Callable[[ChannelEvent], None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.connect_timeout <= 0 or self.max_queued_messages < 1 or self.max_queued_bytes < 1:
+            raise ValueError("connect_timeout and the receive queue limits must be positive")
+
+
+_SESSION_FIELDS = {f.name for f in fields(SessionConfig)}
+_SHELL_FIELDS = {f.name for f in fields(ShellOptions)}
+
+
+def split_options(options: dict[str, Any]) -> tuple[SessionConfig, ShellOptions, dict[str, Any]]:
+    """Sort keyword options into session settings, shell settings and the rest."""
+    session = {k: v for k, v in options.items() if k in _SESSION_FIELDS}
+    shell = {k: v for k, v in options.items() if k in _SHELL_FIELDS}
+    rest = {k: v for k, v in options.items() if k not in _SESSION_FIELDS and k not in _SHELL_FIELDS}
+    return SessionConfig(**session), ShellOptions(**shell), rest
+
+
+_STATE_OF_ENGINE = {
+    SessionState.OPEN: ChannelState.CONNECTED,
+    SessionState.CLOSING: ChannelState.CLOSING,
+    SessionState.CLOSED: ChannelState.CLOSED,
+    SessionState.LOST: ChannelState.FAILED,
+    SessionState.FAILED: ChannelState.FAILED,
+}
+
+_ids = itertools.count(1)
+
+
+class _Connection:
+    """One TCP connection of a channel, with the threads that serve it."""
+
+    def __init__(self, sock: socket.socket, number: int) -> None:
+        self.sock = sock
+        self.number = number
+        self.threads: list[threading.Thread] = []
+        self.dropped = False
+
+
+class Channel:
+    """A reliable, ordered, exactly-once message channel that survives broken links.
+
+    Get one from :func:`reliable_tcp.connect` or
+    :meth:`reliable_tcp.Listener.accept`. Thread-safe: any thread may call
+    :meth:`send`, :meth:`recv`, :meth:`flush` and :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        engine: SessionEngine,
+        shell: ShellOptions,
+        *,
+        address: tuple[str, int] | None = None,
+        on_end: Callable[[Channel], None] | None = None,
+    ) -> None:
+        self._engine = engine
+        self._config = engine.config
+        self._shell = shell
+        self._address = address  # set on the connecting side: where to reconnect
+        self._on_end = on_end
+        self._name = f"rtcp-{'client' if engine.client else 'server'}-{next(_ids)}"
+        self._lock = threading.Lock()
+        self._readable = threading.Condition(self._lock)  # inbox grew or the stream ended
+        self._inbox_space = threading.Condition(self._lock)  # the application took messages
+        self._sendable = threading.Condition(self._lock)  # acks freed window space
+        self._output_ready = threading.Condition(self._lock)  # the engine has bytes to write
+        self._timer = threading.Condition(self._lock)  # a deadline moved earlier
+        self._changed = threading.Condition(self._lock)  # connection or state changed
+        self._inbox: deque[bytes] = deque()
+        self._inbox_bytes = 0
+        self._connection: _Connection | None = None
+        self._connections = itertools.count(1)
+        self._threads: list[threading.Thread] = []
+        self._after_lock: list[Callable[[], None]] = []
+        self._timer_target: float | None = None
+        self._ended = False  # the session reached a terminal state
+        self._end_error: ReliableTCPError | None = None  # what later calls raise
+        self._end_unacked: tuple[tuple[int, bytes], ...] = ()
+        self._stopping = False  # close() or end: no more connections
+        self._reported_unacked = False
+        self._ever_connected = False
+        self._disconnected_at: float | None = None
+        self._last_cause: BaseException | None = None
+        self._last_recovery: float | None = None
+        self._disconnects = 0
+        self._rng = random.Random()
+
+    # -------------------------------------------------------------- queries
+
+    @property
+    def state(self) -> ChannelState:
+        """The channel's current state."""
+        with self._lock:
+            return self._state_locked()
+
+    def _state_locked(self) -> ChannelState:
+        state = self._engine.state
+        if state in _STATE_OF_ENGINE:
+            return _STATE_OF_ENGINE[state]
+        return ChannelState.DISCONNECTED if self._ever_connected else ChannelState.CONNECTING
+
+    @property
+    def session_id(self) -> str:
+        """The session id in hex (empty until the first handshake)."""
+        return self._engine.session_id.hex() if any(self._engine.session_id) else ""
+
+    def statistics(self) -> ChannelStatistics:
+        """A frozen snapshot of the counters."""
+        with self._lock:
+            engine = self._engine
+            c = engine.counters
+            return ChannelStatistics(
+                state=self._state_locked(),
+                messages_sent=c.messages_sent,
+                bytes_sent=c.bytes_sent,
+                messages_received=c.messages_received,
+                bytes_received=c.bytes_received,
+                retransmitted=engine.retransmitted,
+                duplicates_dropped=engine.duplicates_dropped,
+                connections=c.handshakes,
+                disconnects=self._disconnects,
+                resumes=c.resumes,
+                unacked_messages=engine.unacked_count,
+                unacked_bytes=engine.unacked_bytes,
+                queued_messages=len(self._inbox),
+                last_rtt=c.last_rtt,
+                last_detection_time=c.last_detection_time,
+                last_recovery_time=self._last_recovery,
+            )
+
+    # -------------------------------------------------------- locking help
+
+    def _run_after_lock(self) -> None:
+        """Run what was deferred until the lock was released: user
+        callbacks and socket closes."""
+        while True:
+            with self._lock:
+                if not self._after_lock:
+                    return
+                actions, self._after_lock = self._after_lock, []
+            for action in actions:
+                try:
+                    action()
+                except Exception:  # a user callback must not kill our thread
+                    logger.exception("%s: event callback failed", self._name)
+
+    def _notify(self, kind: str, detail: str = "", replayed: int = 0) -> None:
+        callback = self._shell.on_event
+        if callback is not None:
+            event = ChannelEvent(kind, self._state_locked(), detail, replayed)
+            self._after_lock.append(lambda: callback(event))
+
+    def _absorb(self, now: float) -> None:
+        """Act on the engine's events and output. Lock held."""
+        engine = self._engine
+        for event in engine.events_received():
+            if isinstance(event, ev.MessagesReceived):
+                self._inbox.extend(event.messages)
+                self._inbox_bytes += sum(map(len, event.messages))
+                self._readable.notify_all()
+            elif isinstance(event, ev.MessagesAcknowledged):
+                self._sendable.notify_all()
+            elif isinstance(event, ev.HandshakeCompleted):
+                self._on_handshake(event, now)
+            elif isinstance(event, ev.TransportFailed):
+                self._drop_connection(event.reason, None, abort=True)
+            elif isinstance(event, ev.PeerClosed):
+                self._readable.notify_all()
+            elif isinstance(event, ev.SessionClosed):
+                self._end(None, event.unacked, "closed by peer" if event.by_peer else "closed")
+            elif isinstance(event, ev.SessionLost):
+                error = SessionLost(event.reason, event.unacked)
+                cause = event.error or self._last_cause
+                if cause is not None:
+                    error.__cause__ = cause
+                self._end(error, event.unacked, event.reason)
+        if engine.has_output():
+            self._output_ready.notify()
+        deadline = engine.next_deadline()
+        if deadline is not None and (self._timer_target is None or deadline < self._timer_target):
+            self._timer.notify()
+
+    def _on_handshake(self, event: ev.HandshakeCompleted, now: float) -> None:
+        self._changed.notify_all()
+        self._sendable.notify_all()
+        if event.resumed:
+            if self._disconnected_at is not None:
+                self._last_recovery = now - self._disconnected_at
+            logger.info("%s: session resumed, %d messages replayed", self._name, event.replayed)
+            self._notify("resumed", replayed=event.replayed)
+        else:
+            self._ever_connected = True
+            self._notify("connected", self.session_id)
+        self._disconnected_at = None
+
+    def _end(self, error: ReliableTCPError | None, unacked: tuple[tuple[int, bytes], ...], detail: str) -> None:
+        """The session reached a terminal state. Lock held."""
+        if self._ended:
+            return
+        self._ended = True
+        self._stopping = True
+        self._end_unacked = unacked
+        if error is None:
+            closed = ChannelClosed(detail)
+            closed.unacked = unacked  # type: ignore[attr-defined]
+            self._end_error = closed
+            self._notify("closed", detail)
+        else:
+            self._end_error = error
+            logger.warning("%s: %s", self._name, error)
+            self._notify("failed", str(error))
+        for condition in (self._readable, self._sendable, self._output_ready, self._timer, self._changed, self._inbox_space):
+            condition.notify_all()
+        if self._on_end is not None:
+            on_end = self._on_end
+            self._after_lock.append(lambda: on_end(self))
+
+    # ----------------------------------------------------------- connections
+
+    def _install_connection(self, sock: socket.socket) -> None:
+        """Make ``sock`` the current connection and start its threads. Lock
+        held; the engine has just been told (connection_made or attach)."""
+        if self._connection is not None:
+            # The engine already moved to the new connection; only the old socket goes.
+            self._discard_connection(abort=True)
+        conn = _Connection(sock, next(self._connections))
+        self._connection = conn
+        base = f"{self._name}-c{conn.number}"
+        for role, target in (("reader", self._reader), ("writer", self._writer), ("heartbeat", self._heartbeat)):
+            thread = threading.Thread(target=self._guard, args=(target, conn), name=f"{base}-{role}", daemon=True)
+            conn.threads.append(thread)
+            self._threads.append(thread)
+        for thread in conn.threads:
+            thread.start()
+        self._absorb(time.monotonic())
+
+    def _drop_connection(self, reason: str, cause: BaseException | None, *, abort: bool, notify: bool = True) -> None:
+        """Forget the current connection and close its socket after the lock
+        is released (which wakes its threads). Lock held."""
+        if self._connection is None:
+            return
+        self._discard_connection(abort=abort)
+        now = time.monotonic()
+        if cause is not None:
+            self._last_cause = cause
+        if self._engine.state not in TERMINAL_STATES:
+            self._engine.transport_lost(now, reason)
+            self._disconnects += 1
+            if self._disconnected_at is None:
+                self._disconnected_at = now
+            if notify and not self._stopping:
+                logger.info("%s: disconnected: %s", self._name, reason)
+                self._notify("disconnected", reason)
+        self._absorb(now)
+
+    def _discard_connection(self, *, abort: bool) -> None:
+        """Detach the current connection's threads and close its socket once
+        the lock is released (which wakes them). Lock held."""
+        conn = self._connection
+        if conn is None:
+            return
+        self._connection = None
+        conn.dropped = True
+        self._after_lock.append(lambda: close_socket(conn.sock, abort=abort))
+        for condition in (self._output_ready, self._timer, self._changed, self._inbox_space, self._sendable):
+            condition.notify_all()
+
+    def _connection_failed(self, conn: _Connection, exc: BaseException | None, reason: str) -> None:
+        """A socket call of ``conn`` failed or saw EOF (called without the lock)."""
+        with self._lock:
+            if conn is self._connection:
+                if exc is not None and isinstance(exc, OSError) and reason == "":
+                    reason = link_error_reason(exc) or str(exc)
+                self._drop_connection(reason or "connection lost", exc, abort=exc is not None)
+        self._run_after_lock()
+
+    def _guard(self, target: Callable[..., None], *args: Any) -> None:
+        """Run a background thread; its first unexpected failure ends the
+        channel, and every later call raises ChannelBroken chained to it."""
+        try:
+            target(*args)
+        except Exception as exc:
+            logger.exception("%s: %s failed", self._name, threading.current_thread().name)
+            with self._lock:
+                error = ChannelBroken(f"internal failure in {threading.current_thread().name}: {exc!r}")
+                error.__cause__ = exc
+                self._end(error, self._engine.unacked(), str(exc))
+                self._discard_connection(abort=True)
+            self._run_after_lock()
+
+    def _reader(self, conn: _Connection) -> None:
+        buffer = bytearray(_RECV_BUFFER)
+        view = memoryview(buffer)
+        sock = conn.sock
+        shell = self._shell
+        try:
+            while True:
+                with self._lock:
+                    # Backpressure: stop reading while the application is behind,
+                    # so TCP flow control slows the sender instead of our memory growing.
+                    while (
+                        len(self._inbox) >= shell.max_queued_messages or self._inbox_bytes >= shell.max_queued_bytes
+                    ) and not conn.dropped:
+                        self._inbox_space.wait()
+                    if conn.dropped:
+                        return
+                try:
+                    count = sock.recv_into(buffer)
+                except OSError as exc:
+                    self._connection_failed(conn, exc, "")
+                    return
+                now = time.monotonic()
+                with self._lock:
+                    if conn.dropped:
+                        return
+                    if count == 0:
+                        self._drop_connection("connection closed by peer", None, abort=False)
+                    else:
+                        self._engine.receive_data(view[:count], now)
+                        self._absorb(now)
+                self._run_after_lock()
+                if count == 0:
+                    return
+        finally:
+            view.release()
+
+    def _writer(self, conn: _Connection) -> None:
+        sock = conn.sock
+        while True:
+            with self._lock:
+                while not conn.dropped and not self._engine.has_output():
+                    if self._ended:
+                        break
+                    self._output_ready.wait()
+                if conn.dropped:
+                    return
+                data = self._engine.data_to_send(time.monotonic())
+                ended = self._ended
+            if data:
+                try:
+                    # Outside the lock: a full send buffer blocks only this thread.
+                    sock.sendall(data)
+                except OSError as exc:
+                    self._connection_failed(conn, exc, "")
+                    return
+            elif ended:
+                # Everything (the final CLOSE_ACK or REJECT included) is written.
+                with self._lock:
+                    if conn is self._connection:
+                        self._discard_connection(abort=False)
+                self._run_after_lock()
+                return
+
+    def _heartbeat(self, conn: _Connection) -> None:
+        sock = conn.sock
+        next_probe = time.monotonic() + self._config.heartbeat_interval
+        while True:
+            with self._lock:
+                if conn.dropped or self._ended:
+                    return
+                now = time.monotonic()
+                deadline = self._engine.next_deadline()
+                wake = min(deadline if deadline is not None else next_probe, next_probe)
+                if wake > now:
+                    self._timer_target = wake
+                    self._timer.wait(wake - now)
+                    self._timer_target = None
+                    continue
+                if self._inbox_full():
+                    # We stopped reading on purpose; the silence is ours.
+                    self._engine.hold_liveness(now)
+                self._engine.handle_timer(now)
+                self._absorb(now)
+            self._run_after_lock()
+            if now >= next_probe:
+                next_probe = now + self._config.heartbeat_interval
+                error = probe_pending_error(sock)
+                if error is not None:
+                    self._connection_failed(conn, error, "")
+                    return
+
+    def _inbox_full(self) -> bool:
+        return len(self._inbox) >= self._shell.max_queued_messages or self._inbox_bytes >= self._shell.max_queued_bytes
+
+    # ------------------------------------------------------------ connector
+
+    def _start_connector(self) -> None:
+        thread = threading.Thread(target=self._guard, args=(self._connector,), name=f"{self._name}-connector", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _connector(self) -> None:
+        """Client: keep the session connected until it ends."""
+        assert self._address is not None
+        delays = self._shell.backoff.delays(self._rng)
+        first = True
+        handshakes = 0
+        while True:
+            with self._lock:
+                while self._connection is not None and not self._stopping:
+                    self._changed.wait()
+                if self._engine.counters.handshakes != handshakes:
+                    handshakes = self._engine.counters.handshakes
+                    delays = self._shell.backoff.delays(self._rng)  # a working link resets the backoff
+                if self._stopping:
+                    return
+                delay = 0.0 if first and not self._ever_connected else next(delays)
+                first = False
+                deadline = time.monotonic() + delay
+                while not self._stopping:
+                    now = time.monotonic()
+                    engine_deadline = self._engine.next_deadline()
+                    if engine_deadline is not None and now >= engine_deadline:
+                        self._engine.handle_timer(now)  # the resume window may be over
+                        self._absorb(now)
+                        break
+                    if now >= deadline:
+                        break
+                    wait = deadline - now if engine_deadline is None else min(deadline, engine_deadline) - now
+                    self._changed.wait(wait)
+                stopping = self._stopping
+            self._run_after_lock()
+            if stopping:
+                return
+            if time.monotonic() < deadline:
+                continue
+            self._connect_once()
+
+    def _connect_once(self) -> None:
+        assert self._address is not None
+        timeout = min(self._config.handshake_timeout, self._shell.connect_timeout)
+        try:
+            sock = socket.create_connection(self._address, timeout=timeout)
+        except OSError as exc:
+            with self._lock:
+                self._last_cause = exc
+                self._changed.notify_all()
+            if not is_retryable(exc):
+                with self._lock:
+                    error = ChannelBroken(f"can't connect to {self._address}: {exc}")
+                    error.__cause__ = exc
+                    self._engine.close(time.monotonic())
+                    self._engine.events_received()
+                    self._end(error, self._engine.unacked(), str(exc))
+                self._run_after_lock()
+            logger.debug("%s: connect to %s failed: %s", self._name, self._address, exc)
+            return
+        sock.settimeout(None)
+        configure_socket(sock, self._config)
+        with self._lock:
+            if self._stopping:
+                self._after_lock.append(lambda: close_socket(sock))
+            else:
+                self._engine.connection_made(time.monotonic())
+                self._install_connection(sock)
+        self._run_after_lock()
+
+    def _wait_connected(self, timeout: float) -> None:
+        """Client: block until the first handshake is done (connect's contract)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while not self._ever_connected and not self._ended:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._changed.wait(remaining)
+            if self._ever_connected:
+                return
+            error = self._end_error
+            cause = self._last_cause
+        self._teardown()
+        if error is not None:
+            raise error
+        raise TimeoutError(f"could not open a session with {self._address} within {timeout} s") from cause
+
+    # ------------------------------------------------------------ messaging
+
+    def _raise_if_ended(self) -> None:
+        if self._end_error is not None:
+            raise self._end_error
+
+    def send(self, data: bytes, timeout: float | None = None) -> int:
+        """Queue one message for delivery; return its sequence number.
+
+        Blocks while the retransmit window is full. Raises TimeoutError
+        (nothing queued) when ``timeout`` passes first, MessageTooLarge,
+        ChannelClosed once closed and SessionLost once the session is lost.
+        """
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise UsageError(f"send takes bytes, not {type(data).__name__}")
+        payload = bytes(data)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            engine = self._engine
+            while not engine.can_send(len(payload)):
+                self._raise_if_ended()
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError("the retransmit window stayed full; nothing was queued")
+                self._sendable.wait(remaining)
+            self._raise_if_ended()
+            seq = engine.send_message(payload, time.monotonic())
+            if engine.state is SessionState.OPEN:
+                self._output_ready.notify()
+            return seq
+
+    def send_many(self, messages: Iterable[bytes], timeout: float | None = None) -> int:
+        """Queue several messages in order, taking the lock once per window's
+        worth; return the sequence number of the last. On timeout, raises
+        TimeoutError with ``queued`` set to how many were queued."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        seq = 0
+        queued = 0
+        pending = deque(bytes(m) for m in messages)
+        while pending:
+            with self._lock:
+                engine = self._engine
+                self._raise_if_ended()
+                now = time.monotonic()
+                while pending and engine.can_send(len(pending[0])):
+                    seq = engine.send_message(pending.popleft(), now)
+                    queued += 1
+                if engine.state is SessionState.OPEN:
+                    self._output_ready.notify()
+                if not pending:
+                    break
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    error = TimeoutError(f"the retransmit window stayed full; {queued} messages were queued")
+                    error.queued = queued  # type: ignore[attr-defined]
+                    raise error
+                self._sendable.wait(remaining)
+        return seq
+
+    def recv(self, timeout: float | None = None) -> bytes:
+        """The next message, in order. Raises TimeoutError when none arrives
+        in time, ChannelClosed after the last message of a closed session,
+        SessionLost if the session was lost."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while not self._inbox:
+                if self._ended or self._engine.state is SessionState.CLOSED:
+                    self._raise_if_ended()
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError("no message arrived in time")
+                self._readable.wait(remaining)
+            message = self._inbox.popleft()
+            self._inbox_bytes -= len(message)
+            if len(self._inbox) == self._shell.max_queued_messages - 1 or self._inbox_bytes < self._shell.max_queued_bytes:
+                self._inbox_space.notify()
+            return message
+
+    def recv_many(self, max_messages: int = 1024, timeout: float | None = None) -> list[bytes]:
+        """Up to ``max_messages`` messages at once (at least one), in order."""
+        first = self.recv(timeout)
+        out = [first]
+        with self._lock:
+            inbox = self._inbox
+            while inbox and len(out) < max_messages:
+                message = inbox.popleft()
+                self._inbox_bytes -= len(message)
+                out.append(message)
+            self._inbox_space.notify()
+        return out
+
+    def __iter__(self) -> Channel:
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            return self.recv()
+        except ChannelClosed:
+            raise StopIteration from None
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until the peer has acknowledged every message sent so far.
+
+        Raises TimeoutError if it hasn't by ``timeout``; SessionLost or
+        ChannelClosed (both carry ``unacked``) if the session ends first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while self._engine.unacked_count:
+                self._raise_if_ended()
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"{self._engine.unacked_count} messages still unacknowledged")
+                self._sendable.wait(remaining)
+
+    # --------------------------------------------------------------- ending
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Graceful close: flush, CLOSE handshake, then release every thread
+        and socket. Idempotent.
+
+        If the deadline passes, or the link fails, before every message was
+        acknowledged, the channel is still released and SessionLost is
+        raised once, listing the unacknowledged messages.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            already = self._stopping
+        if not already:
+            try:
+                self.flush(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            except (TimeoutError, ReliableTCPError):
+                pass
+            with self._lock:
+                if not self._ended:
+                    now = time.monotonic()
+                    self._engine.close(now)
+                    self._absorb(now)
+                    while not self._ended:
+                        remaining = None if deadline is None else deadline - time.monotonic()
+                        if remaining is not None and remaining <= 0:
+                            # Give up waiting for CLOSE_ACK: the session ends here.
+                            self._drop_connection("close timed out", None, abort=True, notify=False)
+                            self._absorb(time.monotonic())
+                            break
+                        self._changed.wait(remaining)
+                self._stopping = True
+            self._run_after_lock()
+        self._teardown()
+        with self._lock:
+            unacked, self._end_unacked = self._end_unacked, ()
+            report = bool(unacked) and not self._reported_unacked
+            self._reported_unacked = True
+        if report:
+            raise SessionLost("closed before every message was acknowledged", unacked)
+
+    def abort(self) -> None:
+        """Drop the session at once, without the close handshake (the peer
+        will see its resume fail). Unacknowledged messages are discarded;
+        use close() to learn which they were."""
+        with self._lock:
+            if not self._ended:
+                self._engine.close(time.monotonic())
+                self._engine.events_received()
+                self._end(ChannelClosed("aborted"), (), "aborted")
+            self._drop_connection("aborted", None, abort=True, notify=False)
+        self._run_after_lock()
+        self._teardown()
+
+    def _teardown(self) -> None:
+        """Stop the connector and connection threads and join them."""
+        with self._lock:
+            self._stopping = True
+            self._discard_connection(abort=not self._ended)
+            for condition in (self._readable, self._sendable, self._output_ready, self._timer, self._changed, self._inbox_space):
+                condition.notify_all()
+            threads = list(self._threads)
+        self._run_after_lock()
+        current = threading.current_thread()
+        for thread in threads:
+            if thread is not current:
+                thread.join(_JOIN_TIMEOUT)
+                if thread.is_alive():  # pragma: no cover - a bug, loudly
+                    logger.error("%s: thread %s did not stop", self._name, thread.name)
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()]
+
+    def __enter__(self) -> Channel:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if exc_info[0] is None:
+            self.close()
+        else:
+            self.abort()
+
+    def __repr__(self) -> str:
+        return f"<Channel {self._name} {self.state.value} session={self.session_id[:8]}>"
+
+
+def connect(address: tuple[str, int], *, timeout: float | None = None, **options: Any) -> Channel:
+    """Open a session with the listener at ``address``; return once the
+    first handshake is done.
+
+    Retries refused or failed connections with backoff until ``timeout``
+    (default: the ``connect_timeout`` option, 30 s). Keyword options are
+    those of :class:`SessionConfig` and :class:`ShellOptions`.
+    """
+    config, shell, rest = split_options(options)
+    if rest:
+        raise TypeError(f"unknown options: {', '.join(sorted(rest))}")
+    engine = SessionEngine(config, client=True)
+    channel = Channel(engine, shell, address=(address[0], int(address[1])))
+    channel._start_connector()
+    channel._wait_connected(shell.connect_timeout if timeout is None else timeout)
+    return channel
