@@ -741,7 +741,7 @@ class Channel:
             if not self._ended:
                 self._engine.close(time.monotonic())
                 self._engine.events_received()
-                self._end(ChannelClosed("aborted"), (), "aborted")
+                self._end(None, (), "aborted")
             self._drop_connection("aborted", None, abort=True, notify=False)
         self._run_after_lock()
         self._teardown()

@@ -19,3 +19,29 @@ settings.register_profile(
     print_blob=True,
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+_OUR_THREADS = ("rtcp-", "fault-proxy-")
+
+
+def _our_threads() -> list[str]:
+    return sorted(t.name for t in threading.enumerate() if t.name.startswith(_OUR_THREADS))
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    """Fail any test that leaves a channel, listener or proxy thread running."""
+    before = set(_our_threads())
+    yield
+    deadline = time.monotonic() + 10.0
+    leaked = [n for n in _our_threads() if n not in before]
+    while leaked and time.monotonic() < deadline:
+        time.sleep(0.02)  # polling a condition with a deadline, not synchronising
+        leaked = [n for n in _our_threads() if n not in before]
+    assert not leaked, f"threads leaked: {leaked}"
