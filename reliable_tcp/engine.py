@@ -280,7 +280,7 @@ class SessionEngine:
         if frames and self._previous_secret is not None and self._state is not SessionState.HANDSHAKING:
             self._previous_secret = None
         for frame in frames:
-            if self._state in TERMINAL_STATES or self._state is SessionState.DETACHED:
+            if self._state in TERMINAL_STATES:  # a frame before this one ended the session
                 break
             try:
                 self._handle_frame(frame, now)

@@ -203,7 +203,7 @@ def _check_id(value: bytes, name: str) -> None:
         raise ValueError(f"{name} must be {ID_SIZE} bytes, got {len(value)}")
 
 
-def encode_data(first_seq: int, ack: int, messages: "list[bytes] | tuple[bytes, ...]") -> bytes:
+def encode_data(first_seq: int, ack: int, messages: list[bytes] | tuple[bytes, ...]) -> bytes:
     """Encode one DATA frame carrying ``messages`` (at least one)."""
     if not messages:
         raise ValueError("a DATA frame carries at least one message")

@@ -182,6 +182,7 @@ class Listener:
             # Lock order: listener, then channel. Channel threads never take
             # the listener's lock while holding their own.
             channel_lock = channel._lock if channel is not None else contextlib.nullcontext()
+            failure: HandshakeRejected | None
             with channel_lock:
                 try:
                     attached = self._registry.handshake(hello, now)
@@ -202,6 +203,7 @@ class Listener:
         if failure is not None:
             self._refuse(sock, peer, failure.reason, str(failure), failure.reply)
             return False
+        assert channel is not None
         if attached.is_new:
             logger.info("%s: new session %s", peer, attached.engine.session_id.hex()[:8])
             self._new.put(channel)

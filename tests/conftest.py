@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
 
 from hypothesis import HealthCheck, settings
 
@@ -20,12 +25,6 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
-
-import threading
-import time
-from collections.abc import Iterator
-
-import pytest
 
 _OUR_THREADS = ("rtcp-", "fault-proxy-")
 

@@ -107,10 +107,11 @@ def test_exactly_once_in_order_across_faults(proxied: tuple[FaultProxy, rt.Chann
     up_received, down_received = up[2], down[2]
     for n in range(1, faults + 1):
         # Each fault lands mid-stream: wait for progress first.
-        wait_for(lambda: len(up_received) >= n * count // (faults + 2), 60, "progress")
+        target = n * count // (faults + 2)
+        wait_for(lambda: len(up_received) >= target, 60, "progress")  # noqa: B023 - called at once
         resumes = client.statistics().resumes
         FAULTS[fault](proxy)
-        wait_for(lambda: client.statistics().resumes > resumes, 30, f"resume after {fault} #{n}")
+        wait_for(lambda: client.statistics().resumes > resumes, 30, f"resume after {fault} #{n}")  # noqa: B023
     for worker in (*up[:2], *down[:2]):
         worker.result()
     assert up_received == [b"u%d" % i for i in range(count)]
@@ -233,7 +234,9 @@ def test_full_server_rejects_new_sessions_with_a_clear_error() -> None:
         server.close()
 
 
-def test_state_change_events_are_reported_outside_the_lock(proxied: tuple[FaultProxy, rt.Channel, rt.Channel], listener: rt.Listener) -> None:
+def test_state_change_events_are_reported_outside_the_lock(
+    proxied: tuple[FaultProxy, rt.Channel, rt.Channel], listener: rt.Listener
+) -> None:
     proxy, _, _ = proxied
     seen: list[rt.ChannelEvent] = []
     seen_lock = threading.Lock()

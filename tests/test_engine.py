@@ -88,7 +88,7 @@ def test_data_carries_the_ack_so_no_separate_ack_is_sent() -> None:
 
 def test_window_full_and_message_too_large() -> None:
     pair = open_pair()
-    for i in range(4):
+    for _ in range(4):
         pair.client.send_message(b"x", pair.now)
     assert not pair.client.can_send(1)
     with pytest.raises(WindowFull):
