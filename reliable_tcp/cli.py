@@ -1,0 +1,377 @@
+"""``rtcat`` (a netcat that survives broken links) and ``rtproxy`` (the fault proxy).
+
+Exit codes of rtcat (docs/cli.md):
+
+====  =======================================================
+0     success: everything sent was acknowledged, everything received written
+1     could not open a session (nothing listening, refused, timed out)
+2     usage error
+3     session lost: the peer never acknowledged some data (the count is printed)
+4     stdout was closed early (e.g. ``rtcat ... | head``)
+130   interrupted (Ctrl-C)
+====  =======================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, BinaryIO
+
+from .channel import Channel, ChannelEvent, ChannelStatistics, connect
+from .exceptions import ChannelClosed, ReliableTCPError, SessionLost
+from .listener import listen
+from .testing import FaultProxy
+
+__all__ = ["rtcat_main", "rtproxy_main", "EXIT_OK", "EXIT_CONNECT", "EXIT_USAGE", "EXIT_LOST", "EXIT_STDOUT", "EXIT_INTERRUPT"]
+
+EXIT_OK = 0
+EXIT_CONNECT = 1
+EXIT_USAGE = 2
+EXIT_LOST = 3
+EXIT_STDOUT = 4
+EXIT_INTERRUPT = 130
+
+_CHUNK = 128 * 1024
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def _rtcat_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rtcat",
+        description="netcat over reliable_tcp: every byte arrives once, in order, across pulled cables and resets.",
+        epilog="Run 'rtcat demo' to watch it survive faults. Exit codes: 0 ok, 1 no session, 2 usage, "
+        "3 session lost, 4 stdout closed, 130 interrupted.",
+    )
+    parser.add_argument("-l", "--listen", action="store_true", help="listen for a session instead of connecting")
+    parser.add_argument("-k", "--keep-listening", action="store_true", help="with -l: accept further sessions, one after another")
+    parser.add_argument("--lines", action="store_true", help="line mode: one message per line")
+    parser.add_argument("--heartbeat", type=_seconds, default=3.0, help="heartbeat interval (s, default 3)")
+    parser.add_argument("--dead-after", type=_seconds, default=None, help="declare the link dead after this silence (s, default 3 beats)")
+    parser.add_argument("--resume-window", type=_seconds, default=120.0, help="how long a broken session is kept (s, default 120)")
+    parser.add_argument("--connect-timeout", type=_seconds, default=30.0, help="retry the first connection this long (s, default 30)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="report state changes on stderr")
+    parser.add_argument("--stats", action="store_true", help="print a statistics line on stderr at the end")
+    parser.add_argument("address", nargs="+", metavar="HOST PORT", help="HOST PORT to connect to; with -l: [HOST] PORT")
+    return parser
+
+
+def rtcat_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``rtcat``; returns the exit status."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["demo"]:
+        from . import demo
+
+        parser = argparse.ArgumentParser(prog="rtcat demo", description=demo.__doc__)
+        demo.add_arguments(parser)
+        return demo.run_from_args(parser.parse_args(args_list[1:]))
+    parser = _rtcat_parser()
+    args = parser.parse_args(args_list)
+    try:
+        host, port = _address(args)
+    except ValueError as exc:
+        parser.print_usage(sys.stderr)
+        print(f"rtcat: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO, format="rtcat: %(message)s", stream=sys.stderr)
+    options: dict[str, Any] = {
+        "heartbeat_interval": args.heartbeat,
+        "dead_after": args.dead_after,
+        "resume_window": args.resume_window,
+        "on_event": _reporter() if args.verbose else None,
+    }
+    if args.dead_after is not None and args.dead_after <= args.heartbeat:
+        print("rtcat: --dead-after must be longer than --heartbeat", file=sys.stderr)
+        return EXIT_USAGE
+    session = _Session(args)
+    try:
+        if args.listen:
+            return session.serve(host, port, options)
+        return session.connect(host, port, options, args.connect_timeout)
+    except KeyboardInterrupt:
+        session.abort()
+        print("rtcat: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPT
+
+
+def _address(args: argparse.Namespace) -> tuple[str, int]:
+    parts = args.address
+    if args.listen and len(parts) == 1:
+        parts = ["0.0.0.0", parts[0]]
+    if len(parts) != 2:
+        raise ValueError("give HOST PORT (or, with -l, [HOST] PORT)")
+    try:
+        port = int(parts[1])
+    except ValueError:
+        raise ValueError(f"not a port number: {parts[1]!r}") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port out of range: {port}")
+    return parts[0], port
+
+
+def _reporter() -> Any:
+    def report(event: ChannelEvent) -> None:
+        extra = f" ({event.detail})" if event.detail else ""
+        replayed = f", {event.replayed} messages replayed" if event.kind == "resumed" else ""
+        print(f"rtcat: {event.kind}{extra}{replayed}", file=sys.stderr, flush=True)
+
+    return report
+
+
+class _StdoutClosed(Exception):
+    """The reader of our stdout went away."""
+
+
+class _Session:
+    """One rtcat run: a pump from stdin to the channel and one from the channel to stdout."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.channel: Channel | None = None
+        self.stdout: BinaryIO = sys.stdout.buffer
+        self.stdout_closed = False
+        self.lost_bytes = 0
+        self.lost_messages = 0
+        self.total: dict[str, int] = {"sent": 0, "received": 0}
+
+    # ------------------------------------------------------------ modes
+
+    def connect(self, host: str, port: int, options: dict[str, Any], timeout: float) -> int:
+        try:
+            self.channel = connect((host, port), timeout=timeout, **options)
+        except (OSError, ReliableTCPError) as exc:
+            print(f"rtcat: can't open a session with {host}:{port}: {exc}", file=sys.stderr)
+            return EXIT_CONNECT
+        receiver = threading.Thread(target=self._receive, name="rtcat-receive", daemon=True)
+        receiver.start()
+        status = self._send_stdin()
+        if status == EXIT_OK:
+            status = self._close()
+        receiver.join(5)
+        return self._finish(status)
+
+    def serve(self, host: str, port: int, options: dict[str, Any]) -> int:
+        try:
+            listener = listen((host, port), **options)
+        except OSError as exc:
+            print(f"rtcat: can't listen on {host}:{port}: {exc}", file=sys.stderr)
+            return EXIT_CONNECT
+        with listener:
+            if self.args.verbose:
+                print(f"rtcat: listening on {listener.address[0]}:{listener.address[1]}", file=sys.stderr)
+            status = EXIT_OK
+            first = True
+            while True:
+                self.channel = listener.accept()
+                sender = None
+                if first:
+                    # stdin belongs to the first session only (with -k, later ones just receive).
+                    sender = threading.Thread(target=self._send_stdin, name="rtcat-send", daemon=True)
+                    sender.start()
+                first = False
+                status = self._receive()
+                status = max(status, self._close())
+                status = self._finish(status)
+                if not self.args.keep_listening or status in (EXIT_STDOUT, EXIT_INTERRUPT):
+                    return status
+
+    def abort(self) -> None:
+        if self.channel is not None:
+            self.channel.abort()
+
+    # ----------------------------------------------------------- pumps
+
+    def _send_stdin(self) -> int:
+        channel = self.channel
+        assert channel is not None
+        fd = sys.stdin.fileno()
+        pending = b""
+        try:
+            while True:
+                chunk = os.read(fd, _CHUNK)
+                if not chunk:
+                    if pending and self.args.lines:
+                        channel.send(pending)
+                        self.total["sent"] += len(pending)
+                    return EXIT_OK
+                if self.args.lines:
+                    lines = (pending + chunk).split(b"\n")
+                    pending = lines.pop()
+                    if lines:
+                        channel.send_many(lines)
+                        self.total["sent"] += sum(map(len, lines))
+                else:
+                    channel.send(chunk)
+                    self.total["sent"] += len(chunk)
+        except SessionLost as exc:
+            self._note_lost(exc)
+            return EXIT_LOST
+        except ChannelClosed:
+            return EXIT_OK  # the peer closed first; what we sent before is accounted by close()
+
+    def _receive(self) -> int:
+        channel = self.channel
+        assert channel is not None
+        newline = b"\n" if self.args.lines else b""
+        try:
+            while True:
+                messages = channel.recv_many()
+                data = newline.join(messages) + newline if newline else b"".join(messages)
+                self.total["received"] += sum(map(len, messages))
+                try:
+                    self.stdout.write(data)
+                    self.stdout.flush()
+                except BrokenPipeError:
+                    self.stdout_closed = True
+                    return EXIT_STDOUT
+        except ChannelClosed:
+            return EXIT_OK
+        except SessionLost as exc:
+            self._note_lost(exc)
+            return EXIT_LOST
+
+    def _close(self) -> int:
+        channel = self.channel
+        assert channel is not None
+        try:
+            channel.close(timeout=max(30.0, self.args.resume_window))
+        except SessionLost as exc:
+            self._note_lost(exc)
+            return EXIT_LOST
+        return EXIT_OK
+
+    def _note_lost(self, exc: SessionLost) -> None:
+        if exc.unacked:
+            self.lost_messages = len(exc.unacked)
+            self.lost_bytes = sum(len(p) for _, p in exc.unacked)
+
+    def _finish(self, status: int) -> int:
+        if status == EXIT_STDOUT:
+            # The Python docs' idiom for a closed pipe: point stdout at
+            # /dev/null so the interpreter's final flush does not fail again.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            if self.channel is not None:
+                self.channel.abort()
+        if status == EXIT_LOST:
+            print(
+                f"rtcat: session lost: {self.lost_bytes} bytes in {self.lost_messages} messages were not acknowledged",
+                file=sys.stderr,
+            )
+        if self.args.stats and self.channel is not None:
+            print(_stats_line(self.channel.statistics()), file=sys.stderr)
+        return status
+
+
+def _stats_line(stats: ChannelStatistics) -> str:
+    def seconds(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}s"
+
+    return (
+        f"rtcat: sent {stats.bytes_sent} bytes in {stats.messages_sent} messages, "
+        f"received {stats.bytes_received} bytes in {stats.messages_received} messages, "
+        f"reconnects {stats.resumes}, retransmitted {stats.retransmitted}, "
+        f"last detection {seconds(stats.last_detection_time)}, last recovery {seconds(stats.last_recovery_time)}, "
+        f"rtt {seconds(stats.last_rtt)}"
+    )
+
+
+# ---------------------------------------------------------------------- rtproxy
+
+
+def _rtproxy_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rtproxy",
+        description="A TCP proxy that injects faults: test how your application survives a bad network.",
+    )
+    parser.add_argument("listen_port", type=int, help="port to listen on (127.0.0.1 unless --host)")
+    parser.add_argument("target_host")
+    parser.add_argument("target_port", type=int)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--every", type=_seconds, default=None, help="inject a fault every N seconds")
+    parser.add_argument("--for", dest="duration", type=_seconds, default=2.0, help="a blackhole lasts M seconds (default 2)")
+    parser.add_argument("--mode", choices=("blackhole", "reset", "close"), default="blackhole", help="scheduled fault kind")
+    parser.add_argument("--direction", choices=("up", "down", "both"), default="both")
+    parser.add_argument("--latency", type=float, default=0.0, help="added delay per chunk (s)")
+    parser.add_argument("--jitter", type=float, default=0.0, help="random +/- delay (s)")
+    parser.add_argument("--bandwidth", type=float, default=None, help="bytes per second")
+    parser.add_argument("--slice", type=int, default=None, help="forward in pieces of at most this many bytes")
+    parser.add_argument("--limit-bytes", type=int, default=None, help="reset each connection after this many bytes")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (printed when not given)")
+    parser.add_argument("--run-for", type=_seconds, default=None, help="stop after this many seconds")
+    return parser
+
+
+def rtproxy_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``rtproxy``."""
+    args = _rtproxy_parser().parse_args(argv)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with FaultProxy((args.target_host, args.target_port), (args.host, args.listen_port), seed=args.seed) as proxy:
+        proxy.set_faults(
+            args.direction,
+            latency=args.latency,
+            jitter=args.jitter,
+            bandwidth=args.bandwidth,
+            slice_size=args.slice,
+            limit_bytes=args.limit_bytes,
+        )
+        print(f"rtproxy: {proxy.address[0]}:{proxy.address[1]} -> {args.target_host}:{args.target_port} seed={proxy.seed}",
+              file=sys.stderr, flush=True)
+        end = None if args.run_for is None else time.monotonic() + args.run_for
+        next_fault = None if args.every is None else time.monotonic() + args.every
+        try:
+            while not stop.is_set():
+                now = time.monotonic()
+                if end is not None and now >= end:
+                    break
+                if next_fault is not None and now >= next_fault:
+                    _scheduled_fault(proxy, args, stop)
+                    next_fault = time.monotonic() + args.every
+                stop.wait(0.05)
+        except KeyboardInterrupt:
+            return EXIT_INTERRUPT
+    return EXIT_OK
+
+
+def _scheduled_fault(proxy: FaultProxy, args: argparse.Namespace, stop: threading.Event) -> None:
+    print(f"rtproxy: {args.mode}", file=sys.stderr, flush=True)
+    if args.mode == "blackhole":
+        proxy.blackhole(args.direction)
+        stop.wait(args.duration)
+        proxy.set_faults(args.direction, blackhole=False)
+        print("rtproxy: healed", file=sys.stderr, flush=True)
+    elif args.mode == "reset":
+        proxy.reset()
+    else:
+        proxy.close_connections()
+
+
+def _run(entry: Any) -> None:
+    sys.exit(entry())
+
+
+def rtcat() -> None:
+    """Console-script wrapper for rtcat."""
+    _run(rtcat_main)
+
+
+def rtproxy() -> None:
+    """Console-script wrapper for rtproxy."""
+    _run(rtproxy_main)
