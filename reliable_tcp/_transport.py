@@ -98,16 +98,34 @@ def close_socket(sock: socket.socket, *, abort: bool = False) -> None:
     ``abort`` sends RST (SO_LINGER 0) instead of an orderly FIN, freeing
     the kernel state at once; used for dead or misbehaving peers.
     """
+    how = socket.SHUT_RDWR
     if abort:
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         except OSError:
             pass
+        # SHUT_WR would send a FIN before the RST. Only a writer blocked on a
+        # full send buffer needs it to wake, and then the FIN waits behind
+        # that data anyway; otherwise SHUT_RD wakes the reader silently.
+        if _unsent_bytes(sock) == 0:
+            how = socket.SHUT_RD
     try:
-        sock.shutdown(socket.SHUT_RDWR)  # close() alone does not wake recv() on Linux
+        sock.shutdown(how)  # close() alone does not wake recv() on Linux
     except OSError:
         pass
     try:
         sock.close()
     except OSError:
         pass
+
+
+def _unsent_bytes(sock: socket.socket) -> int | None:
+    """Bytes in the socket's send queue (Linux SIOCOUTQ), or None if unknown."""
+    try:
+        import fcntl
+        import termios
+
+        buffer = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except (ImportError, OSError, AttributeError, ValueError):
+        return None
+    return int(struct.unpack("i", buffer)[0])

@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 _RECV_BUFFER = 256 * 1024
 _JOIN_TIMEOUT = 5.0
+_FINAL_FLUSH_TIMEOUT = 2.0
 
 
 class ChannelState(enum.Enum):
@@ -750,6 +751,10 @@ class Channel:
         """Stop the connector and connection threads and join them."""
         with self._lock:
             self._stopping = True
+            if self._ended:
+                # The writer closes the connection itself once the last frame
+                # (CLOSE_ACK, REJECT) is out; give it a moment to do so.
+                self._changed.wait_for(lambda: self._connection is None, _FINAL_FLUSH_TIMEOUT)
             self._discard_connection(abort=not self._ended)
             for condition in (self._readable, self._sendable, self._output_ready, self._timer, self._changed, self._inbox_space):
                 condition.notify_all()

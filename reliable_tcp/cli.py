@@ -88,8 +88,7 @@ def rtcat_main(argv: Sequence[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print(f"rtcat: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if args.verbose:
-        logging.basicConfig(level=logging.INFO, format="rtcat: %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.WARNING, format="rtcat: %(message)s", stream=sys.stderr)
     options: dict[str, Any] = {
         "heartbeat_interval": args.heartbeat,
         "dead_after": args.dead_after,

@@ -85,6 +85,8 @@ class FaultProxy:
         self._closed = False
         self.connections_accepted = 0
         self.resets = 0
+        #: Bytes forwarded so far, per direction ("up", "down").
+        self.bytes_forwarded = {"up": 0, "down": 0}
         self._listener = socket.create_server(listen)
         host, port = self._listener.getsockname()[:2]
         self.address: tuple[str, int] = (host, port)
@@ -239,6 +241,10 @@ class FaultProxy:
                     size = self._rng.randint(1, faults.slice_size)
                     pieces.append(data[pos : pos + size])
                     pos += size
+            if faults.bandwidth:
+                # Pace in steps of 20 ms worth of bytes, waiting before each.
+                step = max(1, int(faults.bandwidth / 50))
+                pieces = [p[i : i + step] for p in pieces for i in range(0, len(p), step)]
         if delay > 0:
             time.sleep(delay)  # a delay line: this direction's bytes wait, in order
         for piece in pieces:
@@ -246,6 +252,7 @@ class FaultProxy:
                 allowed = max(0, faults.limit_bytes - link.forwarded[direction])
                 try:
                     sink.sendall(piece[:allowed])
+                    self.bytes_forwarded[direction] += allowed
                 except OSError:
                     pass
                 with self._lock:
@@ -253,13 +260,14 @@ class FaultProxy:
                     self.resets += 1
                 self._close_link(link, abort=True)
                 return False
+            if faults.bandwidth:
+                time.sleep(len(piece) / faults.bandwidth)
             try:
                 sink.sendall(piece)
             except OSError:
                 return False
             link.forwarded[direction] += len(piece)
-            if faults.bandwidth:
-                time.sleep(len(piece) / faults.bandwidth)
+            self.bytes_forwarded[direction] += len(piece)
         return True
 
     # ---------------------------------------------------------------- ending

@@ -1,0 +1,221 @@
+"""rtcat and the demo as real processes, with the fault proxy between them."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from helpers import UNIT, wait_for
+from reliable_tcp.testing import FaultProxy
+
+ROOT = Path(__file__).resolve().parent.parent
+RTCAT = [sys.executable, str(ROOT / "tools" / "rtcat")]
+FAST = ["--heartbeat", str(0.1 * UNIT), "--dead-after", str(0.4 * UNIT)]
+
+
+def free_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        return int(probe.getsockname()[1])
+
+
+class Rtcat:
+    """An rtcat process with its stdio in files (so large transfers never block on pipes)."""
+
+    def __init__(self, tmp: Path, name: str, args: list[str], stdin: Path | None = None) -> None:
+        self.out = tmp / f"{name}.out"
+        self.err = tmp / f"{name}.err"
+        with open(stdin or os.devnull, "rb") as fin, open(self.out, "wb") as fout, open(self.err, "wb") as ferr:
+            self.proc = subprocess.Popen([*RTCAT, *args], stdin=fin, stdout=fout, stderr=ferr)
+
+    def wait(self, timeout: float = 60) -> int:
+        try:
+            return self.proc.wait(timeout * UNIT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"rtcat did not finish; stderr: {self.err.read_text()}") from None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Rtcat]]:
+    started: list[Rtcat] = []
+    yield started
+    for proc in started:
+        proc.kill()
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("fault", ["blackhole", "reset", "close"])
+@pytest.mark.timeout(120)
+def test_file_survives_faults_mid_stream(tmp_path: Path, procs: list[Rtcat], fault: str) -> None:
+    data = tmp_path / "in.bin"
+    data.write_bytes(os.urandom(4 * 1024 * 1024))
+    port = free_port()
+    listener = Rtcat(tmp_path, "listener", ["-l", "127.0.0.1", str(port), *FAST])
+    procs.append(listener)
+    with FaultProxy(("127.0.0.1", port)) as proxy:
+        proxy.set_faults("both", bandwidth=4 * 1024 * 1024)  # about a second per MiB-ish: faults land mid-stream
+        sender = Rtcat(tmp_path, "sender", [*FAST, "--stats", "127.0.0.1", str(proxy.address[1])], stdin=data)
+        procs.append(sender)
+        for n in range(1, 3):
+            wait_for(lambda: proxy.bytes_forwarded["up"] > n * 1024 * 1024, 60, "progress")  # noqa: B023
+            if fault == "blackhole":
+                proxy.blackhole()
+                time.sleep(0.8 * UNIT)  # the outage itself lasts this long; nothing waits on it
+                proxy.set_faults("both", blackhole=False)
+            elif fault == "reset":
+                proxy.reset()
+            else:
+                proxy.close_connections()
+        assert sender.wait() == 0, sender.err.read_text()
+        assert listener.wait() == 0, listener.err.read_text()
+    assert sha256(listener.out) == sha256(data)
+    stats = sender.err.read_text()
+    assert "sent 4194304 bytes" in stats
+
+
+def test_blackhole_longer_than_dead_after_resumes(tmp_path: Path, procs: list[Rtcat]) -> None:
+    data = tmp_path / "in.bin"
+    data.write_bytes(os.urandom(1024 * 1024))
+    port = free_port()
+    listener = Rtcat(tmp_path, "listener", ["-l", "127.0.0.1", str(port), *FAST, "-v"])
+    procs.append(listener)
+    with FaultProxy(("127.0.0.1", port)) as proxy:
+        proxy.set_faults("both", bandwidth=512 * 1024)
+        sender = Rtcat(tmp_path, "sender", [*FAST, "-v", "--stats", "127.0.0.1", str(proxy.address[1])], stdin=data)
+        procs.append(sender)
+        wait_for(lambda: proxy.bytes_forwarded["up"] > 256 * 1024, 60, "progress")
+        before = sender.err.read_bytes().count(b"disconnected")
+        proxy.blackhole()
+        wait_for(lambda: sender.err.read_bytes().count(b"disconnected") > before, 10, "the sender to notice the pulled cable")
+        proxy.set_faults("both", blackhole=False)
+        assert sender.wait() == 0, sender.err.read_text()
+        assert listener.wait() == 0, listener.err.read_text()
+    assert sha256(listener.out) == sha256(data)
+    assert "resumed" in sender.err.read_text()
+
+
+def test_line_mode_and_bidirectional(tmp_path: Path, procs: list[Rtcat]) -> None:
+    lines = tmp_path / "lines.txt"
+    lines.write_bytes(b"".join(b"line %d\n" % i for i in range(1000)))
+    port = free_port()
+    listener = Rtcat(tmp_path, "listener", ["-l", "127.0.0.1", str(port), "--lines", *FAST, "--stats"])
+    procs.append(listener)
+    sender = Rtcat(tmp_path, "sender", ["--lines", *FAST, "127.0.0.1", str(port)], stdin=lines)
+    procs.append(sender)
+    assert sender.wait() == 0 and listener.wait() == 0
+    assert listener.out.read_bytes() == lines.read_bytes()
+    assert "in 1000 messages" in listener.err.read_text()
+
+
+def test_keep_listening_serves_sessions_one_after_another(tmp_path: Path, procs: list[Rtcat]) -> None:
+    port = free_port()
+    listener = Rtcat(tmp_path, "listener", ["-l", "-k", "127.0.0.1", str(port), *FAST])
+    procs.append(listener)
+    for i in range(3):
+        data = tmp_path / f"in{i}"
+        data.write_bytes(b"session %d\n" % i)
+        sender = Rtcat(tmp_path, f"sender{i}", [*FAST, "127.0.0.1", str(port)], stdin=data)
+        procs.append(sender)
+        assert sender.wait() == 0, sender.err.read_text()
+        wait_for(lambda: listener.out.read_bytes().count(b"\n") == i + 1, 10, "output")  # noqa: B023
+    assert listener.out.read_bytes() == b"session 0\nsession 1\nsession 2\n"
+    assert listener.proc.poll() is None  # still listening
+    listener.kill()
+
+
+def test_exit_codes(tmp_path: Path, procs: list[Rtcat]) -> None:
+    usage = Rtcat(tmp_path, "usage", ["only-a-host"])
+    assert usage.wait() == 2
+    usage2 = Rtcat(tmp_path, "usage2", ["--heartbeat", "1", "--dead-after", "0.5", "127.0.0.1", "1"])
+    assert usage2.wait() == 2
+    nobody = Rtcat(tmp_path, "nobody", ["--connect-timeout", "0.5", "127.0.0.1", str(free_port())])
+    assert nobody.wait() == 1
+    assert "can't open a session" in nobody.err.read_text()
+
+
+def test_session_lost_reports_unacknowledged_bytes(tmp_path: Path, procs: list[Rtcat]) -> None:
+    port = free_port()
+    short = [*FAST, "--resume-window", str(1.0 * UNIT)]
+    listener = Rtcat(tmp_path, "listener", ["-l", "127.0.0.1", str(port), *short])
+    procs.append(listener)
+    with FaultProxy(("127.0.0.1", port)) as proxy:
+        sender_proc = subprocess.Popen(
+            [*RTCAT, *short, "127.0.0.1", str(proxy.address[1])],
+            stdin=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            assert sender_proc.stdin is not None
+            sender_proc.stdin.write(b"first\n")
+            sender_proc.stdin.flush()
+            wait_for(lambda: listener.out.exists() and listener.out.read_bytes() == b"first\n", 10, "first chunk")
+            proxy.blackhole()
+            sender_proc.stdin.write(b"x" * 1000)
+            sender_proc.stdin.close()
+            sender_proc.wait(timeout=30 * UNIT)
+            assert sender_proc.stderr is not None
+            err = sender_proc.stderr.read()
+        finally:
+            if sender_proc.poll() is None:
+                sender_proc.kill()
+                sender_proc.wait()
+        assert sender_proc.returncode == 3, err
+        # The 1000 bytes sent into the blackhole, and "first" too when its ack
+        # was still on the way (delivered, but the sender can't know that).
+        assert re.search(rb"(1000 bytes in 1 messages|1006 bytes in 2 messages) were not acknowledged", err), err
+        assert listener.wait() == 3
+
+
+def test_stdout_closed_early_ends_quietly(tmp_path: Path) -> None:
+    port = free_port()
+    command = f"{' '.join(RTCAT)} -l 127.0.0.1 {port} {' '.join(FAST)} < /dev/null | head -c 100 > /dev/null; exit ${{PIPESTATUS[0]}}"
+    listener = subprocess.Popen(["bash", "-c", command], stderr=subprocess.PIPE)
+    sender = subprocess.Popen(
+        ["bash", "-c", f"head -c 20000000 /dev/zero | {' '.join(RTCAT)} {' '.join(FAST)} 127.0.0.1 {port}"],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _, err = listener.communicate(timeout=30 * UNIT)
+        assert listener.returncode == 4
+        assert b"Traceback" not in err
+        sender.communicate(timeout=30 * UNIT)
+        assert sender.returncode in (0, 3)
+    finally:
+        for proc in (listener, sender):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.mark.timeout(120)
+def test_demo_tally_is_clean() -> None:
+    result = subprocess.run(
+        [*RTCAT, "demo", "--rounds", "1", "--outage", str(0.8 * UNIT), "--rate", "1000"],
+        capture_output=True,
+        timeout=100 * UNIT,
+    )
+    err = result.stderr.decode()
+    assert result.returncode == 0, err
+    assert err.count("lost 0, duplicated 0, reordered 0, unexpected 0") == 2
+    assert "demo: PASS" in err
+    for kind in ("blackhole", "reset", "close"):
+        assert f"/{kind}" in err
