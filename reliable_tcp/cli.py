@@ -62,7 +62,9 @@ def _rtcat_parser() -> argparse.ArgumentParser:
     parser.add_argument("-k", "--keep-listening", action="store_true", help="with -l: accept further sessions, one after another")
     parser.add_argument("--lines", action="store_true", help="line mode: one message per line")
     parser.add_argument("--heartbeat", type=_seconds, default=3.0, help="heartbeat interval (s, default 3)")
-    parser.add_argument("--dead-after", type=_seconds, default=None, help="declare the link dead after this silence (s, default 3 beats)")
+    parser.add_argument(
+        "--dead-after", type=_seconds, default=None, help="declare the link dead after this silence (s, default 3 beats)"
+    )
     parser.add_argument("--resume-window", type=_seconds, default=120.0, help="how long a broken session is kept (s, default 120)")
     parser.add_argument("--connect-timeout", type=_seconds, default=30.0, help="retry the first connection this long (s, default 30)")
     parser.add_argument("-v", "--verbose", action="store_true", help="report state changes on stderr")

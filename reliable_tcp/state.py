@@ -102,6 +102,11 @@ def diagram() -> str:
         grouped.setdefault((state, target), []).append(event.value)
     for (state, target), events in grouped.items():
         lines.append(f"    {state.value} --> {target.value}: {', '.join(events)}")
+    lines.extend(
+        f"    {state.value} --> {S.FAILED.value}: anything else"
+        for state in SessionState
+        if state not in TERMINAL_STATES
+    )
     lines.extend(f"    {state.value} --> [*]" for state in sorted(TERMINAL_STATES, key=lambda s: s.value))
     return "\n".join(lines)
 

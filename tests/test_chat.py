@@ -28,14 +28,14 @@ def test_every_line_reaches_every_other_participant_once() -> None:
         for round_number in range(20):
             if round_number == 10:
                 proxy.reset()  # mid-conversation: every link breaks at once
-            for name, client in zip(names, clients):
+            for name, client in zip(names, clients, strict=True):
                 client.say(f"{name} line {round_number}")
         expected = {
             name: sorted(f"{other}: {other} line {i}" for other in names if other != name for i in range(20)) for name in names
         }
 
         def all_arrived() -> bool:
-            for name, client in zip(names, clients):
+            for name, client in zip(names, clients, strict=True):
                 received[name] += client.lines()
             return all(sorted(received[name]) == expected[name] for name in names)
 

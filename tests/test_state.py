@@ -166,3 +166,10 @@ def test_timers_do_nothing_where_no_verdict_exists(state: SessionState) -> None:
     assert engine.next_deadline() is None
     engine.handle_timer(pair.now + 1e6)
     assert engine.state is state
+
+
+def test_protocol_document_shows_the_current_diagram() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
+    assert diagram() in doc

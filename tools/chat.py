@@ -75,7 +75,7 @@ class ChatClient:
         """Send one line to everyone else."""
         self.channel.send(line.encode())
 
-    def lines(self) -> "list[str]":
+    def lines(self) -> list[str]:
         """Every line received so far (non-blocking)."""
         out: list[str] = []
         while True:
