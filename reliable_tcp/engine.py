@@ -431,6 +431,11 @@ class SessionEngine:
         self._move(SessionInput.CLOSE_CALLED, now)
         if state is SessionState.OPEN:
             self._flush_data()
+            if self._recv_unacked:
+                # The peer stops listening for acks once it has answered CLOSE:
+                # acknowledge what arrived, or it would report those messages lost.
+                self._output.append(encode(Ack(self._recv.expect - 1)))
+                self._ack_sent()
             self._output.append(encode(Close(self._window.next_seq - 1)))
             self._last_output = now
         else:

@@ -217,6 +217,18 @@ def test_graceful_close_delivers_in_flight_data_then_ends_both_sides() -> None:
     assert pair.records["server"].ended == ev.SessionClosed(True, ())
 
 
+def test_close_acknowledges_what_the_closer_received() -> None:
+    pair = open_pair()
+    pair.send("server", b"reply")
+    pair.deliver_to_client(10_000)  # delivered; its ack is still delayed
+    pair.client.close(pair.now)
+    pair.step()
+    pair.deliver_to_server(10_000)
+    pair.deliver_to_client(10_000)
+    assert pair.records["server"].ended == ev.SessionClosed(True, ())
+    assert pair.records["client"].ended == ev.SessionClosed(False, ())
+
+
 def test_simultaneous_close() -> None:
     pair = open_pair()
     pair.client.close(pair.now)

@@ -1,0 +1,492 @@
+#!/usr/bin/env python3
+"""Benchmarks: reliable_tcp beside raw TCP and the peers, each side in its own process.
+
+    python tools/bench.py --quick            # about a minute
+    python tools/bench.py --json results.json
+
+Measures over 127.0.0.1, in one invocation:
+- one-way stream throughput (messages/s, MB/s at the receiver) for 64 B,
+  1 KiB and 64 KiB messages;
+- round-trip latency of 64 B messages (p50, p99);
+- CPU time per message and peak RSS of each side;
+for reliable_tcp, raw TCP with a 4-byte length prefix and batched writes,
+pyzmq PUSH/PULL and paho-mqtt QoS 1 through a local mosquitto (each only
+when installed: ``pip install -e '.[bench]'``, ``apt-get install mosquitto``).
+Prints a table with ratios to raw TCP from the same run (median of the
+repetitions, with min-max spread) and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import shutil
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+
+SIZES = (64, 1024, 65536)
+_LEN = struct.Struct(">I")
+
+
+def _usage() -> dict[str, float]:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {"cpu": usage.ru_utime + usage.ru_stime, "rss_mb": usage.ru_maxrss / 1024}
+
+
+def _count_for(size: int, seconds: float) -> int:
+    # Aim for a run of roughly ``seconds`` at a few hundred MB/s or ~300k msg/s.
+    return max(2000, int(min(300_000 * seconds, 400e6 * seconds / size)))
+
+
+# --------------------------------------------------------------------- raw TCP
+
+
+def raw_receiver(port_queue: Any, result_queue: Any, count: int, size: int) -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    port_queue.put(server.getsockname()[1])
+    conn, _ = server.accept()
+    buffer = bytearray()
+    got = 0
+    start = None
+    while got < count:
+        chunk = conn.recv(1 << 20)
+        if not chunk:
+            break
+        if start is None:
+            start = time.perf_counter()
+        buffer += chunk
+        offset = 0
+        while len(buffer) - offset >= 4:
+            (length,) = _LEN.unpack_from(buffer, offset)
+            if len(buffer) - offset - 4 < length:
+                break
+            _ = bytes(buffer[offset + 4 : offset + 4 + length])  # hand a message out, as an app would get it
+            offset += 4 + length
+            got += 1
+        del buffer[:offset]
+    elapsed = time.perf_counter() - (start or time.perf_counter())
+    conn.sendall(b"k")
+    result_queue.put({"side": "receiver", "elapsed": elapsed, "messages": got, **_usage()})
+
+
+def raw_sender(port: int, result_queue: Any, count: int, size: int) -> None:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    payload = os.urandom(size)
+    framed = _LEN.pack(size) + payload
+    per_batch = max(1, (256 * 1024) // len(framed))
+    sent = 0
+    while sent < count:
+        n = min(per_batch, count - sent)
+        sock.sendall(framed * n)
+        sent += n
+    sock.recv(1)
+    result_queue.put({"side": "sender", **_usage()})
+
+
+def raw_echo_server(port_queue: Any, result_queue: Any, count: int, size: int) -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    port_queue.put(server.getsockname()[1])
+    conn, _ = server.accept()
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for _ in range(count):
+        header = _recv_exact(conn, 4)
+        (length,) = _LEN.unpack(header)
+        conn.sendall(header + _recv_exact(conn, length))
+    result_queue.put({"side": "receiver", **_usage()})
+
+
+def raw_ping_client(port: int, result_queue: Any, count: int, size: int) -> None:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    payload = _LEN.pack(size) + os.urandom(size)
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        sock.sendall(payload)
+        _recv_exact(sock, len(payload))
+        times.append(time.perf_counter() - start)
+    result_queue.put({"side": "sender", "rtts": times, **_usage()})
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    return data
+
+
+# ----------------------------------------------------------------- reliable_tcp
+
+
+def rt_receiver(port_queue: Any, result_queue: Any, count: int, size: int) -> None:
+    import reliable_tcp
+
+    with reliable_tcp.listen(("127.0.0.1", 0)) as listener:
+        port_queue.put(listener.address[1])
+        channel = listener.accept()
+        got = 0
+        start = None
+        while got < count:
+            messages = channel.recv_many(4096)
+            if start is None:
+                start = time.perf_counter()
+            got += len(messages)
+        elapsed = time.perf_counter() - (start or time.perf_counter())
+        try:
+            for _ in channel:
+                pass
+        except reliable_tcp.ReliableTCPError:
+            pass
+        channel.close()
+    result_queue.put({"side": "receiver", "elapsed": elapsed, "messages": got, **_usage()})
+
+
+def rt_sender(port: int, result_queue: Any, count: int, size: int) -> None:
+    import reliable_tcp
+
+    channel = reliable_tcp.connect(("127.0.0.1", port))
+    payload = os.urandom(size)
+    batch = [payload] * max(1, min(1024, (1 << 20) // size))
+    sent = 0
+    while sent < count:
+        n = min(len(batch), count - sent)
+        channel.send_many(batch[:n])
+        sent += n
+    channel.close(timeout=60)
+    result_queue.put({"side": "sender", **_usage()})
+
+
+def rt_sender_single(port: int, result_queue: Any, count: int, size: int) -> None:
+    import reliable_tcp
+
+    channel = reliable_tcp.connect(("127.0.0.1", port))
+    payload = os.urandom(size)
+    send = channel.send
+    for _ in range(count):
+        send(payload)
+    channel.close(timeout=60)
+    result_queue.put({"side": "sender", **_usage()})
+
+
+def rt_echo_server(port_queue: Any, result_queue: Any, count: int, size: int) -> None:
+    import reliable_tcp
+
+    with reliable_tcp.listen(("127.0.0.1", 0)) as listener:
+        port_queue.put(listener.address[1])
+        channel = listener.accept()
+        for _ in range(count):
+            channel.send(channel.recv())
+        try:
+            for _ in channel:
+                pass
+        except reliable_tcp.ReliableTCPError:
+            pass
+        channel.close()
+    result_queue.put({"side": "receiver", **_usage()})
+
+
+def rt_ping_client(port: int, result_queue: Any, count: int, size: int) -> None:
+    import reliable_tcp
+
+    channel = reliable_tcp.connect(("127.0.0.1", port))
+    payload = os.urandom(size)
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        channel.send(payload)
+        channel.recv()
+        times.append(time.perf_counter() - start)
+    channel.close(timeout=30)
+    result_queue.put({"side": "sender", "rtts": times, **_usage()})
+
+
+# ------------------------------------------------------------------------ pyzmq
+
+
+def zmq_receiver(port_queue: Any, result_queue: Any, count: int, size: int) -> None:
+    import zmq
+
+    context = zmq.Context()
+    pull = context.socket(zmq.PULL)
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    port_queue.put(port)
+    pull.recv()
+    start = time.perf_counter()
+    for _ in range(count - 1):
+        pull.recv()
+    elapsed = time.perf_counter() - start
+    pull.close()
+    context.term()
+    result_queue.put({"side": "receiver", "elapsed": elapsed, "messages": count - 1, **_usage()})
+
+
+def zmq_sender(port: int, result_queue: Any, count: int, size: int) -> None:
+    import zmq
+
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    push.connect(f"tcp://127.0.0.1:{port}")
+    payload = os.urandom(size)
+    for _ in range(count):
+        push.send(payload)
+    push.close(linger=-1)
+    context.term()
+    result_queue.put({"side": "sender", **_usage()})
+
+
+# ------------------------------------------------------------------ paho-mqtt
+
+
+def _mqtt_client(client_id: str) -> Any:
+    import paho.mqtt.client as mqtt
+
+    return mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+
+
+def mqtt_receiver(port_queue: Any, result_queue: Any, count: int, size: int, broker_port: int = 0) -> None:
+    import threading
+
+    done = threading.Event()
+    state = {"got": 0, "start": 0.0}
+
+    def on_message(client: Any, userdata: Any, message: Any) -> None:
+        if state["got"] == 0:
+            state["start"] = time.perf_counter()
+        state["got"] += 1
+        if state["got"] >= count:
+            done.set()
+
+    subscribed = threading.Event()
+    client = _mqtt_client("bench-receiver")
+    client.on_message = on_message
+    client.on_subscribe = lambda *args: subscribed.set()
+    client.connect("127.0.0.1", broker_port)
+    client.subscribe("bench", qos=1)
+    client.loop_start()
+    subscribed.wait(10)
+    port_queue.put(broker_port)
+    done.wait(600)
+    elapsed = time.perf_counter() - state["start"]
+    client.loop_stop()
+    client.disconnect()
+    result_queue.put({"side": "receiver", "elapsed": elapsed, "messages": state["got"], **_usage()})
+
+
+def mqtt_sender(port: int, result_queue: Any, count: int, size: int) -> None:
+    client = _mqtt_client("bench-sender")
+    client.max_inflight_messages_set(1000)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    payload = os.urandom(size)
+    infos = [client.publish("bench", payload, qos=1) for _ in range(count)]
+    for info in infos:
+        info.wait_for_publish(60)
+    client.loop_stop()
+    client.disconnect()
+    result_queue.put({"side": "sender", **_usage()})
+
+
+# -------------------------------------------------------------------- harness
+
+
+def _run_pair(server: Callable[..., None], client: Callable[..., None], count: int, size: int, **server_kwargs: Any) -> dict[str, Any]:
+    context = mp.get_context("spawn")
+    port_queue, result_queue = context.Queue(), context.Queue()
+    server_proc = context.Process(target=server, args=(port_queue, result_queue, count, size), kwargs=server_kwargs)
+    server_proc.start()
+    port = port_queue.get(timeout=30)
+    client_proc = context.Process(target=client, args=(port, result_queue, count, size))
+    client_proc.start()
+    results = {}
+    for _ in range(2):
+        item = result_queue.get(timeout=600)
+        results[item.pop("side")] = item
+    for proc in (server_proc, client_proc):
+        proc.join(30)
+        if proc.is_alive():
+            proc.kill()
+    return results
+
+
+ONEWAY: dict[str, tuple[Callable[..., None], Callable[..., None]]] = {
+    "raw TCP (batched)": (raw_receiver, raw_sender),
+    "reliable_tcp send_many": (rt_receiver, rt_sender),
+    "reliable_tcp send": (rt_receiver, rt_sender_single),
+    "pyzmq PUSH/PULL": (zmq_receiver, zmq_sender),
+    "paho-mqtt QoS 1": (mqtt_receiver, mqtt_sender),
+}
+PINGPONG = {
+    "raw TCP (batched)": (raw_echo_server, raw_ping_client),
+    "reliable_tcp send": (rt_echo_server, rt_ping_client),
+}
+
+
+def _available(name: str) -> str | None:
+    if name.startswith("pyzmq"):
+        try:
+            import zmq  # noqa: F401
+        except ImportError:
+            return "pyzmq not installed (pip install -e '.[bench]')"
+    if name.startswith("paho"):
+        try:
+            import paho.mqtt.client  # noqa: F401
+        except ImportError:
+            return "paho-mqtt not installed (pip install -e '.[bench]')"
+        if shutil.which("mosquitto") is None and not os.path.exists("/usr/sbin/mosquitto"):
+            return "mosquitto not installed (apt-get install mosquitto)"
+    return None
+
+
+class _Mosquitto:
+    """A private mosquitto broker on a free port, with persistence off."""
+
+    def __init__(self) -> None:
+        with socket.create_server(("127.0.0.1", 0)) as probe:
+            self.port = probe.getsockname()[1]
+        self.dir = tempfile.mkdtemp(prefix="bench-mosquitto-")
+        config = os.path.join(self.dir, "mosquitto.conf")
+        with open(config, "w") as f:
+            f.write(f"listener {self.port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 1000\n"
+                    "max_queued_messages 0\n")
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.proc = subprocess.Popen([binary, "-c", config], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)  # polling until the broker listens
+        raise RuntimeError("mosquitto did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _median_spread(values: list[float]) -> tuple[float, float, float]:
+    return statistics.median(values), min(values), max(values)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="short runs, 2 repetitions (about a minute)")
+    parser.add_argument("--repeat", type=int, default=None, help="repetitions (default 5, quick 2)")
+    parser.add_argument("--seconds", type=float, default=None, help="target seconds per run (default 2, quick 0.5)")
+    parser.add_argument("--only", default="", help="comma-separated transport name prefixes to run")
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES)))
+    parser.add_argument("--json", default="bench-results.json", help="where to write the results")
+    args = parser.parse_args()
+    repeat = args.repeat or (2 if args.quick else 5)
+    seconds = args.seconds or (0.5 if args.quick else 2.0)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+    results: dict[str, Any] = {
+        "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()},
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "repeat": repeat,
+        "oneway": {},
+        "latency": {},
+    }
+    broker = None
+    print(f"reliable_tcp benchmark: {repeat} repetitions, ~{seconds} s each, sizes {sizes}", flush=True)
+    try:
+        for name, (server, client) in ONEWAY.items():
+            if wanted and not any(name.startswith(w) for w in wanted):
+                continue
+            reason = _available(name)
+            if reason:
+                print(f"  skipping {name}: {reason}", flush=True)
+                continue
+            kwargs = {}
+            if name.startswith("paho"):
+                broker = broker or _Mosquitto()
+                kwargs["broker_port"] = broker.port
+            for size in sizes:
+                count = _count_for(size, seconds)
+                if name.startswith("paho"):
+                    count = min(count, 20_000 if not args.quick else 5_000)
+                if name == "reliable_tcp send" and size > 1024:
+                    continue
+                runs = []
+                for _ in range(repeat):
+                    pair = _run_pair(server, client, count, size, **kwargs)
+                    rx, tx = pair["receiver"], pair["sender"]
+                    rate = rx["messages"] / rx["elapsed"] if rx["elapsed"] > 0 else float("nan")
+                    runs.append({
+                        "msgs_per_s": rate,
+                        "mb_per_s": rate * size / 1e6,
+                        "cpu_us_per_msg_sender": 1e6 * tx["cpu"] / count,
+                        "cpu_us_per_msg_receiver": 1e6 * rx["cpu"] / count,
+                        "rss_mb_sender": tx["rss_mb"],
+                        "rss_mb_receiver": rx["rss_mb"],
+                    })
+                summary = {key: _median_spread([r[key] for r in runs]) for key in runs[0]}
+                results["oneway"].setdefault(name, {})[str(size)] = {"count": count, **summary}
+                m, lo, hi = summary["msgs_per_s"]
+                print(f"  {name:<24} {size:>6} B  {m:>11,.0f} msg/s ({lo:,.0f}-{hi:,.0f})  {summary['mb_per_s'][0]:>8.1f} MB/s",
+                      flush=True)
+        for name, (server, client) in PINGPONG.items():
+            if wanted and not any(name.startswith(w) for w in wanted):
+                continue
+            count = 1000 if args.quick else 5000
+            p50s, p99s = [], []
+            for _ in range(repeat):
+                pair = _run_pair(server, client, count, 64)
+                rtts = sorted(pair["sender"]["rtts"])
+                p50s.append(rtts[len(rtts) // 2] * 1e6)
+                p99s.append(rtts[int(len(rtts) * 0.99)] * 1e6)
+            results["latency"][name] = {"p50_us": _median_spread(p50s), "p99_us": _median_spread(p99s), "count": count}
+            print(f"  {name:<24} round trip 64 B: p50 {statistics.median(p50s):.1f} us, p99 {statistics.median(p99s):.1f} us",
+                  flush=True)
+    finally:
+        if broker is not None:
+            broker.stop()
+    _print_table(results)
+    with open(args.json, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"\nresults written to {args.json}")
+    return 0
+
+
+def _print_table(results: dict[str, Any]) -> None:
+    oneway = results["oneway"]
+    raw = oneway.get("raw TCP (batched)", {})
+    print("\nOne-way throughput (median of runs; ratio to raw TCP from this run)")
+    print(f"{'transport':<24} {'size':>6} {'msg/s':>12} {'MB/s':>9} {'x raw':>7} {'cpu us/msg tx/rx':>18} {'RSS MB tx/rx':>14}")
+    for name, by_size in oneway.items():
+        for size, row in by_size.items():
+            base = raw.get(size, {}).get("msgs_per_s", (float("nan"),))[0]
+            ratio = row["msgs_per_s"][0] / base if base == base and base else float("nan")
+            print(
+                f"{name:<24} {size:>6} {row['msgs_per_s'][0]:>12,.0f} {row['mb_per_s'][0]:>9.1f} {ratio:>7.2f} "
+                f"{row['cpu_us_per_msg_sender'][0]:>8.2f}/{row['cpu_us_per_msg_receiver'][0]:<8.2f} "
+                f"{row['rss_mb_sender'][0]:>6.0f}/{row['rss_mb_receiver'][0]:<6.0f}"
+            )
+    if results["latency"]:
+        raw_p50 = results["latency"].get("raw TCP (batched)", {}).get("p50_us", (float("nan"),))[0]
+        print("\nRound trip, 64 B")
+        for name, row in results["latency"].items():
+            print(f"{name:<24} p50 {row['p50_us'][0]:8.1f} us  p99 {row['p99_us'][0]:8.1f} us  x raw p50 {row['p50_us'][0] / raw_p50:5.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
