@@ -485,7 +485,8 @@ def _print_table(results: dict[str, Any]) -> None:
         raw_p50 = results["latency"].get("raw TCP (batched)", {}).get("p50_us", (float("nan"),))[0]
         print("\nRound trip, 64 B")
         for name, row in results["latency"].items():
-            print(f"{name:<24} p50 {row['p50_us'][0]:8.1f} us  p99 {row['p99_us'][0]:8.1f} us  x raw p50 {row['p50_us'][0] / raw_p50:5.2f}")
+            ratio = row["p50_us"][0] / raw_p50
+            print(f"{name:<24} p50 {row['p50_us'][0]:8.1f} us  p99 {row['p99_us'][0]:8.1f} us  x raw p50 {ratio:5.2f}")
 
 
 if __name__ == "__main__":

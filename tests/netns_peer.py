@@ -1,0 +1,121 @@
+"""One end of a numbered two-way stream, run as its own process (inside a test host).
+
+    python tests/netns_peer.py server --address 10.x.y.2:7000 --count 3000 --out b.json
+    python tests/netns_peer.py client --address 10.x.y.2:7000 --count 3000 --out a.json
+
+Each side sends ``count`` numbered messages at ``rate`` per second while
+receiving the other's, then the client closes. The JSON result lists what
+was sent, what stayed unacknowledged, what was delivered (in order), and
+the state changes with their monotonic timestamps, for the checker.
+Exit status: 0 when the session ended cleanly, 3 when it was lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from typing import Any
+
+import reliable_tcp
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("role", choices=("server", "client"))
+    parser.add_argument("--address", required=True)
+    parser.add_argument("--count", type=int, default=2000)
+    parser.add_argument("--rate", type=float, default=500.0)
+    parser.add_argument("--size", type=int, default=100)
+    parser.add_argument("--heartbeat", type=float, default=0.5)
+    parser.add_argument("--resume-window", type=float, default=120.0)
+    parser.add_argument("--handshake-timeout", type=float, default=3.0)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    host, port = args.address.rsplit(":", 1)
+    events: list[tuple[str, float, str, int]] = []
+
+    def on_event(event: reliable_tcp.ChannelEvent) -> None:
+        events.append((event.kind, time.monotonic(), event.detail, event.replayed))
+
+    options: dict[str, Any] = {
+        "heartbeat_interval": args.heartbeat,
+        "resume_window": args.resume_window,
+        "handshake_timeout": args.handshake_timeout,
+        "on_event": on_event,
+    }
+    listener = None
+    if args.role == "server":
+        listener = reliable_tcp.listen((host, int(port)), **options)
+        print("listening", flush=True)
+        channel = listener.accept()
+    else:
+        channel = reliable_tcp.connect((host, int(port)), timeout=30, **options)
+    result: dict[str, Any] = {"sent": 0, "unacked": [], "delivered": [], "lost": None}
+    receiver = threading.Thread(target=_receive, args=(channel, args.count, result, args.role == "server"), daemon=True)
+    receiver.start()
+    status = 0
+    try:
+        padding = b"." * max(0, args.size - 12)
+        start = time.monotonic()
+        for number in range(args.count):
+            channel.send(b"%d|" % number + padding)
+            result["sent"] = number + 1
+            delay = start + (number + 1) / args.rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)  # pacing, so faults land mid-stream
+        channel.flush()
+        receiver.join()  # the server's receiver returns once the client has closed
+        channel.close(timeout=60)
+    except reliable_tcp.SessionLost as lost:
+        result["lost"] = lost.reason
+        result["unacked"] = [int(p.split(b"|")[0]) for _, p in lost.unacked]
+        status = 3
+    except reliable_tcp.ChannelClosed as closed:
+        result["unacked"] = [int(p.split(b"|")[0]) for _, p in getattr(closed, "unacked", ())]
+    receiver.join(10)
+    if result["lost"] is None and result.get("receive_lost"):
+        result["lost"] = result["receive_lost"]
+        status = 3
+    result["events"] = events
+    stats = channel.statistics()
+    result["stats"] = {
+        "resumes": stats.resumes,
+        "disconnects": stats.disconnects,
+        "retransmitted": stats.retransmitted,
+        "duplicates_dropped": stats.duplicates_dropped,
+        "last_detection_time": stats.last_detection_time,
+        "last_recovery_time": stats.last_recovery_time,
+    }
+    channel.abort()
+    if listener is not None:
+        listener.close(timeout=1)
+    with open(args.out, "w") as f:
+        json.dump(result, f)
+    return status
+
+
+def _receive(channel: reliable_tcp.Channel, count: int, result: dict[str, Any], wait_for_close: bool) -> None:
+    delivered: list[int] = result["delivered"]
+    try:
+        while len(delivered) < count:
+            before = len(delivered)
+            for message in channel.recv_many():
+                delivered.append(int(message.split(b"|")[0]))
+            if len(delivered) // 100 != before // 100:
+                print(f"delivered {len(delivered)}", flush=True)  # progress, for the test driving the faults
+        if wait_for_close:
+            # The client closes once both directions are done; wait for that.
+            for _ in channel:
+                pass
+    except reliable_tcp.ChannelClosed:
+        return
+    except reliable_tcp.SessionLost as lost:
+        result["receive_lost"] = lost.reason
+        result.setdefault("unacked_from_receiver", [int(p.split(b"|")[0]) for _, p in lost.unacked])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,285 @@
+"""Real faults against the real kernel: two network namespaces joined by a veth pair.
+
+Cable pulls (``ip link set down``), blackholes and RST injection (iptables),
+a lossy high-latency path, a flapping link and an outage longer than the
+resume window, through the library API (numbered messages both ways, each
+side its own process) and through rtcat. Needs root; skips with the reason
+otherwise. ``RTCP_NETNS_HEARTBEATS=3,0.5`` runs every scenario with each
+heartbeat (CI uses 0.5 s); ``RTCP_RELIABILITY_LOG=path`` appends each
+scenario's measured figures as JSON lines (docs/reliability.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from netns import ROOT, NetPair
+from reliable_tcp.checker import check_stream
+
+pytestmark = [pytest.mark.netns]
+
+_REASON = NetPair.unavailable()
+if _REASON is not None:
+    pytestmark.append(pytest.mark.skip(reason=_REASON))
+
+HEARTBEATS = [float(h) for h in os.environ.get("RTCP_NETNS_HEARTBEATS", "0.5").split(",")]
+PEER = [sys.executable, str(ROOT / "tests" / "netns_peer.py")]
+PORT = 7000
+
+
+@pytest.fixture
+def net(request: pytest.FixtureRequest) -> Iterator[NetPair]:
+    pair = NetPair(str(abs(hash(request.node.name)) % 1000))
+    try:
+        yield pair
+    finally:
+        pair.close()
+
+
+class Peer:
+    """A peer process whose stdout lines are collected as they come."""
+
+    def __init__(self, net: NetPair, side: str, argv: list[str]) -> None:
+        self.proc = net.spawn(side, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.lines: list[str] = []
+        self.changed = threading.Condition()
+        self.reader = threading.Thread(target=self._read, name=f"test-peer-{side}", daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            with self.changed:
+                self.lines.append(raw.decode().strip())
+                self.changed.notify_all()
+
+    def wait_line(self, predicate: Callable[[str], bool], timeout: float) -> None:
+        with self.changed:
+            if not self.changed.wait_for(lambda: any(predicate(line) for line in self.lines), timeout):
+                raise AssertionError(f"peer did not print the expected line; got {self.lines[-3:]}")
+
+    def finish(self, timeout: float) -> int:
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"peer did not finish; stderr: {self._stderr()}") from None
+        self.reader.join(5)
+        return code
+
+    def _stderr(self) -> str:
+        return self.proc.stderr.read().decode() if self.proc.stderr else ""
+
+
+def delivered_at_least(count: int) -> Callable[[str], bool]:
+    return lambda line: line.startswith("delivered ") and int(line.split()[1]) >= count
+
+
+def run_stream(
+    net: NetPair,
+    tmp: Path,
+    fault: Callable[[], tuple[float, float]],
+    *,
+    heartbeat: float,
+    count: int = 3000,
+    rate: float = 300.0,
+    server_address: str | None = None,
+    connect_address: str | None = None,
+    resume_window: float = 120.0,
+    expect_status: int = 0,
+    finish_timeout: float = 240.0,
+) -> dict[str, Any]:
+    """Stream ``count`` numbered messages each way, apply ``fault`` once the
+    stream is under way, and check both directions with the checker."""
+    server_address = server_address or f"{net.addr['b']}:{PORT}"
+    connect_address = connect_address or server_address
+    common = ["--count", str(count), "--rate", str(rate), "--heartbeat", str(heartbeat), "--resume-window", str(resume_window)]
+    server = Peer(net, "b", [*PEER, "server", "--address", server_address, "--out", str(tmp / "b.json"), *common])
+    server.wait_line(lambda line: line == "listening", 20)
+    client = Peer(net, "a", [*PEER, "client", "--address", connect_address, "--out", str(tmp / "a.json"), *common])
+    client.wait_line(delivered_at_least(count // 5), 60)
+    fault_start, link_back = fault()
+    codes = (client.finish(finish_timeout), server.finish(finish_timeout))
+    a = json.loads((tmp / "a.json").read_text())
+    b = json.loads((tmp / "b.json").read_text())
+    assert codes == (expect_status, expect_status), (codes, a.get("lost"), b.get("lost"))
+    for sender, receiver in ((a, b), (b, a)):
+        sent = list(range(sender["sent"]))
+        unacked = set(sender["unacked"]) | set(sender.get("unacked_from_receiver", []))
+        tally = check_stream(sent, set(sent) - unacked, receiver["delivered"])
+        assert tally.ok, tally.summary()
+        # Nothing silently dropped: whatever did not arrive was reported back.
+        assert set(sent) - set(receiver["delivered"]) <= unacked
+    disconnected = [t for kind, t, *_ in a["events"] + b["events"] if kind == "disconnected" and t >= fault_start]
+    resumed = [t for kind, t, *_ in a["events"] if kind == "resumed" and t >= link_back]
+    figures = {
+        "detection_s": round(min(disconnected) - fault_start, 3) if disconnected else None,
+        "resume_s": round(min(resumed) - link_back, 3) if resumed else None,
+        "replayed": sum(r for kind, _, _, r in a["events"] + b["events"] if kind == "resumed"),
+        "resumes": a["stats"]["resumes"],
+        "messages_each_way": count,
+    }
+    return {"a": a, "b": b, "figures": figures}
+
+
+def record(name: str, heartbeat: float, figures: dict[str, Any], **extra: Any) -> None:
+    path = os.environ.get("RTCP_RELIABILITY_LOG")
+    line = {"scenario": name, "heartbeat": heartbeat, **figures, **extra}
+    print(json.dumps(line))
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+
+def outage(start: Callable[[], None], stop: Callable[[], None], seconds: float) -> Callable[[], tuple[float, float]]:
+    def fault() -> tuple[float, float]:
+        began = time.monotonic()
+        start()
+        time.sleep(seconds)  # the outage lasts this long: it is the stimulus, not a synchronisation
+        stop()
+        return began, time.monotonic()
+
+    return fault
+
+
+@pytest.mark.parametrize("heartbeat", HEARTBEATS)
+@pytest.mark.parametrize("side", ["a", "b"])
+@pytest.mark.timeout(300)
+def test_cable_pull(net: NetPair, tmp_path: Path, heartbeat: float, side: str) -> None:
+    fault = outage(lambda: net.link(side, False), lambda: net.link(side, True), 10)
+    result = run_stream(net, tmp_path, fault, heartbeat=heartbeat)
+    assert result["figures"]["resumes"] >= 1
+    record(f"cable pull 10 s ({'client' if side == 'a' else 'server'} side)", heartbeat, result["figures"])
+
+
+@pytest.mark.parametrize("heartbeat", HEARTBEATS)
+@pytest.mark.timeout(400)
+def test_long_outage_inside_the_resume_window(net: NetPair, tmp_path: Path, heartbeat: float) -> None:
+    fault = outage(lambda: net.link("a", False), lambda: net.link("a", True), 60)
+    result = run_stream(net, tmp_path, fault, heartbeat=heartbeat, count=2000, rate=200)
+    assert result["figures"]["resumes"] >= 1
+    record("long outage 60 s", heartbeat, result["figures"])
+
+
+@pytest.mark.parametrize("heartbeat", HEARTBEATS)
+@pytest.mark.timeout(300)
+def test_blackhole(net: NetPair, tmp_path: Path, heartbeat: float) -> None:
+    fault = outage(net.blackhole, net.clear_rules, 10)
+    result = run_stream(net, tmp_path, fault, heartbeat=heartbeat)
+    assert result["figures"]["resumes"] >= 1
+    record("blackhole 10 s (iptables DROP)", heartbeat, result["figures"])
+
+
+@pytest.mark.parametrize("heartbeat", HEARTBEATS)
+@pytest.mark.timeout(300)
+def test_rst_injection(net: NetPair, tmp_path: Path, heartbeat: float) -> None:
+    fault = outage(net.inject_resets, net.clear_rules, 5)
+    result = run_stream(net, tmp_path, fault, heartbeat=heartbeat)
+    assert result["figures"]["resumes"] >= 1
+    record("RST injection 5 s", heartbeat, result["figures"])
+
+
+@pytest.mark.parametrize("heartbeat", HEARTBEATS)
+@pytest.mark.timeout(300)
+def test_flapping_link(net: NetPair, tmp_path: Path, heartbeat: float) -> None:
+    def fault() -> tuple[float, float]:
+        began = time.monotonic()
+        for _ in range(10):
+            net.link("a", False)
+            time.sleep(1)  # the flap pattern itself: 1 s down, 2 s up
+            net.link("a", True)
+            time.sleep(2)
+        return began, time.monotonic() - 2
+
+    result = run_stream(net, tmp_path, fault, heartbeat=heartbeat, count=4000, rate=200)
+    record("flapping 10 x (1 s down, 2 s up)", heartbeat, result["figures"])
+
+
+@pytest.mark.parametrize("heartbeat", HEARTBEATS)
+@pytest.mark.timeout(300)
+def test_bad_path_for_the_whole_run(net: NetPair, tmp_path: Path, heartbeat: float) -> None:
+    # No sch_netem here: loss from the iptables statistic match, delay and
+    # jitter from the fault proxy placed on the server host's path.
+    proxy = net.spawn(
+        "b",
+        [sys.executable, str(ROOT / "tools" / "rtproxy"), str(PORT + 1), "127.0.0.1", str(PORT),
+         "--host", net.addr["b"], "--latency", "0.05", "--jitter", "0.025"],
+        stderr=subprocess.PIPE,
+    )
+    assert proxy.stderr is not None
+    assert b"rtproxy:" in proxy.stderr.readline()  # it is listening
+    net.random_loss(0.05)
+
+    def fault() -> tuple[float, float]:
+        now = time.monotonic()
+        return now, now
+
+    started = time.monotonic()
+    result = run_stream(
+        net, tmp_path, fault, heartbeat=heartbeat, count=1500, rate=150,
+        server_address=f"127.0.0.1:{PORT}", connect_address=f"{net.addr['b']}:{PORT + 1}",
+    )
+    elapsed = time.monotonic() - started
+    record(
+        "bad path: 100 ms +/- 50 ms round trip, 5% loss each way", heartbeat, result["figures"],
+        throughput_msgs_per_s=round(2 * 1500 / elapsed, 1),
+    )
+
+
+@pytest.mark.parametrize("heartbeat", HEARTBEATS)
+@pytest.mark.timeout(300)
+def test_outage_longer_than_the_resume_window_reports_exactly_what_was_lost(
+    net: NetPair, tmp_path: Path, heartbeat: float
+) -> None:
+    window = max(3.0, 4 * heartbeat)
+    fault = outage(lambda: net.link("a", False), lambda: net.link("a", True), window + 3 * heartbeat + 5)
+    result = run_stream(net, tmp_path, fault, heartbeat=heartbeat, resume_window=window, expect_status=3, count=3000)
+    a, b = result["a"], result["b"]
+    assert a["lost"] and b["lost"]
+    # Both sides report the messages the other never acknowledged, and only those
+    # that could have been missed: everything before them was delivered.
+    for sender, receiver in ((a, b), (b, a)):
+        unacked = sorted(set(sender["unacked"]) | set(sender.get("unacked_from_receiver", [])))
+        assert unacked, "a lost session with traffic in flight reports what was unacknowledged"
+        assert receiver["delivered"] == list(range(len(receiver["delivered"])))
+        assert unacked[0] <= len(receiver["delivered"])
+    record("outage longer than the resume window", heartbeat, result["figures"], outcome="SessionLost on both sides")
+
+
+@pytest.mark.timeout(300)
+def test_rtcat_file_across_a_cable_pull(net: NetPair, tmp_path: Path) -> None:
+    data = tmp_path / "in.bin"
+    data.write_bytes(os.urandom(5 * 1024 * 1024))
+    # A 8 Mbit/s link, so the 5 MiB transfer takes long enough to be cut in the middle.
+    subprocess.run(
+        ["ip", "netns", "exec", net.ns["a"], "tc", "qdisc", "add", "dev", net.dev["a"], "root", "tbf",
+         "rate", "8mbit", "burst", "32kbit", "latency", "400ms"],
+        check=True, timeout=10,
+    )
+    rtcat = [sys.executable, str(ROOT / "tools" / "rtcat"), "--heartbeat", "0.5"]
+    out = tmp_path / "out.bin"
+    with open(out, "wb") as fout, open(data, "rb") as fin:
+        listener = net.spawn("b", [*rtcat, "-l", net.addr["b"], str(PORT)], stdout=fout, stderr=subprocess.PIPE)
+        sender = net.spawn("a", [*rtcat, "-v", "--stats", net.addr["b"], str(PORT)], stdin=fin, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 30
+        while out.stat().st_size < 1024 * 1024:
+            assert time.monotonic() < deadline, "the transfer did not start"
+            time.sleep(0.05)  # polling the output file's size with a deadline
+        net.link("a", False)
+        time.sleep(5)  # the cable stays out this long
+        net.link("a", True)
+        assert sender.wait(120) == 0, sender.stderr.read().decode() if sender.stderr else ""
+        assert listener.wait(60) == 0
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == hashlib.sha256(data.read_bytes()).hexdigest()
