@@ -261,7 +261,7 @@ class Channel:
         for event in engine.events_received():
             if isinstance(event, ev.MessagesReceived):
                 self._inbox.extend(event.messages)
-                self._inbox_bytes += sum(map(len, event.messages))
+                self._inbox_bytes += event.nbytes
                 self._readable.notify_all()
             elif isinstance(event, ev.MessagesAcknowledged):
                 self._sendable.notify_all()
@@ -616,19 +616,20 @@ class Channel:
         deadline = None if timeout is None else time.monotonic() + timeout
         seq = 0
         queued = 0
-        pending = deque(bytes(m) for m in messages)
-        while pending:
+        pending = [m if type(m) is bytes else bytes(m) for m in messages]
+        while queued < len(pending):
             with self._lock:
                 engine = self._engine
                 self._raise_if_ended()
-                now = time.monotonic()
-                while pending and engine.can_send(len(pending[0])):
-                    seq = engine.send_message(pending.popleft(), now)
-                    queued += 1
+                first, count = engine.send_messages(pending[queued:] if queued else pending, time.monotonic())
+                if count:
+                    queued += count
+                    seq = first + count - 1
+                    if engine.state is SessionState.OPEN:
+                        self._output_ready.notify()
+                    continue
                 if engine.state is SessionState.OPEN:
                     self._output_ready.notify()
-                if not pending:
-                    break
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     error = TimeoutError(f"the retransmit window stayed full; {queued} messages were queued")

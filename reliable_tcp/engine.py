@@ -359,7 +359,7 @@ class SessionEngine:
         self.counters.messages_received += count
         size = sum(map(len, new))
         self.counters.bytes_received += size
-        self._events.append(ev.MessagesReceived(self._recv.expect - count, new))
+        self._events.append(ev.MessagesReceived(self._recv.expect - count, new, size))
         self._recv_unacked += count
         self._recv_unacked_bytes += size
         if (
@@ -408,6 +408,26 @@ class SessionEngine:
         self.counters.messages_sent += 1
         self.counters.bytes_sent += len(payload)
         return seq
+
+    def send_messages(self, payloads: "list[bytes] | tuple[bytes, ...]", now: float) -> tuple[int, int]:
+        """Queue as many of ``payloads`` as the window takes now, in order.
+
+        Returns (sequence number of the first, how many were queued); 0
+        queued when the window is full. Raises like :meth:`send_message`;
+        a message over the size limit raises before anything is queued.
+        """
+        if payloads and max(map(len, payloads)) > self.config.max_message_size:
+            raise MessageTooLarge(f"a message exceeds max_message_size {self.config.max_message_size}")
+        self._check_sendable()
+        window = self._window
+        fit = window.room_for(payloads)
+        if fit == 0:
+            return window.next_seq, 0
+        batch = payloads if fit == len(payloads) else payloads[:fit]
+        first = window.push_many(batch)
+        self.counters.messages_sent += fit
+        self.counters.bytes_sent += sum(map(len, batch))
+        return first, fit
 
     def _check_sendable(self) -> None:
         state = self._state

@@ -37,6 +37,7 @@ class MessagesReceived:
 
     first_seq: int
     messages: tuple[bytes, ...]
+    nbytes: int = 0  # total payload bytes, so nobody has to add them up again
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ or raises :class:`~reliable_tcp.exceptions.FrameError`.
 from __future__ import annotations
 
 import enum
+from itertools import chain
 import struct
 import zlib
 from dataclasses import dataclass
@@ -210,13 +211,11 @@ def encode_data(first_seq: int, ack: int, messages: list[bytes] | tuple[bytes, .
     _check_u64(first_seq, "first_seq")
     _check_u64(first_seq + len(messages) - 1, "last seq")
     _check_u64(ack, "ack")
-    # One join for the whole run: per-message work is a length prefix only.
-    parts = [_DATA_HEAD.pack(first_seq, ack, len(messages))]
-    pack = _U32.pack
-    for message in messages:
-        parts.append(pack(len(message)))
-        parts.append(message)
-    return _frame(FrameType.DATA, b"".join(parts))
+    # One join for the whole run, the per-message work done by C iterators:
+    # length prefix, message, length prefix, message, ...
+    prefixes = map(_U32.pack, map(len, messages))
+    body = _DATA_HEAD.pack(first_seq, ack, len(messages)) + b"".join(chain.from_iterable(zip(prefixes, messages)))
+    return _frame(FrameType.DATA, body)
 
 
 def encode(frame: Frame) -> bytes:

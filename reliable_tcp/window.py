@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections import deque
-
 from .exceptions import ProtocolError, WindowFull
 
 __all__ = ["SendWindow", "ReceiveSequence", "SequenceClaimError"]
@@ -16,16 +14,21 @@ class SequenceClaimError(ProtocolError):
 class SendWindow:
     """Every message sent but not yet acknowledged, oldest first.
 
-    Sequence numbers start at 1. Messages move from *unsent* to *in flight*
-    when transmitted, leave the window when a cumulative ack covers them,
-    and move back to *unsent* when a resume says the peer lacks them.
+    Sequence numbers start at 1. Messages are *unsent* until transmitted,
+    then *in flight* until a cumulative ack frees them; a resume that says
+    the peer lacks some makes them unsent again.
+
+    One list holds them all, with two cursors (first held, next to
+    transmit), so batches move by slicing rather than message by message;
+    freed entries are compacted away in bulk.
     """
 
     def __init__(self, max_messages: int, max_bytes: int) -> None:
         self.max_messages = max_messages
         self.max_bytes = max_bytes
-        self._inflight: deque[bytes] = deque()
-        self._unsent: deque[bytes] = deque()
+        self._messages: list[bytes] = []
+        self._head = 0  # index of the oldest held message
+        self._send = 0  # index of the next message to transmit
         self.base = 1  # sequence number of the oldest message held
         self.bytes = 0
         self.retransmitted = 0
@@ -33,49 +36,82 @@ class SendWindow:
     @property
     def count(self) -> int:
         """Messages held (in flight plus unsent)."""
-        return len(self._inflight) + len(self._unsent)
+        return len(self._messages) - self._head
 
     @property
     def send_next(self) -> int:
         """Sequence number of the next message to transmit."""
-        return self.base + len(self._inflight)
+        return self.base + self._send - self._head
 
     @property
     def next_seq(self) -> int:
         """Sequence number the next pushed message will get."""
-        return self.base + len(self._inflight) + len(self._unsent)
+        return self.base + len(self._messages) - self._head
 
     @property
     def has_unsent(self) -> bool:
         """True when some held message still has to be transmitted."""
-        return bool(self._unsent)
+        return self._send < len(self._messages)
 
     def has_room(self, size: int) -> bool:
-        """Whether a message of ``size`` bytes fits now."""
-        return self.count < self.max_messages and (self.count == 0 or self.bytes + size <= self.max_bytes)
+        """Whether a message of ``size`` bytes fits now.
+
+        An empty window always takes one message (up to the message size
+        limit), so a message larger than ``max_bytes`` can't block forever.
+        """
+        count = len(self._messages) - self._head
+        return count < self.max_messages and (count == 0 or self.bytes + size <= self.max_bytes)
+
+    def room_for(self, payloads: "list[bytes] | tuple[bytes, ...]") -> int:
+        """How many of ``payloads``, from the first, fit now."""
+        count = len(self._messages) - self._head
+        limit = min(len(payloads), self.max_messages - count)
+        if limit <= 0:
+            return 0
+        budget = self.max_bytes - self.bytes
+        total = 0
+        for index in range(limit):
+            total += len(payloads[index])
+            if total > budget and (index or count):
+                return index
+        return limit
 
     def push(self, payload: bytes) -> int:
         """Hold ``payload`` for sending; return its sequence number."""
         if not self.has_room(len(payload)):
             raise WindowFull(f"retransmit window full ({self.count} messages, {self.bytes} bytes)")
         seq = self.next_seq
-        self._unsent.append(payload)
+        self._messages.append(payload)
         self.bytes += len(payload)
+        return seq
+
+    def push_many(self, payloads: "list[bytes] | tuple[bytes, ...]") -> int:
+        """Hold every payload (the caller checked :meth:`room_for`); return the first's sequence number."""
+        if self.room_for(payloads) < len(payloads):
+            raise WindowFull(f"retransmit window full ({self.count} messages, {self.bytes} bytes)")
+        seq = self.next_seq
+        self._messages.extend(payloads)
+        self.bytes += sum(map(len, payloads))
         return seq
 
     def take_unsent(self, max_bytes: int) -> tuple[int, list[bytes]]:
         """Mark a run of unsent messages as in flight, at least one, until
         their payloads reach ``max_bytes``; return (first seq, payloads)."""
         first = self.send_next
-        taken: list[bytes] = []
-        total = 0
-        unsent, inflight = self._unsent, self._inflight
-        while unsent and (not taken or total + len(unsent[0]) <= max_bytes):
-            payload = unsent.popleft()
-            inflight.append(payload)
-            taken.append(payload)
-            total += len(payload)
-        return first, taken
+        start = self._send
+        messages = self._messages
+        end = len(messages)
+        # Most runs fit whole; only a run over budget is cut message by message.
+        run = messages[start:end]
+        if len(run) > 1 and sum(map(len, run)) > max_bytes:
+            total = 0
+            for index, payload in enumerate(run):
+                total += len(payload)
+                if total > max_bytes and index:
+                    run = run[:index]
+                    break
+        self._send = start + len(run)
+        return first, run
 
     def acknowledge(self, ack: int) -> int:
         """Free every message up to ``ack``; return how many were freed.
@@ -85,12 +121,17 @@ class SendWindow:
         """
         if ack >= self.send_next:
             raise ProtocolError(f"ack {ack} for a message never sent (next to send is {self.send_next})")
-        freed = 0
-        inflight = self._inflight
-        while self.base <= ack:
-            self.bytes -= len(inflight.popleft())
-            self.base += 1
-            freed += 1
+        freed = ack - self.base + 1
+        if freed <= 0:
+            return 0
+        head = self._head
+        self.bytes -= sum(map(len, self._messages[head : head + freed]))
+        self._head = head + freed
+        self.base += freed
+        if self._head > 4096 and self._head * 2 > len(self._messages):
+            del self._messages[: self._head]
+            self._send -= self._head
+            self._head = 0
         return freed
 
     def rewind(self, expect: int) -> int:
@@ -104,15 +145,14 @@ class SendWindow:
                 f"peer expects message {expect}, but only {self.base}..{self.send_next} can be sent"
             )
         self.acknowledge(expect - 1)
-        replay = len(self._inflight)
-        self._unsent.extendleft(reversed(self._inflight))
-        self._inflight.clear()
+        replay = self._send - self._head
+        self._send = self._head
         self.retransmitted += replay
         return replay
 
     def unacked(self) -> tuple[tuple[int, bytes], ...]:
         """Every held message with its sequence number, oldest first."""
-        return tuple(enumerate([*self._inflight, *self._unsent], start=self.base))
+        return tuple(enumerate(self._messages[self._head :], start=self.base))
 
 
 class ReceiveSequence:

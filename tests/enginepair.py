@@ -181,6 +181,18 @@ class EnginePair:
         self.step()
         return seq
 
+    def send_batch(self, side: str, payloads: list[bytes]) -> int:
+        """Queue what fits of ``payloads`` in one call; return how many."""
+        engine = self.engine(side)
+        if engine is None:
+            return 0
+        first, count = engine.send_messages(payloads, self.now)
+        rec = self.records[side]
+        assert first == len(rec.sent) + 1
+        rec.sent.extend(payloads[:count])
+        self.step()
+        return count
+
     def advance(self, seconds: float) -> None:
         self.now += seconds
         for engine in (self.client, self.server):

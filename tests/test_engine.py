@@ -291,7 +291,7 @@ def test_duplicates_are_dropped_and_counted() -> None:
     pair.client.receive_data(f.encode_data(1, 0, [b"a", b"b"]), pair.now)
     pair.client.receive_data(f.encode_data(1, 0, [b"a", b"b", b"c"]), pair.now)
     received = [e for e in pair.client.events_received() if isinstance(e, ev.MessagesReceived)]
-    assert received == [ev.MessagesReceived(1, (b"a", b"b")), ev.MessagesReceived(3, (b"c",))]
+    assert received == [ev.MessagesReceived(1, (b"a", b"b"), 2), ev.MessagesReceived(3, (b"c",), 1)]
     assert pair.client.duplicates_dropped == 2
 
 
@@ -332,3 +332,20 @@ def test_handshake_timeout_detaches_the_client() -> None:
     pair.connect()
     pair.client.handle_timer(pair.now + CONFIG.handshake_timeout)
     assert pair.client.state is S.DETACHED
+
+
+def test_send_messages_queues_what_fits_and_refuses_oversized_batches_whole() -> None:
+    config = SessionConfig(window_messages=5, window_bytes=10, max_message_size=8)
+    engine = SessionEngine(config, client=True)
+    assert engine.send_messages([b"aaa", b"bbb", b"ccc", b"ddd"], 0.0) == (1, 3)  # 9 bytes fit, 12 do not
+    assert engine.send_messages([b"d"], 0.0) == (4, 1)
+    assert engine.send_messages([b"e"], 0.0) == (5, 0)  # 10 bytes held: full
+    with pytest.raises(MessageTooLarge):
+        engine.send_messages([b"x", b"y" * 9], 0.0)
+    assert engine.unacked_count == 4 and engine.counters.messages_sent == 4
+
+
+def test_an_empty_window_always_takes_one_message() -> None:
+    config = SessionConfig(window_messages=5, window_bytes=16, max_message_size=16)
+    engine = SessionEngine(config, client=True)
+    assert engine.send_messages([b"x" * 16, b"y"], 0.0) == (1, 1)

@@ -68,6 +68,20 @@ class TwoEngines(RuleBasedStateMachine):
         payload = f"{side[0]}{self.counter}".encode().ljust(size, b".")[: max(size, len(str(self.counter)) + 1)]
         self.pair.send(side, payload[:16])
 
+    @rule(side=sides, sizes=st.lists(st.integers(0, 16), min_size=1, max_size=8))
+    def send_batch(self, side: str, sizes: list[int]) -> None:
+        engine = self.pair.engine(side)
+        if engine is None or engine.state in TERMINAL_STATES or engine.state is SessionState.CLOSING:
+            return
+        if self.pair.record(side).peer_closed:
+            return
+        payloads = []
+        for size in sizes:
+            self.counter += 1
+            payloads.append(f"{side[0]}{self.counter}".encode().ljust(size, b".")[:16])
+        queued = self.pair.send_batch(side, payloads)
+        assert queued <= len(payloads)
+
     @rule(count=st.integers(1, 200))
     def deliver_to_server(self, count: int) -> None:
         self.pair.deliver_to_server(count)
