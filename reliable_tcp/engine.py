@@ -409,7 +409,7 @@ class SessionEngine:
         self.counters.bytes_sent += len(payload)
         return seq
 
-    def send_messages(self, payloads: "list[bytes] | tuple[bytes, ...]", now: float) -> tuple[int, int]:
+    def send_messages(self, payloads: list[bytes] | tuple[bytes, ...], now: float) -> tuple[int, int]:
         """Queue as many of ``payloads`` as the window takes now, in order.
 
         Returns (sequence number of the first, how many were queued); 0

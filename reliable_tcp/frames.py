@@ -214,7 +214,7 @@ def encode_data(first_seq: int, ack: int, messages: list[bytes] | tuple[bytes, .
     # One join for the whole run, the per-message work done by C iterators:
     # length prefix, message, length prefix, message, ...
     prefixes = map(_U32.pack, map(len, messages))
-    body = _DATA_HEAD.pack(first_seq, ack, len(messages)) + b"".join(chain.from_iterable(zip(prefixes, messages)))
+    body = _DATA_HEAD.pack(first_seq, ack, len(messages)) + b"".join(chain.from_iterable(zip(prefixes, messages, strict=True)))
     return _frame(FrameType.DATA, body)
 
 

@@ -62,7 +62,7 @@ class SendWindow:
         count = len(self._messages) - self._head
         return count < self.max_messages and (count == 0 or self.bytes + size <= self.max_bytes)
 
-    def room_for(self, payloads: "list[bytes] | tuple[bytes, ...]") -> int:
+    def room_for(self, payloads: list[bytes] | tuple[bytes, ...]) -> int:
         """How many of ``payloads``, from the first, fit now."""
         count = len(self._messages) - self._head
         limit = min(len(payloads), self.max_messages - count)
@@ -85,7 +85,7 @@ class SendWindow:
         self.bytes += len(payload)
         return seq
 
-    def push_many(self, payloads: "list[bytes] | tuple[bytes, ...]") -> int:
+    def push_many(self, payloads: list[bytes] | tuple[bytes, ...]) -> int:
         """Hold every payload (the caller checked :meth:`room_for`); return the first's sequence number."""
         if self.room_for(payloads) < len(payloads):
             raise WindowFull(f"retransmit window full ({self.count} messages, {self.bytes} bytes)")

@@ -98,7 +98,8 @@ class NetPair:
     def inject_resets(self) -> None:
         """Answer every TCP packet arriving on the link with a RST, like a middlebox."""
         for side in "ab":
-            self._iptables(side, ["INPUT", "-i", self.dev[side], "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"])
+            rule = ["INPUT", "-i", self.dev[side], "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"]
+            self._iptables(side, rule)
 
     def random_loss(self, probability: float) -> None:
         """Drop each packet arriving on either side with ``probability``."""
