@@ -104,10 +104,8 @@ class NetPair:
     def random_loss(self, probability: float) -> None:
         """Drop each packet arriving on either side with ``probability``."""
         for side in "ab":
-            self._iptables(
-                side,
-                ["INPUT", "-i", self.dev[side], "-m", "statistic", "--mode", "random", "--probability", str(probability), "-j", "DROP"],
-            )
+            match = ["-m", "statistic", "--mode", "random", "--probability", str(probability)]
+            self._iptables(side, ["INPUT", "-i", self.dev[side], *match, "-j", "DROP"])
 
     # ------------------------------------------------------------- teardown
 
