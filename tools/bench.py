@@ -303,6 +303,132 @@ def mqtt_sender(port: int, result_queue: Any, count: int, size: int) -> None:
     result_queue.put({"side": "sender", **_usage()})
 
 
+# ------------------------------------------------------------- many sessions
+
+
+def many_server(port_queue: Any, result_queue: Any, sessions: int, seconds: float) -> None:
+    import threading
+
+    import reliable_tcp
+
+    with reliable_tcp.listen(("127.0.0.1", 0), max_sessions=sessions + 10, backlog=1024) as listener:
+        port_queue.put(listener.address[1])
+        channels = [listener.accept(timeout=120) for _ in range(sessions)]
+        port_queue.put("ready")
+        threads = threading.active_count()
+        before = _usage()
+        time.sleep(seconds)  # idle on purpose: what do heartbeats cost?
+        after = _usage()
+        # Then every session streams at once, for the aggregate figure.
+        got = [0] * sessions
+        done = threading.Event()
+
+        def drain(index: int, channel: Any) -> None:
+            try:
+                while True:
+                    got[index] += len(channel.recv_many(4096))
+            except reliable_tcp.ReliableTCPError:
+                return
+
+        readers = [threading.Thread(target=drain, args=(i, c), daemon=True) for i, c in enumerate(channels)]
+        for reader in readers:
+            reader.start()
+        port_queue.put("go")
+        start = time.perf_counter()
+        for reader in readers:
+            reader.join(600)
+        elapsed = time.perf_counter() - start
+        done.set()
+        result_queue.put({
+            "side": "receiver", "threads": threads, "idle_cpu_s_per_s": (after["cpu"] - before["cpu"]) / seconds,
+            "idle_rss_mb": before["rss_mb"], "messages": sum(got), "elapsed": elapsed, **_usage(),
+        })
+
+
+def many_clients(port: int, port_queue: Any, result_queue: Any, sessions: int, per_session: int) -> None:
+    import threading
+
+    import reliable_tcp
+
+    channels = [reliable_tcp.connect(("127.0.0.1", port), timeout=120) for _ in range(sessions)]
+    assert port_queue.get(timeout=120) == "ready"
+    assert port_queue.get(timeout=600) == "go"
+    payload = b"x" * 64
+
+    def send(channel: Any) -> None:
+        batch = [payload] * 256
+        for _ in range(per_session // 256):
+            channel.send_many(batch)
+        channel.close(timeout=120)
+
+    senders = [threading.Thread(target=send, args=(c,), daemon=True) for c in channels]
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join(600)
+    result_queue.put({"side": "sender", **_usage()})
+
+
+def run_many(sessions: int, idle_seconds: float, per_session: int) -> dict[str, Any]:
+    context = mp.get_context("spawn")
+    port_queue, client_queue, result_queue = context.Queue(), context.Queue(), context.Queue()
+    server = context.Process(target=many_server, args=(port_queue, result_queue, sessions, idle_seconds))
+    server.start()
+    port = port_queue.get(timeout=30)
+    client = context.Process(target=many_clients, args=(port, client_queue, result_queue, sessions, per_session))
+    client.start()
+    client_queue.put(port_queue.get(timeout=300))  # "ready"
+    client_queue.put(port_queue.get(timeout=600))  # "go"
+    results = {}
+    for _ in range(2):
+        item = result_queue.get(timeout=900)
+        results[item.pop("side")] = item
+    for proc in (server, client):
+        proc.join(60)
+        if proc.is_alive():
+            proc.kill()
+    rx = results["receiver"]
+    return {
+        "sessions": sessions,
+        "server_threads": rx["threads"],
+        "idle_cpu_percent": 100 * rx["idle_cpu_s_per_s"],
+        "idle_rss_mb": rx["idle_rss_mb"],
+        "aggregate_msgs_per_s": rx["messages"] / rx["elapsed"],
+    }
+
+
+# ------------------------------------------------------------------- recovery
+
+
+def run_recovery(count: int) -> dict[str, Any]:
+    """Messages sent into a blackhole, then the link heals: how fast does the replay drain?"""
+    import threading
+
+    import reliable_tcp
+    from reliable_tcp.testing import FaultProxy
+
+    options = {"heartbeat_interval": 0.2, "window_messages": count + 10, "window_bytes": 256 << 20}
+    with reliable_tcp.listen(("127.0.0.1", 0), **options) as listener, FaultProxy(listener.address) as proxy:
+        client = reliable_tcp.connect(proxy.address, **options)
+        server = listener.accept(timeout=10)
+        resumed = threading.Event()
+        proxy.blackhole()
+        client.send_many([b"r" * 64] * count)
+        while client.statistics().disconnects == 0:
+            time.sleep(0.01)  # waiting for the dead verdict
+        proxy.heal()
+        start = time.perf_counter()
+        got = 0
+        while got < count:
+            got += len(server.recv_many(8192))
+        elapsed = time.perf_counter() - start
+        resumed.set()
+        replayed = client.statistics().retransmitted
+        client.close()
+        server.close()
+    return {"messages": count, "seconds_after_heal": elapsed, "msgs_per_s": count / elapsed, "replayed": replayed}
+
+
 # -------------------------------------------------------------------- harness
 
 
@@ -394,6 +520,7 @@ def main() -> int:
     parser.add_argument("--only", default="", help="comma-separated transport name prefixes to run")
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)))
     parser.add_argument("--json", default="bench-results.json", help="where to write the results")
+    parser.add_argument("--chart", default="", help="also draw throughput by message size as an SVG here")
     args = parser.parse_args()
     repeat = args.repeat or (2 if args.quick else 5)
     seconds = args.seconds or (0.5 if args.quick else 2.0)
@@ -457,10 +584,25 @@ def main() -> int:
             results["latency"][name] = {"p50_us": _median_spread(p50s), "p99_us": _median_spread(p99s), "count": count}
             print(f"  {name:<24} round trip 64 B: p50 {statistics.median(p50s):.1f} us, p99 {statistics.median(p99s):.1f} us",
                   flush=True)
+        if not wanted or "many" in wanted:
+            sessions = 200 if args.quick else 1000
+            many = run_many(sessions, 5.0 if args.quick else 10.0, 2560 if args.quick else 10240)
+            results["many_sessions"] = many
+            print(f"  many sessions: {many['sessions']} idle sessions, server {many['server_threads']} threads, "
+                  f"{many['idle_cpu_percent']:.1f}% CPU idle, {many['idle_rss_mb']:.0f} MB RSS; "
+                  f"all sending at once: {many['aggregate_msgs_per_s']:,.0f} msg/s", flush=True)
+        if not wanted or "recovery" in wanted:
+            recovery = run_recovery(50_000 if args.quick else 200_000)
+            results["recovery"] = recovery
+            print(f"  recovery: {recovery['messages']} messages replayed in {recovery['seconds_after_heal']:.2f} s "
+                  f"after the heal ({recovery['msgs_per_s']:,.0f} msg/s)", flush=True)
     finally:
         if broker is not None:
             broker.stop()
     _print_table(results)
+    if args.chart:
+        _write_chart(results, args.chart)
+        print(f"chart written to {args.chart}")
     with open(args.json, "w") as f:
         json.dump(results, f, indent=2)
     print(f"\nresults written to {args.json}")
@@ -487,6 +629,49 @@ def _print_table(results: dict[str, Any]) -> None:
         for name, row in results["latency"].items():
             ratio = row["p50_us"][0] / raw_p50
             print(f"{name:<24} p50 {row['p50_us'][0]:8.1f} us  p99 {row['p99_us'][0]:8.1f} us  x raw p50 {ratio:5.2f}")
+
+
+def _write_chart(results: dict[str, Any], path: str) -> None:
+    """Grouped bars of messages/s by message size, one colour per transport (log scale)."""
+    import math
+
+    oneway = results["oneway"]
+    names = list(oneway)
+    sizes = sorted({int(size) for rows in oneway.values() for size in rows})
+    colours = ["#555555", "#1f77b4", "#6baed6", "#ff7f0e", "#2ca02c", "#d62728"]
+    width, height, left, bottom, top = 760, 380, 70, 60, 40
+    plot_h = height - bottom - top
+    group_w = (width - left - 20) / max(1, len(sizes))
+    bar_w = group_w * 0.8 / max(1, len(names))
+    lo, hi = 3.0, 7.0  # 10^3 .. 10^7 messages/s
+
+    def y(value: float) -> float:
+        v = min(max(math.log10(max(value, 1.0)), lo), hi)
+        return top + plot_h * (1 - (v - lo) / (hi - lo))
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
+             f'<rect width="{width}" height="{height}" fill="white"/>',
+             f'<text x="{left}" y="20" font-size="14">One-way throughput, messages/s (log scale), {results["date"]}</text>']
+    for exp in range(int(lo), int(hi) + 1):
+        parts.append(f'<line x1="{left}" x2="{width - 20}" y1="{y(10 ** exp):.1f}" y2="{y(10 ** exp):.1f}" stroke="#ddd"/>')
+        parts.append(f'<text x="{left - 8}" y="{y(10 ** exp) + 4:.1f}" text-anchor="end">1e{exp}</text>')
+    for g, size in enumerate(sizes):
+        x0 = left + g * group_w + group_w * 0.1
+        parts.append(f'<text x="{x0 + group_w * 0.4:.1f}" y="{height - bottom + 18}" text-anchor="middle">{size} B</text>')
+        for i, name in enumerate(names):
+            row = oneway[name].get(str(size))
+            if not row:
+                continue
+            value = row["msgs_per_s"][0]
+            x = x0 + i * bar_w
+            parts.append(f'<rect x="{x:.1f}" y="{y(value):.1f}" width="{bar_w - 2:.1f}" height="{top + plot_h - y(value):.1f}" '
+                         f'fill="{colours[i % len(colours)]}"><title>{name}: {value:,.0f} msg/s</title></rect>')
+    for i, name in enumerate(names):
+        parts.append(f'<rect x="{left + i * 150}" y="{height - 22}" width="10" height="10" fill="{colours[i % len(colours)]}"/>')
+        parts.append(f'<text x="{left + i * 150 + 14}" y="{height - 13}">{name}</text>')
+    parts.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(parts))
 
 
 if __name__ == "__main__":
