@@ -37,7 +37,7 @@ from .frames import (
     Reject,
     RejectReason,
     encode,
-    encode_data,
+    encode_data_parts,
 )
 from .state import TERMINAL_STATES, SessionInput, SessionState, next_state
 from .window import ReceiveSequence, SendWindow, SequenceClaimError
@@ -475,7 +475,7 @@ class SessionEngine:
         target = self.config.data_frame_target
         while window.has_unsent:
             first, messages = window.take_unsent(target)
-            self._output.append(encode_data(first, self._recv.expect - 1, messages))
+            self._output.extend(encode_data_parts(first, self._recv.expect - 1, messages))
             self._ack_sent()
 
     def _ack_sent(self) -> None:

@@ -49,6 +49,7 @@ __all__ = [
     "Frame",
     "encode",
     "encode_data",
+    "encode_data_parts",
     "FrameDecoder",
 ]
 
@@ -189,9 +190,15 @@ Frame = Union[Hello, Accept, Reject, Data, Ack, Ping, Pong, Close, CloseAck]
 
 
 def _frame(frame_type: FrameType, body: bytes) -> bytes:
+    return b"".join(_frame_parts(frame_type, body))
+
+
+def _frame_parts(frame_type: FrameType, body: bytes) -> tuple[bytes, bytes]:
+    """The 12-byte header (with its CRC) and the body, left unjoined so that
+    a sender can join many frames in one copy."""
     header = _HEADER.pack(MAGIC, PROTOCOL_VERSION, frame_type, len(body))
     crc = zlib.crc32(body, zlib.crc32(header))
-    return b"".join((header, _CRC.pack(crc), body))
+    return header + _CRC.pack(crc), body
 
 
 def _check_u64(value: int, name: str) -> None:
@@ -206,6 +213,11 @@ def _check_id(value: bytes, name: str) -> None:
 
 def encode_data(first_seq: int, ack: int, messages: list[bytes] | tuple[bytes, ...]) -> bytes:
     """Encode one DATA frame carrying ``messages`` (at least one)."""
+    return b"".join(encode_data_parts(first_seq, ack, messages))
+
+
+def encode_data_parts(first_seq: int, ack: int, messages: list[bytes] | tuple[bytes, ...]) -> tuple[bytes, bytes]:
+    """:func:`encode_data` as (header, body), for joining with other frames."""
     if not messages:
         raise ValueError("a DATA frame carries at least one message")
     _check_u64(first_seq, "first_seq")
@@ -215,7 +227,7 @@ def encode_data(first_seq: int, ack: int, messages: list[bytes] | tuple[bytes, .
     # length prefix, message, length prefix, message, ...
     prefixes = map(_U32.pack, map(len, messages))
     body = _DATA_HEAD.pack(first_seq, ack, len(messages)) + b"".join(chain.from_iterable(zip(prefixes, messages, strict=True)))
-    return _frame(FrameType.DATA, body)
+    return _frame_parts(FrameType.DATA, body)
 
 
 def encode(frame: Frame) -> bytes:
@@ -254,7 +266,7 @@ def encode(frame: Frame) -> bytes:
     raise TypeError(f"not a frame: {frame!r}")
 
 
-def _decode_body(frame_type: int, body: bytes) -> Frame:
+def _decode_body(frame_type: int, body: memoryview) -> Frame:
     size = len(body)
     if frame_type == FrameType.DATA:
         return _decode_data(body)
@@ -288,14 +300,14 @@ def _decode_body(frame_type: int, body: bytes) -> Frame:
         except ValueError:
             raise FrameError(f"unknown reject reason {body[0]}") from None
         try:
-            text = body[1:].decode("utf-8")
+            text = bytes(body[1:]).decode("utf-8")
         except UnicodeDecodeError:
             raise FrameError("REJECT text is not UTF-8") from None
         return Reject(reason, text)
     raise FrameError(f"unknown frame type {frame_type}")
 
 
-def _decode_data(body: bytes) -> Data:
+def _decode_data(body: memoryview) -> Data:
     size = len(body)
     if size < _DATA_HEAD.size:
         raise FrameError(f"DATA body of {size} bytes is shorter than its header")
@@ -319,7 +331,7 @@ def _decode_data(body: bytes) -> Data:
         end = offset + length
         if end > size:
             raise FrameError("DATA message runs past the end of its frame")
-        messages.append(body[offset:end])
+        messages.append(bytes(body[offset:end]))
         offset = end
     if offset != size:
         raise FrameError(f"{size - offset} stray bytes after the last DATA message")
@@ -361,35 +373,37 @@ class FrameDecoder:
             return self._drain()
         except FrameError as exc:
             self._failed = exc
-            self._buffer.clear()
+            # A new buffer: the traceback may still hold views of the old one.
+            self._buffer = bytearray()
             raise
 
     def _drain(self) -> list[Frame]:
         frames: list[Frame] = []
         buffer = self._buffer
         offset = 0
-        while True:
-            available = len(buffer) - offset
-            # Magic, version and length are judged as soon as their bytes arrive.
-            self._check_prefix(buffer[offset : offset + 3])
-            if available < _HEADER.size:
-                break
-            _, _, frame_type, length = _HEADER.unpack_from(buffer, offset)
-            if length > self.max_frame_size:
-                raise FrameTooLarge(length, self.max_frame_size)
-            if available < HEADER_SIZE:
-                break
-            end = offset + HEADER_SIZE + length
-            if end > len(buffer):
-                break
-            (crc,) = _CRC.unpack_from(buffer, offset + _HEADER.size)
-            # One copy of the body; messages are sliced out of it.
-            body = bytes(buffer[offset + HEADER_SIZE : end])
-            actual = zlib.crc32(body, zlib.crc32(buffer[offset : offset + _HEADER.size]))
-            if actual != crc:
-                raise FrameError(f"checksum mismatch (got {crc:08x}, computed {actual:08x})")
-            frames.append(_decode_body(frame_type, body))
-            offset = end
+        # Bodies are read through a view of the buffer: the CRC runs over it
+        # in place and each message is copied out once, straight from it.
+        with memoryview(buffer) as view:
+            while True:
+                available = len(buffer) - offset
+                # Magic, version and length are judged as soon as their bytes arrive.
+                self._check_prefix(buffer[offset : offset + 3])
+                if available < _HEADER.size:
+                    break
+                _, _, frame_type, length = _HEADER.unpack_from(buffer, offset)
+                if length > self.max_frame_size:
+                    raise FrameTooLarge(length, self.max_frame_size)
+                end = offset + HEADER_SIZE + length
+                if end > len(buffer):
+                    break
+                (crc,) = _CRC.unpack_from(buffer, offset + _HEADER.size)
+                body = view[offset + HEADER_SIZE : end]
+                actual = zlib.crc32(body, zlib.crc32(view[offset : offset + _HEADER.size]))
+                if actual != crc:
+                    raise FrameError(f"checksum mismatch (got {crc:08x}, computed {actual:08x})")
+                frames.append(_decode_body(frame_type, body))
+                body.release()
+                offset = end
         if offset:
             del buffer[:offset]
         return frames
