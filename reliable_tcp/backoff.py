@@ -23,7 +23,7 @@ class Backoff:
     """
 
     initial: float = 0.05
-    maximum: float = 5.0
+    maximum: float = 2.0
     factor: float = 2.0
     jitter: float = 0.5
 
