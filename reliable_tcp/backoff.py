@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import socket
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -49,6 +50,8 @@ def is_retryable(exc: BaseException) -> bool:
     connect timeout, and a temporary name-resolution failure. A name that
     does not resolve and usage errors are not.
     """
+    if isinstance(exc.__cause__, ssl.SSLError):
+        return False  # a certificate or TLS version problem will not fix itself
     if isinstance(exc, socket.gaierror):
         return exc.errno == socket.EAI_AGAIN
     if isinstance(exc, TimeoutError):

@@ -14,6 +14,7 @@ import itertools
 import logging
 import random
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -28,6 +29,7 @@ from .config import SessionConfig
 from .engine import SessionEngine
 from .exceptions import ChannelBroken, ChannelClosed, ReliableTCPError, SessionLost, UsageError
 from .state import TERMINAL_STATES, SessionState
+from .tls import TLSHandshakeError, TLSLayer
 
 __all__ = [
     "Channel",
@@ -103,6 +105,11 @@ class ShellOptions:
     max_queued_messages: int = 65536
     max_queued_bytes: int = 64 * 1024 * 1024
     on_event: Callable[[ChannelEvent], None] | None = None
+    #: TLS: a client context (``ssl.create_default_context()``) for connect,
+    #: a server context with its certificate for listen.
+    ssl_context: ssl.SSLContext | None = None
+    #: The name the server's certificate must carry (default: the host connected to).
+    server_hostname: str | None = None
 
     def __post_init__(self) -> None:
         if self.connect_timeout <= 0 or self.max_queued_messages < 1 or self.max_queued_bytes < 1:
@@ -135,9 +142,10 @@ _ids = itertools.count(1)
 class _Connection:
     """One TCP connection of a channel, with the threads that serve it."""
 
-    def __init__(self, sock: socket.socket, number: int) -> None:
+    def __init__(self, sock: socket.socket, number: int, tls: TLSLayer | None) -> None:
         self.sock = sock
         self.number = number
+        self.tls = tls
         self.threads: list[threading.Thread] = []
         self.dropped = False
 
@@ -322,13 +330,13 @@ class Channel:
 
     # ----------------------------------------------------------- connections
 
-    def _install_connection(self, sock: socket.socket) -> None:
+    def _install_connection(self, sock: socket.socket, tls: TLSLayer | None = None) -> None:
         """Make ``sock`` the current connection and start its threads. Lock
         held; the engine has just been told (connection_made or attach)."""
         if self._connection is not None:
             # The engine already moved to the new connection; only the old socket goes.
             self._discard_connection(abort=True)
-        conn = _Connection(sock, next(self._connections))
+        conn = _Connection(sock, next(self._connections), tls)
         self._connection = conn
         base = f"{self._name}-c{conn.number}"
         for role, target in (("reader", self._reader), ("writer", self._writer), ("heartbeat", self._heartbeat)):
@@ -418,13 +426,25 @@ class Channel:
                 with self._lock:
                     if conn.dropped:
                         return
+                    data: bytes | memoryview = view[:count]
+                    if count and conn.tls is not None:
+                        try:
+                            data = conn.tls.decrypt(data)
+                        except ssl.SSLError as exc:  # a TLS alert or a corrupt record
+                            self._drop_connection(f"TLS error: {exc}", exc, abort=True)
+                            count = -1
+                        else:
+                            if conn.tls.has_output:
+                                self._output_ready.notify()
+                            if conn.tls.closed_by_peer:
+                                count = 0
                     if count == 0:
                         self._drop_connection("connection closed by peer", None, abort=False)
-                    else:
-                        self._engine.receive_data(view[:count], now)
+                    elif count > 0 and data:
+                        self._engine.receive_data(data, now)
                         self._absorb(now)
                 self._run_after_lock()
-                if count == 0:
+                if count <= 0:
                     return
         finally:
             view.release()
@@ -434,12 +454,14 @@ class Channel:
         while True:
             with self._lock:
                 while not conn.dropped and not self._engine.has_output():
-                    if self._ended:
+                    if self._ended or (conn.tls is not None and conn.tls.has_output):
                         break
                     self._output_ready.wait()
                 if conn.dropped:
                     return
                 data = self._engine.data_to_send(time.monotonic())
+                if conn.tls is not None:
+                    data = conn.tls.encrypt(data)
                 ended = self._ended
             if data:
                 try:
@@ -534,8 +556,18 @@ class Channel:
     def _connect_once(self) -> None:
         assert self._address is not None
         timeout = min(self._config.handshake_timeout, self._shell.connect_timeout)
+        tls = None
         try:
             sock = socket.create_connection(self._address, timeout=timeout)
+            if self._shell.ssl_context is not None:
+                tls = TLSLayer(
+                    self._shell.ssl_context, server_side=False, server_hostname=self._shell.server_hostname or self._address[0]
+                )
+                try:
+                    tls.handshake(sock, timeout)
+                except TLSHandshakeError:
+                    close_socket(sock, abort=True)
+                    raise
         except OSError as exc:
             with self._lock:
                 self._last_cause = exc
@@ -557,7 +589,7 @@ class Channel:
                 self._after_lock.append(lambda: close_socket(sock))
             else:
                 self._engine.connection_made(time.monotonic())
-                self._install_connection(sock)
+                self._install_connection(sock, tls)
         self._run_after_lock()
 
     def _wait_connected(self, timeout: float) -> None:

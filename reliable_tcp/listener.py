@@ -17,6 +17,7 @@ from .exceptions import ChannelClosed, FrameError, ProtocolError, UnsupportedVer
 from .frames import Reject, RejectReason, encode
 from .server_core import HandshakeReader, HandshakeRejected, SessionRegistry
 from .state import SessionState
+from .tls import TLSHandshakeError, TLSLayer
 
 __all__ = ["Listener", "listen"]
 
@@ -122,25 +123,34 @@ class Listener:
     def _handshake(self, sock: socket.socket, peer: Any) -> None:
         """Read the HELLO within the handshake timeout, then start or resume its session."""
         attached = False
+        tls = None
         try:
             configure_socket(sock, self._config)
-            hello = self._read_hello(sock, peer)
+            if self._shell.ssl_context is not None:
+                tls = TLSLayer(self._shell.ssl_context, server_side=True)
+                try:
+                    tls.handshake(sock, self._config.handshake_timeout)
+                except TLSHandshakeError as exc:
+                    logger.info("%s: %s", peer, exc)
+                    self.rejected_handshakes += 1
+                    return
+            hello = self._read_hello(sock, peer, tls)
             if hello is None:
                 return
-            attached = self._attach(sock, hello, peer)
+            attached = self._attach(sock, hello, peer, tls)
         finally:
             with self._lock:
                 self._pending.discard(sock)
             if not attached:
                 close_socket(sock, abort=True)
 
-    def _read_hello(self, sock: socket.socket, peer: Any) -> Any:
+    def _read_hello(self, sock: socket.socket, peer: Any, tls: TLSLayer | None) -> Any:
         reader = HandshakeReader()
         deadline = time.monotonic() + self._config.handshake_timeout
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                self._refuse(sock, peer, RejectReason.HANDSHAKE_TIMEOUT, "no HELLO in time")
+                self._refuse(sock, peer, tls, RejectReason.HANDSHAKE_TIMEOUT, "no HELLO in time")
                 return None
             sock.settimeout(remaining)
             try:
@@ -152,28 +162,37 @@ class Listener:
                 return None
             if not data:
                 return None
+            if tls is not None:
+                data = tls.decrypt(data)
+                if tls.closed_by_peer:
+                    return None
+                if not data:
+                    continue  # part of a TLS record
             try:
                 hello = reader.receive_data(data)
             except UnsupportedVersion as exc:
-                self._refuse(sock, peer, RejectReason.UNSUPPORTED_VERSION, str(exc))
+                self._refuse(sock, peer, tls, RejectReason.UNSUPPORTED_VERSION, str(exc))
                 return None
             except (FrameError, ProtocolError) as exc:
-                self._refuse(sock, peer, RejectReason.PROTOCOL_ERROR, str(exc))
+                self._refuse(sock, peer, tls, RejectReason.PROTOCOL_ERROR, str(exc))
                 return None
             if hello is not None:
                 sock.settimeout(None)
                 return hello
 
-    def _refuse(self, sock: socket.socket, peer: Any, reason: RejectReason, text: str, reply: bytes | None = None) -> None:
+    def _refuse(
+        self, sock: socket.socket, peer: Any, tls: TLSLayer | None, reason: RejectReason, text: str, reply: bytes | None = None
+    ) -> None:
         logger.info("%s: handshake refused: %s (%s)", peer, reason.name, text)
         self.rejected_handshakes += 1
+        data = reply if reply is not None else encode(Reject(reason, text))
         try:
             sock.settimeout(1.0)
-            sock.sendall(reply if reply is not None else encode(Reject(reason, text)))
+            sock.sendall(tls.encrypt(data) if tls is not None else data)
         except OSError:
             pass
 
-    def _attach(self, sock: socket.socket, hello: Any, peer: Any) -> bool:
+    def _attach(self, sock: socket.socket, hello: Any, peer: Any, tls: TLSLayer | None) -> bool:
         now = time.monotonic()
         with self._lock:
             if self._closed:
@@ -197,11 +216,11 @@ class Listener:
                         self._channels[attached.engine.session_id] = channel
                     assert channel is not None
                     with channel._lock if attached.is_new else contextlib.nullcontext():
-                        channel._install_connection(sock)
+                        channel._install_connection(sock, tls)
         if channel is not None:
             channel._run_after_lock()
         if failure is not None:
-            self._refuse(sock, peer, failure.reason, str(failure), failure.reply)
+            self._refuse(sock, peer, tls, failure.reason, str(failure), failure.reply)
             return False
         assert channel is not None
         if attached.is_new:

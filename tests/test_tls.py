@@ -1,0 +1,117 @@
+"""TLS: round trip, resume over TLS, certificate checks, mutual TLS, mismatches."""
+
+from __future__ import annotations
+
+import shutil
+import ssl
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import reliable_tcp as rt
+from helpers import fast_options, wait_for
+from reliable_tcp.testing import FaultProxy
+
+pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make test certificates")
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A test CA, a server certificate for 127.0.0.1/localhost and a client certificate."""
+    d = tmp_path_factory.mktemp("pki")
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "ca.key",
+             "-out", "ca.pem", "-days", "2", "-subj", "/CN=rtcp test CA", cwd=d)
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"), ("client", "extendedKeyUsage=clientAuth")):
+        _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", f"{name}.key",
+                 "-out", f"{name}.csr", "-subj", f"/CN=rtcp {name}", cwd=d)
+        (d / f"{name}.ext").write_text(ext + "\n")
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=d)
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "other.key",
+             "-out", "other.pem", "-days", "2", "-subj", "/CN=someone else", cwd=d)
+    return d
+
+
+def server_context(pki: Path, require_client: bool = False) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pki / "server.pem", pki / "server.key")
+    if require_client:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(pki / "ca.pem")
+    return context
+
+
+def client_context(pki: Path, ca: str = "ca.pem", cert: bool = False) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(pki / ca))
+    if cert:
+        context.load_cert_chain(pki / "client.pem", pki / "client.key")
+    return context
+
+
+@pytest.fixture
+def tls_listener(pki: Path) -> Iterator[rt.Listener]:
+    with rt.listen(("127.0.0.1", 0), ssl_context=server_context(pki), **fast_options()) as listener:
+        yield listener
+
+
+def test_round_trip_and_resume_over_tls(pki: Path, tls_listener: rt.Listener) -> None:
+    with FaultProxy(tls_listener.address) as proxy:
+        client = rt.connect(proxy.address, ssl_context=client_context(pki), server_hostname="localhost", **fast_options())
+        server = tls_listener.accept(timeout=5)
+        client.send(b"secret hello")
+        assert server.recv(timeout=5) == b"secret hello"
+        for i in range(3):
+            resumes = client.statistics().resumes
+            proxy.reset()
+            wait_for(lambda: client.statistics().resumes > resumes, 10, "resume over TLS")  # noqa: B023
+            client.send(b"after reset %d" % i)
+            assert server.recv(timeout=5) == b"after reset %d" % i
+        big = [bytes([i]) * 50_000 for i in range(40)]
+        client.send_many(big)
+        assert [server.recv(timeout=10) for _ in big] == big
+        client.close()
+        server.close()
+
+
+def test_wrong_certificate_authority_fails_fast_and_clearly(pki: Path, tls_listener: rt.Listener) -> None:
+    with pytest.raises(rt.ChannelBroken) as info:
+        rt.connect(tls_listener.address, ssl_context=client_context(pki, ca="other.pem"), timeout=10, **fast_options())
+    assert isinstance(info.value.__cause__, OSError)
+    assert "certificate" in str(info.value).lower()
+
+
+def test_wrong_host_name_is_refused(pki: Path, tls_listener: rt.Listener) -> None:
+    with pytest.raises(rt.ChannelBroken):
+        rt.connect(tls_listener.address, ssl_context=client_context(pki), server_hostname="elsewhere.example", timeout=10,
+                   **fast_options())
+
+
+def test_mutual_tls(pki: Path) -> None:
+    with rt.listen(("127.0.0.1", 0), ssl_context=server_context(pki, require_client=True), **fast_options()) as listener:
+        with pytest.raises((rt.ChannelBroken, TimeoutError)):
+            rt.connect(listener.address, ssl_context=client_context(pki), timeout=2, **fast_options())
+        client = rt.connect(listener.address, ssl_context=client_context(pki, cert=True), **fast_options())
+        server = listener.accept(timeout=5)
+        client.send(b"both sides proved who they are")
+        assert server.recv(timeout=5) == b"both sides proved who they are"
+        client.close()
+        server.close()
+
+
+def test_plain_client_against_a_tls_listener_gets_no_session(tls_listener: rt.Listener) -> None:
+    with pytest.raises(TimeoutError):
+        rt.connect(tls_listener.address, timeout=1.5, **fast_options())
+    assert tls_listener.rejected_handshakes >= 1
+
+
+def test_tls_client_against_a_plain_listener_fails_clearly(pki: Path) -> None:
+    with rt.listen(("127.0.0.1", 0), **fast_options()) as plain:
+        with pytest.raises(rt.ChannelBroken):
+            rt.connect(plain.address, ssl_context=client_context(pki), timeout=10, **fast_options())
+        assert plain.rejected_handshakes >= 1
