@@ -12,13 +12,17 @@ import sys
 
 
 def main() -> int:
-    rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+    with open(sys.argv[1]) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
     rows.sort(key=lambda r: (r["scenario"], -r["heartbeat"]))
 
     def cell(value: object, unit: str = "") -> str:
         return "-" if value is None else f"{value}{unit}"
 
-    print("| scenario | heartbeat | result | detection after the fault began | resume after the link came back | messages replayed | resumes |")
+    print(
+        "| scenario | heartbeat | result | detection after the fault began "
+        "| resume after the link came back | messages replayed | resumes |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         result = r.get("outcome", "pass: lost 0, dup 0, reordered 0")
