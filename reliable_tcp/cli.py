@@ -18,6 +18,7 @@ import argparse
 import logging
 import os
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -69,8 +70,45 @@ def _rtcat_parser() -> argparse.ArgumentParser:
     parser.add_argument("--connect-timeout", type=_seconds, default=30.0, help="retry the first connection this long (s, default 30)")
     parser.add_argument("-v", "--verbose", action="store_true", help="report state changes on stderr")
     parser.add_argument("--stats", action="store_true", help="print a statistics line on stderr at the end")
+    tls = parser.add_argument_group("TLS")
+    tls.add_argument("--tls", action="store_true", help="connect with TLS, verifying the server against the system's CAs")
+    tls.add_argument("--tls-cert", metavar="FILE", help="certificate (PEM): the listener's, or the client's for mutual TLS")
+    tls.add_argument("--tls-key", metavar="FILE", help="private key (PEM) for --tls-cert")
+    tls.add_argument(
+        "--tls-ca", metavar="FILE", help="CA (PEM) to verify the peer: the server's, or with -l, require client certificates"
+    )
+    tls.add_argument("--tls-server-name", metavar="NAME", help="the name the server's certificate must carry (default: HOST)")
+    tls.add_argument(
+        "--insecure", action="store_true", help="TLS without verifying the server (dangerous: anyone on the path can read)"
+    )
     parser.add_argument("address", nargs="+", metavar="HOST PORT", help="HOST PORT to connect to; with -l: [HOST] PORT")
     return parser
+
+
+def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The TLS context the options ask for, or None for plain TCP."""
+    if args.listen:
+        if not args.tls_cert:
+            if args.tls_key or args.tls_ca:
+                raise ValueError("a TLS listener needs --tls-cert (and --tls-key)")
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        if args.tls_ca:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(args.tls_ca)
+        return context
+    if not (args.tls or args.tls_ca or args.insecure or args.tls_cert):
+        return None
+    context = ssl.create_default_context(cafile=args.tls_ca)
+    if args.insecure:
+        print("rtcat: WARNING: --insecure: the server is NOT verified; anyone on the path can read and alter "
+              "this session", file=sys.stderr)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if args.tls_cert:
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+    return context
 
 
 def rtcat_main(argv: Sequence[str] | None = None) -> int:
@@ -97,6 +135,13 @@ def rtcat_main(argv: Sequence[str] | None = None) -> int:
         "resume_window": args.resume_window,
         "on_event": _reporter() if args.verbose else None,
     }
+    try:
+        options["ssl_context"] = _tls_context(args)
+    except (ValueError, OSError, ssl.SSLError) as exc:
+        print(f"rtcat: TLS setup: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.tls_server_name:
+        options["server_hostname"] = args.tls_server_name
     if args.dead_after is not None and args.dead_after <= args.heartbeat:
         print("rtcat: --dead-after must be longer than --heartbeat", file=sys.stderr)
         return EXIT_USAGE

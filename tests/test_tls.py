@@ -115,3 +115,33 @@ def test_tls_client_against_a_plain_listener_fails_clearly(pki: Path) -> None:
         with pytest.raises(rt.ChannelBroken):
             rt.connect(plain.address, ssl_context=client_context(pki), timeout=10, **fast_options())
         assert plain.rejected_handshakes >= 1
+
+
+def test_rtcat_over_tls(pki: Path, tmp_path: Path) -> None:
+    import os
+    import socket
+    import sys
+
+    rtcat = [sys.executable, str(Path(__file__).resolve().parent.parent / "tools" / "rtcat"), "--heartbeat", "0.2"]
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = str(probe.getsockname()[1])
+    data = os.urandom(300_000)
+    listener = subprocess.Popen(
+        [*rtcat, "-l", "127.0.0.1", port, "--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key")],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        sender = subprocess.run(
+            [*rtcat, "--tls-ca", str(pki / "ca.pem"), "--tls-server-name", "localhost", "127.0.0.1", port],
+            input=data, capture_output=True, timeout=60,
+        )
+        assert sender.returncode == 0, sender.stderr
+        out, _ = listener.communicate(timeout=30)
+        assert listener.returncode == 0
+        assert out == data
+        insecure = subprocess.run([*rtcat, "--insecure", "--connect-timeout", "1", "127.0.0.1", "1"], capture_output=True, timeout=60)
+        assert b"WARNING: --insecure" in insecure.stderr
+    finally:
+        if listener.poll() is None:
+            listener.kill()
+            listener.wait()
