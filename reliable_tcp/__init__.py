@@ -4,10 +4,12 @@ Every message is delivered exactly once and in order across pulled
 cables, resets and sleeps, or the sender is told which ones were not.
 """
 
+from .auth import load_psk
 from .backoff import Backoff
 from .channel import Channel, ChannelEvent, ChannelState, ChannelStatistics, ShellOptions, connect
 from .config import SessionConfig
 from .exceptions import (
+    AuthenticationFailed,
     ChannelBroken,
     ChannelClosed,
     FrameError,
@@ -25,6 +27,7 @@ from .listener import Listener, listen
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuthenticationFailed",
     "Backoff",
     "Channel",
     "ChannelBroken",
@@ -46,4 +49,5 @@ __all__ = [
     "WindowFull",
     "connect",
     "listen",
+    "load_psk",
 ]

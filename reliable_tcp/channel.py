@@ -10,6 +10,7 @@ socket I/O never run under it. See docs/design.md.
 from __future__ import annotations
 
 import enum
+import functools
 import itertools
 import logging
 import random
@@ -165,12 +166,14 @@ class Channel:
         *,
         address: tuple[str, int] | None = None,
         on_end: Callable[[Channel], None] | None = None,
+        on_confirmed: Callable[[Channel], None] | None = None,
     ) -> None:
         self._engine = engine
         self._config = engine.config
         self._shell = shell
         self._address = address  # set on the connecting side: where to reconnect
         self._on_end = on_end
+        self._on_confirmed = on_confirmed
         self._name = f"rtcp-{'client' if engine.client else 'server'}-{next(_ids)}"
         self._lock = threading.Lock()
         self._readable = threading.Condition(self._lock)  # inbox grew or the stream ended
@@ -275,6 +278,8 @@ class Channel:
                 self._sendable.notify_all()
             elif isinstance(event, ev.HandshakeCompleted):
                 self._on_handshake(event, now)
+            elif isinstance(event, ev.PeerConfirmed) and self._on_confirmed is not None:
+                self._after_lock.append(functools.partial(self._on_confirmed, self))
             elif isinstance(event, ev.TransportFailed):
                 self._drop_connection(event.reason, None, abort=True)
             elif isinstance(event, ev.PeerClosed):

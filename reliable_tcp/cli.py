@@ -25,6 +25,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, BinaryIO
 
+from .auth import load_psk
 from .channel import Channel, ChannelEvent, ChannelStatistics, connect
 from .exceptions import ChannelClosed, ReliableTCPError, SessionLost
 from .listener import listen
@@ -81,6 +82,9 @@ def _rtcat_parser() -> argparse.ArgumentParser:
     tls.add_argument(
         "--insecure", action="store_true", help="TLS without verifying the server (dangerous: anyone on the path can read)"
     )
+    auth = parser.add_argument_group("pre-shared key (never on the command line)")
+    auth.add_argument("--psk-file", metavar="FILE", help="read the pre-shared key from FILE (raw or hex, >= 16 bytes)")
+    auth.add_argument("--psk-env", metavar="VAR", help="read the pre-shared key from environment variable VAR")
     parser.add_argument("address", nargs="+", metavar="HOST PORT", help="HOST PORT to connect to; with -l: [HOST] PORT")
     return parser
 
@@ -142,6 +146,12 @@ def rtcat_main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     if args.tls_server_name:
         options["server_hostname"] = args.tls_server_name
+    if args.psk_file or args.psk_env:
+        try:
+            options["psk"] = load_psk(path=args.psk_file, env=args.psk_env)
+        except (ValueError, OSError) as exc:
+            print(f"rtcat: pre-shared key: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     if args.dead_after is not None and args.dead_after <= args.heartbeat:
         print("rtcat: --dead-after must be longer than --heartbeat", file=sys.stderr)
         return EXIT_USAGE

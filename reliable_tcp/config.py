@@ -34,6 +34,9 @@ class SessionConfig:
     data_frame_target: int = 256 * 1024
     #: Largest frame body accepted; derived from max_message_size when unset.
     max_frame_size: int = field(default=0)
+    #: Pre-shared key: when set, every handshake (new or resume) runs the
+    #: HMAC challenge-response of reliable_tcp.auth, and both sides must hold it.
+    psk: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.dead_after is None:
@@ -60,6 +63,8 @@ class SessionConfig:
         for name, value in positive.items():
             if not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
+        if self.psk is not None and len(self.psk) < 16:
+            raise ValueError("psk must be at least 16 bytes")
         if self.ack_delay < 0:
             raise ValueError(f"ack_delay must not be negative, got {self.ack_delay!r}")
         assert self.dead_after is not None

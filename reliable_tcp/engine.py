@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import hmac
 import logging
+import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import auth
 from . import events as ev
 from .config import SessionConfig
 from .exceptions import (
+    AuthenticationFailed,
     ChannelBroken,
     ChannelClosed,
     FrameError,
@@ -25,8 +29,11 @@ from .exceptions import (
 from .frames import (
     ID_SIZE,
     MAX_SEQ,
+    NONCE_SIZE,
     Accept,
     Ack,
+    Challenge,
+    Proof,
     Close,
     CloseAck,
     Data,
@@ -57,6 +64,8 @@ _INPUT_OF_FRAME = {
     Pong: SessionInput.RECV_PONG,
     Close: SessionInput.RECV_CLOSE,
     CloseAck: SessionInput.RECV_CLOSE_ACK,
+    Challenge: SessionInput.RECV_CHALLENGE,
+    Proof: SessionInput.RECV_PROOF,
 }
 _LIVE = (SessionState.OPEN, SessionState.CLOSING)
 
@@ -86,7 +95,15 @@ class SessionEngine:
     :meth:`connection_made`.
     """
 
-    def __init__(self, config: SessionConfig, *, client: bool, session_id: bytes = _NO_ID, secret: bytes = _NO_ID) -> None:
+    def __init__(
+        self,
+        config: SessionConfig,
+        *,
+        client: bool,
+        session_id: bytes = _NO_ID,
+        secret: bytes = _NO_ID,
+        token_source: Callable[[int], bytes] = secrets.token_bytes,
+    ) -> None:
         self.config = config
         self.client = client
         self.session_id = session_id
@@ -109,6 +126,11 @@ class SessionEngine:
         self._recv_unacked = 0
         self._recv_unacked_bytes = 0
         self._peer_last_seq: int | None = None
+        self._token = token_source
+        self._hello_sent = b""  # the HELLO frame of this connection, for the key proof
+        self._auth_nonce: bytes | None = None
+        self._server_proved_key = False
+        self._awaiting_confirmation = False
 
     # ------------------------------------------------------------------ state
 
@@ -178,7 +200,12 @@ class SessionEngine:
         if self._state in TERMINAL_STATES:
             return
         logger.warning("session %s failed: %s", self.session_id.hex()[:8], error)
-        reason = RejectReason.BAD_SEQUENCE if isinstance(error, SequenceClaimError) else RejectReason.PROTOCOL_ERROR
+        if isinstance(error, SequenceClaimError):
+            reason = RejectReason.BAD_SEQUENCE
+        elif isinstance(error, AuthenticationFailed):
+            reason = RejectReason.AUTH_FAILED
+        else:
+            reason = RejectReason.PROTOCOL_ERROR
         live = self._state in (SessionState.OPEN, SessionState.CLOSING, SessionState.HANDSHAKING)
         self._state = SessionState.FAILED
         self._output = [encode(Reject(reason, str(error)))] if live else []
@@ -193,7 +220,10 @@ class SessionEngine:
         self._move(SessionInput.CONNECTION_MADE, now)
         self._connected_at = self._last_received = self._last_output = now
         resume = self.session_id != _NO_ID
-        self._output.append(encode(Hello(resume, self.session_id, self._secret, self._recv.expect)))
+        self._auth_nonce = self._token(NONCE_SIZE) if self.config.psk is not None else None
+        self._server_proved_key = False
+        self._hello_sent = encode(Hello(resume, self.session_id, self._secret, self._recv.expect, self._auth_nonce))
+        self._output.append(self._hello_sent)
 
     def can_resume_from(self, expect: int) -> bool:
         """Server: whether a resume claiming ``expect`` can be satisfied."""
@@ -227,6 +257,8 @@ class SessionEngine:
         if hello.resume:
             self.counters.resumes += 1
             self._previous_secret = hello.secret
+        else:
+            self._awaiting_confirmation = True
         self.counters.handshakes += 1
         self._secret = new_secret
         self._reset_connection(now)
@@ -277,8 +309,12 @@ class SessionEngine:
             # A corrupt byte stream spoils this connection, not the session.
             self._transport_failed(f"corrupt stream: {exc}", SessionInput.TRANSPORT_LOST, now)
             return
-        if frames and self._previous_secret is not None and self._state is not SessionState.HANDSHAKING:
+        if self._state is not SessionState.HANDSHAKING and any(not isinstance(frame, Reject) for frame in frames):
+            # Anything but a refusal sent after ACCEPT proves the client received it.
             self._previous_secret = None
+            if self._awaiting_confirmation:
+                self._awaiting_confirmation = False
+                self._events.append(ev.PeerConfirmed())
         for frame in frames:
             if self._state in TERMINAL_STATES:  # a frame before this one ended the session
                 break
@@ -317,6 +353,8 @@ class SessionEngine:
         elif isinstance(frame, Accept):
             self._on_accept(frame, now)
             return
+        elif isinstance(frame, Challenge):
+            self._on_challenge(frame)
         elif isinstance(frame, Reject):
             self._state = target
             self._output.clear()
@@ -331,7 +369,18 @@ class SessionEngine:
             return
         self._state = target
 
+    def _on_challenge(self, challenge: Challenge) -> None:
+        psk, nonce = self.config.psk, self._auth_nonce
+        if psk is None or nonce is None or self._server_proved_key:
+            raise ProtocolError("CHALLENGE without a pre-shared key exchange")
+        if not auth.proofs_match(auth.server_proof(psk, nonce, challenge.nonce), challenge.proof):
+            raise AuthenticationFailed("the server could not prove the pre-shared key")
+        self._server_proved_key = True
+        self._output.append(encode(Proof(auth.client_proof(psk, challenge.nonce, nonce, self._hello_sent))))
+
     def _on_accept(self, accept: Accept, now: float) -> None:
+        if self.config.psk is not None and not self._server_proved_key:
+            raise AuthenticationFailed("the server accepted without proving the pre-shared key")
         resuming = self.session_id != _NO_ID
         if accept.resumed != resuming or (resuming and accept.session_id != self.session_id):
             raise ProtocolError("ACCEPT does not answer the HELLO that was sent")
@@ -346,6 +395,9 @@ class SessionEngine:
         if resuming:
             self.counters.resumes += 1
         self._events.append(ev.HandshakeCompleted(self.session_id, resuming, replayed))
+        # Confirm at once: the server rotates our secret and offers a new
+        # session to its application only once we have spoken.
+        self._output.append(encode(Ack(self._recv.expect - 1)))
 
     def _on_data(self, frame: Data, now: float) -> None:
         if frame.ack:

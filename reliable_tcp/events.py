@@ -7,6 +7,7 @@ from typing import Union
 
 __all__ = [
     "HandshakeCompleted",
+    "PeerConfirmed",
     "MessagesReceived",
     "MessagesAcknowledged",
     "PongReceived",
@@ -29,6 +30,12 @@ class HandshakeCompleted:
     session_id: bytes
     resumed: bool
     replayed: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeerConfirmed:
+    """Server: the client spoke after the ACCEPT of a new session, so it
+    holds the session; only now is the session worth offering to accept()."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +103,7 @@ class SessionLost:
 
 Event = Union[
     HandshakeCompleted,
+    PeerConfirmed,
     MessagesReceived,
     MessagesAcknowledged,
     PongReceived,

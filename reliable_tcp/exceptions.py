@@ -4,9 +4,10 @@
 
     ReliableTCPError
     ├── ProtocolError            the peer broke the protocol
-    │   └── FrameError           bytes that are not a valid frame
-    │       ├── FrameTooLarge    a length field above the limit (nothing allocated)
-    │       └── UnsupportedVersion
+    │   ├── FrameError           bytes that are not a valid frame
+    │   │   ├── FrameTooLarge    a length field above the limit (nothing allocated)
+    │   │   └── UnsupportedVersion
+    │   └── AuthenticationFailed the pre-shared-key exchange failed
     ├── UsageError               the caller misused the API (also a ValueError)
     │   └── MessageTooLarge
     ├── WindowFull               the retransmit window has no room (core only;
@@ -27,6 +28,7 @@ __all__ = [
     "FrameError",
     "FrameTooLarge",
     "UnsupportedVersion",
+    "AuthenticationFailed",
     "UsageError",
     "MessageTooLarge",
     "WindowFull",
@@ -66,6 +68,10 @@ class UnsupportedVersion(FrameError):
     def __init__(self, version: int) -> None:
         super().__init__(f"unsupported protocol version {version}")
         self.version = version
+
+
+class AuthenticationFailed(ProtocolError):
+    """The peer could not prove it holds the pre-shared key (or did not try)."""
 
 
 class UsageError(ReliableTCPError, ValueError):

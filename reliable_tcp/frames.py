@@ -46,6 +46,10 @@ __all__ = [
     "Pong",
     "Close",
     "CloseAck",
+    "Challenge",
+    "Proof",
+    "NONCE_SIZE",
+    "MAC_SIZE",
     "Frame",
     "encode",
     "encode_data",
@@ -77,6 +81,10 @@ DATA_OVERHEAD = HEADER_SIZE + _DATA_HEAD.size
 DATA_PER_MESSAGE_OVERHEAD = _U32.size
 
 FLAG_RESUME = 0x01
+FLAG_AUTH = 0x02  # HELLO only: a client nonce follows; the pre-shared-key exchange applies
+NONCE_SIZE = 16
+MAC_SIZE = 32  # HMAC-SHA256
+_CHALLENGE = struct.Struct(f">{NONCE_SIZE}s{MAC_SIZE}s")
 
 
 class FrameType(enum.IntEnum):
@@ -91,6 +99,8 @@ class FrameType(enum.IntEnum):
     PONG = 7
     CLOSE = 8
     CLOSE_ACK = 9
+    CHALLENGE = 10
+    PROOF = 11
 
 
 class RejectReason(enum.IntEnum):
@@ -105,6 +115,8 @@ class RejectReason(enum.IntEnum):
     SERVER_BUSY = 4
     PROTOCOL_ERROR = 5
     HANDSHAKE_TIMEOUT = 6
+    #: The pre-shared-key exchange failed (or was required and missing).
+    AUTH_FAILED = 7
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +131,25 @@ class Hello:
     session_id: bytes
     secret: bytes
     expect: int
+    #: With a pre-shared key: the client's fresh 16-byte nonce (flag AUTH).
+    auth_nonce: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """Server -> client, pre-shared key only: the server's fresh nonce and its
+    proof of the key, HMAC-SHA256(key, "rtcp-v1 server" | client nonce | server nonce)."""
+
+    nonce: bytes
+    proof: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Proof:
+    """Client -> server, pre-shared key only: HMAC-SHA256(key, "rtcp-v1 client" |
+    server nonce | client nonce | the HELLO frame as sent)."""
+
+    proof: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +217,7 @@ class CloseAck:
     ack: int
 
 
-Frame = Union[Hello, Accept, Reject, Data, Ack, Ping, Pong, Close, CloseAck]
+Frame = Union[Hello, Accept, Reject, Data, Ack, Ping, Pong, Close, CloseAck, Challenge, Proof]
 
 
 def _frame(frame_type: FrameType, body: bytes) -> bytes:
@@ -240,9 +271,24 @@ def encode(frame: Frame) -> bytes:
         _check_u64(frame.expect, "expect")
         if isinstance(frame, Hello):
             flags = FLAG_RESUME if frame.resume else 0
-            return _frame(FrameType.HELLO, _HELLO.pack(flags, frame.session_id, frame.secret, frame.expect))
+            if frame.auth_nonce is not None:
+                flags |= FLAG_AUTH
+            body = _HELLO.pack(flags, frame.session_id, frame.secret, frame.expect)
+            if frame.auth_nonce is not None:
+                if len(frame.auth_nonce) != NONCE_SIZE:
+                    raise ValueError(f"auth_nonce must be {NONCE_SIZE} bytes")
+                body += frame.auth_nonce
+            return _frame(FrameType.HELLO, body)
         flags = FLAG_RESUME if frame.resumed else 0
         return _frame(FrameType.ACCEPT, _ACCEPT.pack(flags, frame.session_id, frame.secret, frame.expect))
+    if isinstance(frame, Challenge):
+        if len(frame.nonce) != NONCE_SIZE or len(frame.proof) != MAC_SIZE:
+            raise ValueError("CHALLENGE needs a 16-byte nonce and a 32-byte proof")
+        return _frame(FrameType.CHALLENGE, _CHALLENGE.pack(frame.nonce, frame.proof))
+    if isinstance(frame, Proof):
+        if len(frame.proof) != MAC_SIZE:
+            raise ValueError("PROOF needs a 32-byte proof")
+        return _frame(FrameType.PROOF, frame.proof)
     if isinstance(frame, Reject):
         text = frame.text.encode("utf-8")[:MAX_REJECT_TEXT]
         # Cutting may split a character; drop the partial tail so it decodes.
@@ -284,14 +330,27 @@ def _decode_body(frame_type: int, body: memoryview) -> Frame:
             return Close(value)
         return CloseAck(value)
     if frame_type in (FrameType.HELLO, FrameType.ACCEPT):
-        if size != _HELLO.size:
-            raise FrameError(f"{FrameType(frame_type).name} body must be {_HELLO.size} bytes, got {size}")
-        flags, session_id, secret, expect = _HELLO.unpack(body)
-        if flags & ~FLAG_RESUME:
+        flags = body[0] if size else 0
+        auth = frame_type == FrameType.HELLO and bool(flags & FLAG_AUTH)
+        expected = _HELLO.size + (NONCE_SIZE if auth else 0)
+        if size != expected:
+            raise FrameError(f"{FrameType(frame_type).name} body must be {expected} bytes, got {size}")
+        flags, session_id, secret, expect = _HELLO.unpack_from(body)
+        allowed = FLAG_RESUME | (FLAG_AUTH if frame_type == FrameType.HELLO else 0)
+        if flags & ~allowed:
             raise FrameError(f"unknown flags 0x{flags:02x}")
         if frame_type == FrameType.HELLO:
-            return Hello(bool(flags), session_id, secret, expect)
+            return Hello(bool(flags & FLAG_RESUME), session_id, secret, expect, bytes(body[_HELLO.size :]) if auth else None)
         return Accept(bool(flags), session_id, secret, expect)
+    if frame_type == FrameType.CHALLENGE:
+        if size != _CHALLENGE.size:
+            raise FrameError(f"CHALLENGE body must be {_CHALLENGE.size} bytes, got {size}")
+        nonce, proof = _CHALLENGE.unpack(body)
+        return Challenge(nonce, proof)
+    if frame_type == FrameType.PROOF:
+        if size != MAC_SIZE:
+            raise FrameError(f"PROOF body must be {MAC_SIZE} bytes, got {size}")
+        return Proof(bytes(body))
     if frame_type == FrameType.REJECT:
         if not 1 <= size <= 1 + MAX_REJECT_TEXT:
             raise FrameError(f"REJECT body of {size} bytes")

@@ -15,7 +15,7 @@ from .channel import Channel, ShellOptions, split_options
 from .config import SessionConfig
 from .exceptions import ChannelClosed, FrameError, ProtocolError, UnsupportedVersion
 from .frames import Reject, RejectReason, encode
-from .server_core import HandshakeReader, HandshakeRejected, SessionRegistry
+from .server_core import HandshakeRejected, ServerHandshake, SessionRegistry
 from .state import SessionState
 from .tls import TLSHandshakeError, TLSLayer
 
@@ -145,7 +145,7 @@ class Listener:
                 close_socket(sock, abort=True)
 
     def _read_hello(self, sock: socket.socket, peer: Any, tls: TLSLayer | None) -> Any:
-        reader = HandshakeReader()
+        reader = ServerHandshake(self._config.psk)
         deadline = time.monotonic() + self._config.handshake_timeout
         while True:
             remaining = deadline - time.monotonic()
@@ -170,6 +170,15 @@ class Listener:
                     continue  # part of a TLS record
             try:
                 hello = reader.receive_data(data)
+                challenge = reader.data_to_send()
+                if challenge:
+                    sock.sendall(tls.encrypt(challenge) if tls is not None else challenge)
+            except OSError as exc:
+                logger.info("%s: connection failed during the handshake: %s", peer, exc)
+                return None
+            except HandshakeRejected as rejected:
+                self._refuse(sock, peer, tls, rejected.reason, str(rejected), rejected.reply)
+                return None
             except UnsupportedVersion as exc:
                 self._refuse(sock, peer, tls, RejectReason.UNSUPPORTED_VERSION, str(exc))
                 return None
@@ -212,7 +221,9 @@ class Listener:
                 else:
                     failure = None
                     if attached.is_new:
-                        channel = Channel(attached.engine, self._shell, on_end=self._session_ended)
+                        channel = Channel(
+                            attached.engine, self._shell, on_end=self._session_ended, on_confirmed=self._new.put
+                        )
                         self._channels[attached.engine.session_id] = channel
                     assert channel is not None
                     with channel._lock if attached.is_new else contextlib.nullcontext():
@@ -224,8 +235,8 @@ class Listener:
             return False
         assert channel is not None
         if attached.is_new:
+            # accept() gets it once the client has spoken after ACCEPT (PeerConfirmed).
             logger.info("%s: new session %s", peer, attached.engine.session_id.hex()[:8])
-            self._new.put(channel)
         else:
             logger.info("%s: resumed session %s", peer, attached.engine.session_id.hex()[:8])
         return True

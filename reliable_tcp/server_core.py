@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from .config import SessionConfig
 from .engine import SessionEngine
 from .exceptions import ProtocolError, ReliableTCPError
-from .frames import ID_SIZE, FrameDecoder, Hello, Reject, RejectReason, encode
+from . import auth
+from .frames import ID_SIZE, NONCE_SIZE, Challenge, FrameDecoder, Hello, Proof, Reject, RejectReason, encode
 from .state import SessionState
 
-__all__ = ["HandshakeReader", "HandshakeRejected", "SessionRegistry", "Attached"]
+__all__ = ["HandshakeReader", "HandshakeRejected", "ServerHandshake", "SessionRegistry", "Attached"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,58 @@ class HandshakeReader:
         if len(frames) > 1 or self._decoder.buffered:
             raise ProtocolError("data sent before the handshake was answered")
         return hello
+
+
+class ServerHandshake:
+    """The server's side of a connection's handshake, before any session is touched.
+
+    Without a pre-shared key it is the HELLO alone. With one, the HELLO must
+    carry a client nonce; the server answers CHALLENGE (its nonce and proof,
+    in :meth:`data_to_send`) and waits for the client's PROOF. Returns the
+    HELLO once it may be acted on; raises HandshakeRejected (AUTH_FAILED)
+    when the key is missing or wrong, FrameError or ProtocolError for bytes
+    that break the protocol.
+    """
+
+    def __init__(self, psk: bytes | None, token_source: Callable[[int], bytes] = secrets.token_bytes) -> None:
+        self._psk = psk
+        self._token = token_source
+        self._reader = HandshakeReader()
+        self._hello: Hello | None = None
+        self._proof_decoder = FrameDecoder(MAX_HELLO_FRAME)
+        self._server_nonce = b""
+        self._output = b""
+
+    def receive_data(self, data: bytes) -> Hello | None:
+        """Feed bytes; return the HELLO once the handshake may proceed."""
+        if self._hello is None:
+            hello = self._reader.receive_data(data)
+            if hello is None:
+                return None
+            if self._psk is None:
+                return hello
+            if hello.auth_nonce is None:
+                raise HandshakeRejected(RejectReason.AUTH_FAILED, "this server requires the pre-shared key")
+            self._hello = hello
+            self._server_nonce = self._token(NONCE_SIZE)
+            proof = auth.server_proof(self._psk, hello.auth_nonce, self._server_nonce)
+            self._output += encode(Challenge(self._server_nonce, proof))
+            return None
+        frames = self._proof_decoder.feed(data)
+        if not frames:
+            return None
+        if len(frames) > 1 or self._proof_decoder.buffered or not isinstance(frames[0], Proof):
+            raise ProtocolError("expected exactly one PROOF after CHALLENGE")
+        assert self._psk is not None and self._hello.auth_nonce is not None
+        expected = auth.client_proof(self._psk, self._server_nonce, self._hello.auth_nonce, encode(self._hello))
+        if not auth.proofs_match(expected, frames[0].proof):
+            raise HandshakeRejected(RejectReason.AUTH_FAILED, "wrong pre-shared key")
+        return self._hello
+
+    def data_to_send(self) -> bytes:
+        """Bytes to send now (the CHALLENGE)."""
+        out, self._output = self._output, b""
+        return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,8 @@ class SessionInput(enum.Enum):
     RECV_PONG = "PONG"
     RECV_CLOSE = "CLOSE"
     RECV_CLOSE_ACK = "CLOSE_ACK"
+    RECV_CHALLENGE = "CHALLENGE"
+    RECV_PROOF = "PROOF"
     TRANSPORT_LOST = "transport lost"  # EOF, reset, corrupt stream
     PEER_DEAD = "peer dead"  # heartbeat or handshake deadline passed
     RESUME_EXPIRED = "resume window expired"
@@ -59,6 +61,7 @@ TRANSITIONS: dict[tuple[SessionState, SessionInput], SessionState] = {
     (S.IDLE, I.CLOSE_CALLED): S.CLOSED,
     (S.IDLE, I.TRANSPORT_LOST): S.IDLE,  # a connection that failed before its HELLO
     (S.HANDSHAKING, I.RECV_ACCEPT): S.OPEN,
+    (S.HANDSHAKING, I.RECV_CHALLENGE): S.HANDSHAKING,  # pre-shared key: prove it, then ACCEPT
     (S.HANDSHAKING, I.RECV_REJECT): S.LOST,
     (S.HANDSHAKING, I.TRANSPORT_LOST): S.DETACHED,
     (S.HANDSHAKING, I.PEER_DEAD): S.DETACHED,

@@ -53,6 +53,7 @@ class _Link:
     server: socket.socket | None = None
     forwarded: dict[str, int] = field(default_factory=lambda: {"up": 0, "down": 0})
     closed: bool = False
+    aborted: bool = False  # how it was closed: RST (True) or FIN
 
 
 def _directions(direction: str) -> tuple[str, ...]:
@@ -148,6 +149,7 @@ class FaultProxy:
 
     def _close_link(self, link: _Link, *, abort: bool, side: str = "both") -> None:
         link.closed = True
+        link.aborted = abort
         with self._lock:
             self._healed.notify_all()  # pumps held by a blackhole give up
         for name, sock in (("client", link.client), ("server", link.server)):
@@ -202,7 +204,8 @@ class FaultProxy:
             return
         with self._lock:
             if link.closed:
-                close_socket(server, abort=True)
+                # The fault hit while this side was being connected: give it the same end.
+                close_socket(server, abort=link.aborted)
                 return
             link.server = server
         self._start(self._pump, "up", link, "up", link.client, server)

@@ -15,7 +15,7 @@ from reliable_tcp import events as ev
 from reliable_tcp.config import SessionConfig
 from reliable_tcp.engine import SessionEngine
 from reliable_tcp.frames import Data, FrameDecoder
-from reliable_tcp.server_core import HandshakeReader, HandshakeRejected, SessionRegistry
+from reliable_tcp.server_core import HandshakeRejected, ServerHandshake, SessionRegistry
 from reliable_tcp.state import TERMINAL_STATES, SessionState
 
 
@@ -39,17 +39,18 @@ class EnginePair:
 
     def __init__(self, config: SessionConfig, seed: int = 0) -> None:
         rng = random.Random(seed)
+        self._rng = rng
         self.config = config
         self.now = 0.0
         self.registry = SessionRegistry(config, token_source=rng.randbytes)
-        self.client = SessionEngine(config, client=True)
+        self.client = SessionEngine(config, client=True, token_source=rng.randbytes)
         self.server: SessionEngine | None = None
         self.records = {"client": SideRecord(), "server": SideRecord()}
         self.to_server = bytearray()
         self.to_client = bytearray()
         self.connected = False
         self.orphans: list[tuple[SessionEngine, SideRecord]] = []
-        self._reader: HandshakeReader | None = None
+        self._reader: ServerHandshake | None = None
         self._server_on_link = False
         self._sniff = {"client": FrameDecoder(config.max_frame_size), "server": FrameDecoder(config.max_frame_size)}
 
@@ -115,7 +116,7 @@ class EnginePair:
         self.connected = True
         self.to_server.clear()
         self.to_client.clear()
-        self._reader = HandshakeReader()
+        self._reader = ServerHandshake(self.config.psk, self._rng.randbytes)
         self._server_on_link = False
         self._sniff = {side: FrameDecoder(self.config.max_frame_size) for side in self._sniff}
         self.client.connection_made(self.now)
@@ -141,8 +142,15 @@ class EnginePair:
             return
         if not self._server_on_link:
             assert self._reader is not None
-            hello = self._reader.receive_data(chunk)
+            try:
+                hello = self._reader.receive_data(chunk)
+            except HandshakeRejected as rejected:
+                self.to_client += rejected.reply
+                self.step()
+                return
+            self.to_client += self._reader.data_to_send()  # the CHALLENGE, with a pre-shared key
             if hello is None:
+                self.step()
                 return
             try:
                 attached = self.registry.handshake(hello, self.now)

@@ -21,6 +21,7 @@ def open_pair(config: SessionConfig = CONFIG) -> EnginePair:
     pair.connect()
     pair.deliver_to_server(10_000)
     pair.deliver_to_client(10_000)
+    pair.deliver_to_server(10_000)  # the client's confirmation of the ACCEPT
     assert pair.client.state is S.OPEN and pair.server is not None and pair.server.state is S.OPEN
     return pair
 

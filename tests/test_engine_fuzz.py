@@ -17,7 +17,7 @@ from test_frames import any_frame
 
 CONFIG = SessionConfig(heartbeat_interval=1.0, window_messages=8, window_bytes=256, max_message_size=64)
 KNOWN_EVENTS = (
-    ev.HandshakeCompleted, ev.MessagesReceived, ev.MessagesAcknowledged, ev.PongReceived,
+    ev.HandshakeCompleted, ev.PeerConfirmed, ev.MessagesReceived, ev.MessagesAcknowledged, ev.PongReceived,
     ev.TransportFailed, ev.PeerClosed, ev.SessionClosed, ev.SessionLost,
 )
 

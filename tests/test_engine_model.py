@@ -4,6 +4,8 @@ after every step."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -32,9 +34,11 @@ sides = st.sampled_from(["client", "server"])
 class TwoEngines(RuleBasedStateMachine):
     """The model: a client and a server engine on an unreliable in-memory link."""
 
+    config = CONFIG
+
     def __init__(self) -> None:
         super().__init__()
-        self.pair = EnginePair(CONFIG, seed=0)
+        self.pair = EnginePair(self.config, seed=0)
         self.counter = 0
 
     # ---------------------------------------------------------------- rules
@@ -182,3 +186,13 @@ class TwoEngines(RuleBasedStateMachine):
 
 TwoEngines.TestCase.settings = settings(stateful_step_count=60)
 test_two_engines = TwoEngines.TestCase
+
+
+class TwoEnginesWithKey(TwoEngines):
+    """The same model with a pre-shared key: every handshake takes two round trips."""
+
+    config = replace(CONFIG, psk=b"model-test-pre-shared-key")
+
+
+TwoEnginesWithKey.TestCase.settings = settings(stateful_step_count=60, max_examples=max(50, settings().max_examples // 4))
+test_two_engines_with_key = TwoEnginesWithKey.TestCase

@@ -22,8 +22,13 @@ def data_frames(draw: st.DrawFn) -> f.Data:
     return f.Data(first, draw(u64), messages)
 
 
+nonces = st.binary(min_size=f.NONCE_SIZE, max_size=f.NONCE_SIZE)
+macs = st.binary(min_size=f.MAC_SIZE, max_size=f.MAC_SIZE)
+
 any_frame = st.one_of(
-    st.builds(f.Hello, st.booleans(), ids, ids, u64),
+    st.builds(f.Hello, st.booleans(), ids, ids, u64, st.none() | nonces),
+    st.builds(f.Challenge, nonces, macs),
+    st.builds(f.Proof, macs),
     st.builds(f.Accept, st.booleans(), ids, ids, u64),
     st.builds(f.Reject, st.sampled_from(f.RejectReason), st.text(max_size=40)),
     data_frames(),

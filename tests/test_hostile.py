@@ -124,6 +124,7 @@ def opened(listener: rt.Listener) -> tuple[socket.socket, f.Accept]:
         if frames:
             accept = frames[0]
             assert isinstance(accept, f.Accept)
+            sock.sendall(f.encode(f.Ack(0)))  # confirm, as every client does after ACCEPT
             return sock, accept
 
 
@@ -142,7 +143,9 @@ def opened(listener: rt.Listener) -> tuple[socket.socket, f.Accept]:
     ids=["random-bytes", "http", "tls-client-hello", "wrong-version", "unknown-type", "huge-length", "ping-first",
          "data-before-handshake"],
 )
-def test_garbage_first_bytes_are_refused(served: tuple[rt.Listener, LegitStream], payload: bytes, reason: f.RejectReason | None) -> None:
+def test_garbage_first_bytes_are_refused(
+    served: tuple[rt.Listener, LegitStream], payload: bytes, reason: f.RejectReason | None
+) -> None:
     listener, _ = served
     sock = raw(listener)
     sock.sendall(payload)

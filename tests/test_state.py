@@ -14,7 +14,9 @@ from reliable_tcp.exceptions import ProtocolError
 from reliable_tcp.state import TERMINAL_STATES, TRANSITIONS, SessionInput, SessionState, diagram, next_state
 
 S, I = SessionState, SessionInput
-CONFIG = SessionConfig(heartbeat_interval=1.0, resume_window=10.0, handshake_timeout=2.0, ack_delay=0.01)
+# With a pre-shared key, so that CHALLENGE has a state where it is valid.
+PSK = b"table-test-key-16"
+CONFIG = SessionConfig(heartbeat_interval=1.0, resume_window=10.0, handshake_timeout=2.0, ack_delay=0.01, psk=PSK)
 
 
 def test_terminal_states_absorb_everything() -> None:
@@ -65,8 +67,9 @@ def engine_in(state: SessionState, client: bool) -> tuple[SessionEngine, EngineP
         pair.connect()
         return pair.client, pair
     pair.connect()
-    pair.deliver_to_server(10_000)
-    pair.deliver_to_client(10_000)
+    for _ in range(2):  # HELLO / CHALLENGE, then PROOF / ACCEPT
+        pair.deliver_to_server(10_000)
+        pair.deliver_to_client(10_000)
     engine = pair.client if client else pair.server
     assert engine is not None and engine.state is S.OPEN
     pair.send("client", b"c")
@@ -97,7 +100,10 @@ def _frame_for(event: SessionInput, engine: SessionEngine) -> bytes:
     expect_next = engine.next_seq - engine.unacked_count
     return {
         I.RECV_HELLO: lambda: f.encode(f.Hello(True, ids, bytes(16), 1)),
-        I.RECV_ACCEPT: lambda: f.encode(f.Accept(False, ids, bytes(range(16, 32)), 1)),
+        # With the key configured, ACCEPT is only valid after the key exchange.
+        I.RECV_ACCEPT: lambda: (
+            f.encode(f.Challenge(bytes(16), _server_proof(engine))) if engine.state is S.HANDSHAKING else b""
+        ) + f.encode(f.Accept(False, ids, bytes(range(16, 32)), 1)),
         I.RECV_REJECT: lambda: f.encode(f.Reject(f.RejectReason.SESSION_UNKNOWN, "no")),
         I.RECV_DATA: lambda: f.encode_data(engine.receive_expect, 0, [b"x"]),
         I.RECV_ACK: lambda: f.encode(f.Ack(max(0, expect_next - 1))),
@@ -105,7 +111,16 @@ def _frame_for(event: SessionInput, engine: SessionEngine) -> bytes:
         I.RECV_PONG: lambda: f.encode(f.Pong(1)),
         I.RECV_CLOSE: lambda: f.encode(f.Close(engine.receive_expect - 1)),
         I.RECV_CLOSE_ACK: lambda: f.encode(f.CloseAck(engine.next_seq - 1)),
+        I.RECV_CHALLENGE: lambda: f.encode(f.Challenge(bytes(16), _server_proof(engine))),
+        I.RECV_PROOF: lambda: f.encode(f.Proof(bytes(32))),
     }[event]()
+
+
+def _server_proof(engine: SessionEngine) -> bytes:
+    from reliable_tcp import auth
+
+    nonce = engine._auth_nonce or bytes(16)
+    return auth.server_proof(PSK, nonce, bytes(16))
 
 
 def _apply(engine: SessionEngine, pair: EnginePair, event: SessionInput) -> None:
