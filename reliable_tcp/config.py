@@ -34,6 +34,12 @@ class SessionConfig:
     data_frame_target: int = 256 * 1024
     #: Largest frame body accepted; derived from max_message_size when unset.
     max_frame_size: int = field(default=0)
+    #: Frames other than DATA (ACK, PING, PONG, ...) a peer may send per
+    #: second, with a burst of one second's worth; beyond it the session
+    #: fails, so a flood of tiny frames can't starve everyone else. A
+    #: legitimate peer sends a few hundred (acks are coalesced, pings are
+    #: per heartbeat); DATA is bounded by the receive queue instead.
+    max_control_frames_per_second: int = 10_000
     #: Pre-shared key: when set, every handshake (new or resume) runs the
     #: HMAC challenge-response of reliable_tcp.auth, and both sides must hold it.
     psk: bytes | None = field(default=None, repr=False)
@@ -59,6 +65,7 @@ class SessionConfig:
             "max_message_size": self.max_message_size,
             "ack_every": self.ack_every,
             "data_frame_target": self.data_frame_target,
+            "max_control_frames_per_second": self.max_control_frames_per_second,
         }
         for name, value in positive.items():
             if not isinstance(value, (int, float)) or value <= 0:

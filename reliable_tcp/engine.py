@@ -131,6 +131,8 @@ class SessionEngine:
         self._auth_nonce: bytes | None = None
         self._server_proved_key = False
         self._awaiting_confirmation = False
+        self._frame_budget = float(config.max_control_frames_per_second)
+        self._budget_time = 0.0
 
     # ------------------------------------------------------------------ state
 
@@ -219,6 +221,7 @@ class SessionEngine:
             raise UsageError("connection_made is for the connecting side")
         self._move(SessionInput.CONNECTION_MADE, now)
         self._connected_at = self._last_received = self._last_output = now
+        self._frame_budget, self._budget_time = float(self.config.max_control_frames_per_second), now
         resume = self.session_id != _NO_ID
         self._auth_nonce = self._token(NONCE_SIZE) if self.config.psk is not None else None
         self._server_proved_key = False
@@ -269,6 +272,7 @@ class SessionEngine:
         self._decoder = FrameDecoder(self.config.max_frame_size)
         self._output.clear()
         self._connected_at = self._last_received = self._last_output = now
+        self._frame_budget, self._budget_time = float(self.config.max_control_frames_per_second), now
         # The expectation in the handshake acknowledges everything received.
         self._ack_sent()
 
@@ -315,6 +319,11 @@ class SessionEngine:
             if self._awaiting_confirmation:
                 self._awaiting_confirmation = False
                 self._events.append(ev.PeerConfirmed())
+        control = sum(1 for frame in frames if type(frame) is not Data)
+        if control and not self._spend_frame_budget(control, now):
+            limit = self.config.max_control_frames_per_second
+            self._fail(ProtocolError(f"more than {limit} control frames per second"), now)
+            return
         for frame in frames:
             if self._state in TERMINAL_STATES:  # a frame before this one ended the session
                 break
@@ -323,6 +332,14 @@ class SessionEngine:
             except ProtocolError as exc:
                 self._fail(exc, now)
                 break
+
+    def _spend_frame_budget(self, count: int, now: float) -> bool:
+        """Token bucket: refill at max_control_frames_per_second, up to one second's worth."""
+        rate = self.config.max_control_frames_per_second
+        self._frame_budget = min(float(rate), self._frame_budget + (now - self._budget_time) * rate)
+        self._budget_time = now
+        self._frame_budget -= count
+        return self._frame_budget >= 0
 
     def _transport_failed(self, reason: str, event: SessionInput, now: float) -> None:
         self.counters.transport_failures += 1

@@ -350,3 +350,11 @@ def test_an_empty_window_always_takes_one_message() -> None:
     config = SessionConfig(window_messages=5, window_bytes=16, max_message_size=16)
     engine = SessionEngine(config, client=True)
     assert engine.send_messages([b"x" * 16, b"y"], 0.0) == (1, 1)
+
+
+def test_frame_flood_fails_the_session() -> None:
+    pair = open_pair(SessionConfig(heartbeat_interval=1.0, max_control_frames_per_second=100))
+    pair.client.receive_data(f.encode(f.Ping(1)) * 95, pair.now)  # within a second's burst
+    assert pair.client.state is S.OPEN
+    pair.client.receive_data(f.encode(f.Ping(1)) * 60, pair.now + 0.5)  # 50 more tokens, 60 frames
+    assert pair.client.state is S.FAILED

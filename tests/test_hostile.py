@@ -279,7 +279,7 @@ def test_a_peer_that_stops_reading_is_dropped_and_memory_stays_bounded(served: t
     sock.close()
 
 
-def test_flood_of_tiny_frames_does_not_starve_others(served: tuple[rt.Listener, LegitStream]) -> None:
+def test_flood_of_tiny_frames_is_cut_off_and_does_not_starve_others(served: tuple[rt.Listener, LegitStream]) -> None:
     listener, legit = served
     sock, _ = opened(listener)
     victim = listener.accept(timeout=5)
@@ -290,7 +290,11 @@ def test_flood_of_tiny_frames_does_not_starve_others(served: tuple[rt.Listener, 
         while time.monotonic() < deadline:
             sock.sendall(flood)
     except OSError:
-        pass  # the server may drop a client that does not read its PONGs
+        pass  # cut off: the point
+    # Over max_control_frames_per_second (50,000) the session fails with a typed error.
+    with pytest.raises(rt.SessionLost) as info:
+        victim.recv(timeout=10)
+    assert "frames per second" in str(info.value)
     wait_for(lambda: len(legit.got["up"]) > before + 500, 10, "the legitimate stream to keep flowing")
     victim.abort()
     sock.close()
