@@ -319,9 +319,7 @@ class Channel:
         self._stopping = True
         self._end_unacked = unacked
         if error is None:
-            closed = ChannelClosed(detail)
-            closed.unacked = unacked  # type: ignore[attr-defined]
-            self._end_error = closed
+            self._end_error = ChannelClosed(detail, unacked)
             self._notify("closed", detail)
         else:
             self._end_error = error

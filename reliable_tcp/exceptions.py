@@ -87,7 +87,15 @@ class WindowFull(ReliableTCPError):
 
 
 class ChannelClosed(ReliableTCPError):
-    """The channel was closed cleanly, by this side or by the peer."""
+    """The channel was closed cleanly, by this side or by the peer.
+
+    ``unacked`` lists ``(seq, payload)`` of this side's messages that the
+    peer had not acknowledged when it closed (empty after a complete close).
+    """
+
+    def __init__(self, reason: str = "closed", unacked: tuple[tuple[int, bytes], ...] = ()) -> None:
+        super().__init__(reason)
+        self.unacked = unacked
 
 
 class ChannelBroken(ReliableTCPError):

@@ -74,7 +74,7 @@ def main() -> int:
         result["unacked"] = [int(p.split(b"|")[0]) for _, p in lost.unacked]
         status = 3
     except reliable_tcp.ChannelClosed as closed:
-        result["unacked"] = [int(p.split(b"|")[0]) for _, p in getattr(closed, "unacked", ())]
+        result["unacked"] = [int(p.split(b"|")[0]) for _, p in closed.unacked]
     receiver.join(10)
     if result["lost"] is None and result.get("receive_lost"):
         result["lost"] = result["receive_lost"]
