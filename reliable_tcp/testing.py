@@ -255,7 +255,8 @@ class FaultProxy:
                 allowed = max(0, faults.limit_bytes - link.forwarded[direction])
                 try:
                     sink.sendall(piece[:allowed])
-                    self.bytes_forwarded[direction] += allowed
+                    with self._lock:
+                        self.bytes_forwarded[direction] += allowed
                 except OSError:
                     pass
                 with self._lock:
@@ -270,7 +271,8 @@ class FaultProxy:
             except OSError:
                 return False
             link.forwarded[direction] += len(piece)
-            self.bytes_forwarded[direction] += len(piece)
+            with self._lock:  # several links' pumps add to the same counter
+                self.bytes_forwarded[direction] += len(piece)
         return True
 
     # ---------------------------------------------------------------- ending

@@ -69,6 +69,8 @@ class SendWindow:
         if limit <= 0:
             return 0
         budget = self.max_bytes - self.bytes
+        if limit == len(payloads) and sum(map(len, payloads)) <= budget:
+            return limit  # the common case, without a Python-level loop
         total = 0
         for index in range(limit):
             total += len(payloads[index])

@@ -41,7 +41,8 @@ def test_forwards_both_ways(setup: tuple[FaultProxy, socket.socket, socket.socke
     assert recv_exactly(server, 2) == b"up"
     server.sendall(b"down")
     assert recv_exactly(client, 4) == b"down"
-    assert proxy.bytes_forwarded == {"up": 2, "down": 4}
+    # The counters move just after the bytes leave the proxy.
+    wait_for(lambda: proxy.bytes_forwarded == {"up": 2, "down": 4}, 5, "the byte counters")
     assert "seed=1234" in repr(proxy)
 
 
@@ -136,7 +137,7 @@ def test_limit_bytes_cuts_the_connection(setup: tuple[FaultProxy, socket.socket,
             assert chunk, "an orderly EOF instead of a reset"
             received += chunk
     assert b"0123456789".startswith(received)
-    assert proxy.bytes_forwarded["up"] == 10
+    wait_for(lambda: proxy.bytes_forwarded["up"] == 10, 5, "the byte counter")
 
 
 def test_new_connection_waits_out_a_blackhole() -> None:
