@@ -22,7 +22,7 @@ from .exceptions import (
     UsageError,
     WindowFull,
 )
-from .listener import Listener, listen
+from .listener import Listener, ListenerStatistics, listen
 
 __version__ = "0.1.0"
 
@@ -38,6 +38,7 @@ __all__ = [
     "FrameError",
     "FrameTooLarge",
     "Listener",
+    "ListenerStatistics",
     "MessageTooLarge",
     "ProtocolError",
     "ReliableTCPError",

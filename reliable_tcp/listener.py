@@ -8,10 +8,11 @@ import queue
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from ._transport import close_socket, configure_socket
-from .channel import Channel, ShellOptions, split_options
+from .channel import Channel, ChannelState, ShellOptions, split_options
 from .config import SessionConfig
 from .exceptions import ChannelClosed, FrameError, ProtocolError, UnsupportedVersion
 from .frames import Reject, RejectReason, encode
@@ -19,11 +20,21 @@ from .server_core import HandshakeRejected, ServerHandshake, SessionRegistry
 from .state import SessionState
 from .tls import TLSHandshakeError, TLSLayer
 
-__all__ = ["Listener", "listen"]
+__all__ = ["Listener", "ListenerStatistics", "listen"]
 
 logger = logging.getLogger(__name__)
 
 _JOIN_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerStatistics:
+    """A snapshot of a listener's counters."""
+
+    sessions: int  # registered: connected or waiting to resume
+    pending_handshakes: int
+    rejected_handshakes: int  # refused before any session: limits, bad input, timeouts, wrong key
+    sessions_failed: int  # ended by a protocol violation or a lost resume
 
 
 class Listener:
@@ -56,6 +67,7 @@ class Listener:
         self._pending: set[socket.socket] = set()
         self._closed = False
         self.rejected_handshakes = 0
+        self._sessions_failed = 0
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -242,7 +254,9 @@ class Listener:
         return True
 
     def _session_ended(self, channel: Channel) -> None:
+        failed = channel.state is ChannelState.FAILED
         with self._lock:
+            self._sessions_failed += failed
             self._registry.remove(channel._engine)
             self._channels.pop(channel._engine.session_id, None)
 
@@ -271,6 +285,16 @@ class Listener:
                 self._changed.wait(max(0.0, wake - time.monotonic()))
 
     # --------------------------------------------------------------- ending
+
+    def statistics(self) -> ListenerStatistics:
+        """A frozen snapshot of the listener's counters."""
+        with self._lock:
+            return ListenerStatistics(
+                sessions=len(self._registry),
+                pending_handshakes=len(self._pending),
+                rejected_handshakes=self.rejected_handshakes,
+                sessions_failed=self._sessions_failed,
+            )
 
     @property
     def session_count(self) -> int:

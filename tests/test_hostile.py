@@ -213,6 +213,7 @@ def test_protocol_violations_inside_a_session(served: tuple[rt.Listener, LegitSt
     assert isinstance(info.value.__cause__, rt.ProtocolError)
     victim.abort()
     wait_for(lambda: listener.session_count == 1, 5, "the failed session to be forgotten")
+    assert listener.statistics().sessions_failed == 1
 
 
 def test_corrupt_bytes_inside_a_session_drop_only_that_connection(served: tuple[rt.Listener, LegitStream]) -> None:
