@@ -68,6 +68,15 @@ _INPUT_OF_FRAME = {
     Proof: SessionInput.RECV_PROOF,
 }
 _LIVE = (SessionState.OPEN, SessionState.CLOSING)
+# The table's frame transitions by state, then frame class: one lookup per frame.
+_FRAME_TARGETS: dict[SessionState, dict[type, SessionState]] = {
+    state: {
+        frame_type: target
+        for frame_type, event in _INPUT_OF_FRAME.items()
+        if (target := next_state(state, event)) is not None
+    }
+    for state in SessionState
+}
 
 
 @dataclass(slots=True)
@@ -313,13 +322,20 @@ class SessionEngine:
             # A corrupt byte stream spoils this connection, not the session.
             self._transport_failed(f"corrupt stream: {exc}", SessionInput.TRANSPORT_LOST, now)
             return
-        if self._state is not SessionState.HANDSHAKING and any(not isinstance(frame, Reject) for frame in frames):
+        if (
+            (self._awaiting_confirmation or self._previous_secret is not None)
+            and self._state is not SessionState.HANDSHAKING
+            and any(not isinstance(frame, Reject) for frame in frames)
+        ):
             # Anything but a refusal sent after ACCEPT proves the client received it.
             self._previous_secret = None
             if self._awaiting_confirmation:
                 self._awaiting_confirmation = False
                 self._events.append(ev.PeerConfirmed())
-        control = sum(1 for frame in frames if type(frame) is not Data)
+        if len(frames) == 1:  # the common case, without a generator
+            control = int(type(frames[0]) is not Data)
+        else:
+            control = sum(1 for frame in frames if type(frame) is not Data)
         if control and not self._spend_frame_budget(control, now):
             limit = self.config.max_control_frames_per_second
             self._fail(ProtocolError(f"more than {limit} control frames per second"), now)
@@ -352,10 +368,10 @@ class SessionEngine:
     # ---------------------------------------------------------------- frames
 
     def _handle_frame(self, frame: object, now: float) -> None:
-        event = _INPUT_OF_FRAME[type(frame)]
         state = self._state
-        target = next_state(state, event)
+        target = _FRAME_TARGETS[state].get(type(frame))
         if target is None:
+            event = _INPUT_OF_FRAME[type(frame)]
             raise ProtocolError(f"{event.value} frame is not allowed in state {state.value}")
         if isinstance(frame, Data):
             self._on_data(frame, now)

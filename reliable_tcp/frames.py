@@ -68,6 +68,7 @@ MIN_FRAME_LIMIT = 1024
 _HEADER = struct.Struct(">2sBBI")  # magic, version, type, body length
 _CRC = struct.Struct(">I")
 HEADER_SIZE = _HEADER.size + _CRC.size
+_PREFIX = MAGIC + bytes([PROTOCOL_VERSION])
 
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
@@ -445,8 +446,10 @@ class FrameDecoder:
         with memoryview(buffer) as view:
             while True:
                 available = len(buffer) - offset
-                # Magic, version and length are judged as soon as their bytes arrive.
-                self._check_prefix(buffer[offset : offset + 3])
+                # Magic, version and length are judged as soon as their bytes arrive
+                # (the slower check only runs when something is off or missing).
+                if available < 3 or buffer[offset : offset + 3] != _PREFIX:
+                    self._check_prefix(buffer[offset : offset + 3])
                 if available < _HEADER.size:
                     break
                 _, _, frame_type, length = _HEADER.unpack_from(buffer, offset)
