@@ -40,6 +40,10 @@ class SessionConfig:
     #: legitimate peer sends a few hundred (acks are coalesced, pings are
     #: per heartbeat); DATA is bounded by the receive queue instead.
     max_control_frames_per_second: int = 10_000
+    #: Acknowledge only what the application committed (Channel.commit),
+    #: not everything received: the peer then keeps, and after a restart of
+    #: this side replays, whatever was not processed. For durable sessions.
+    ack_on_commit: bool = False
     #: Pre-shared key: when set, every handshake (new or resume) runs the
     #: HMAC challenge-response of reliable_tcp.auth, and both sides must hold it.
     psk: bytes | None = field(default=None, repr=False)

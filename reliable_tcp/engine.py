@@ -140,6 +140,7 @@ class SessionEngine:
         self._auth_nonce: bytes | None = None
         self._server_proved_key = False
         self._awaiting_confirmation = False
+        self._committed = 0
         self._frame_budget = float(config.max_control_frames_per_second)
         self._budget_time = 0.0
 
@@ -234,7 +235,7 @@ class SessionEngine:
         resume = self.session_id != _NO_ID
         self._auth_nonce = self._token(NONCE_SIZE) if self.config.psk is not None else None
         self._server_proved_key = False
-        self._hello_sent = encode(Hello(resume, self.session_id, self._secret, self._recv.expect, self._auth_nonce))
+        self._hello_sent = encode(Hello(resume, self.session_id, self._secret, self._acked_upto() + 1, self._auth_nonce))
         self._output.append(self._hello_sent)
 
     def can_resume_from(self, expect: int) -> bool:
@@ -274,7 +275,7 @@ class SessionEngine:
         self.counters.handshakes += 1
         self._secret = new_secret
         self._reset_connection(now)
-        self._output.append(encode(Accept(hello.resume, self.session_id, new_secret, self._recv.expect)))
+        self._output.append(encode(Accept(hello.resume, self.session_id, new_secret, self._acked_upto() + 1)))
         self._events.append(ev.HandshakeCompleted(self.session_id, hello.resume, replayed))
 
     def _reset_connection(self, now: float) -> None:
@@ -430,7 +431,7 @@ class SessionEngine:
         self._events.append(ev.HandshakeCompleted(self.session_id, resuming, replayed))
         # Confirm at once: the server rotates our secret and offers a new
         # session to its application only once we have spoken.
-        self._output.append(encode(Ack(self._recv.expect - 1)))
+        self._output.append(encode(Ack(self._acked_upto())))
 
     def _on_data(self, frame: Data, now: float) -> None:
         if frame.ack:
@@ -445,6 +446,8 @@ class SessionEngine:
         size = sum(map(len, new))
         self.counters.bytes_received += size
         self._events.append(ev.MessagesReceived(self._recv.expect - count, new, size))
+        if self.config.ack_on_commit:
+            return  # acknowledged when the application commits them
         self._recv_unacked += count
         self._recv_unacked_bytes += size
         if (
@@ -466,12 +469,75 @@ class SessionEngine:
             raise ProtocolError(f"CLOSE after message {frame.last_seq}, but {self._recv.expect - 1} arrived")
         self._peer_last_seq = frame.last_seq
         self._flush_data()
-        self._output.append(encode(CloseAck(self._recv.expect - 1)))
+        self._output.append(encode(CloseAck(self._acked_upto())))
         self._events.append(ev.PeerClosed(frame.last_seq))
         if self._state is SessionState.OPEN:
             self._events.append(ev.SessionClosed(True, self._window.unacked()))
 
     # ------------------------------------------------------------ local API
+
+    def _acked_upto(self) -> int:
+        """What this side acknowledges: everything received, or with
+        ``ack_on_commit`` only what the application committed."""
+        return self._committed if self.config.ack_on_commit else self._recv.expect - 1
+
+    @property
+    def committed(self) -> int:
+        """Highest received sequence number the application committed."""
+        return self._committed
+
+    def commit(self, upto: int, now: float) -> None:
+        """The application is done with every received message up to ``upto``.
+
+        With ``ack_on_commit`` this is what the peer gets acknowledged (so it
+        keeps, and after a crash replays, everything not committed);
+        otherwise it is only recorded.
+        """
+        if upto > self._recv.expect - 1:
+            raise UsageError(f"can't commit message {upto}: only {self._recv.expect - 1} arrived")
+        if upto <= self._committed:
+            return
+        delta, self._committed = upto - self._committed, upto
+        if not self.config.ack_on_commit or self._state not in _LIVE:
+            return
+        self._recv_unacked += delta
+        if self._recv_unacked >= self.config.ack_every or self.config.ack_delay == 0:
+            self._ack_now = True
+        elif self._ack_deadline is None:
+            self._ack_deadline = now + self.config.ack_delay
+
+    @classmethod
+    def restore(
+        cls,
+        config: SessionConfig,
+        *,
+        session_id: bytes,
+        secret: bytes,
+        unacked: list[tuple[int, bytes]],
+        next_seq: int,
+        committed: int,
+        now: float,
+        token_source: Callable[[int], bytes] = secrets.token_bytes,
+    ) -> SessionEngine:
+        """A client engine rebuilt from durable state after a restart.
+
+        ``unacked`` are the messages sent and not known to be acknowledged
+        (consecutive, ending at ``next_seq - 1``); they count as in flight,
+        so the resume handshake decides which the peer still needs.
+        ``committed`` is the last received message the application
+        committed: delivery resumes after it. The engine starts detached,
+        with the resume window running from ``now``.
+        """
+        engine = cls(config, client=True, session_id=session_id, secret=secret, token_source=token_source)
+        first = unacked[0][0] if unacked else next_seq
+        if [seq for seq, _ in unacked] != list(range(first, next_seq)):
+            raise UsageError("restored messages must be consecutive and end at next_seq - 1")
+        engine._window.restore(first, [payload for _, payload in unacked])
+        engine._recv.expect = committed + 1
+        engine._committed = committed
+        engine._state = SessionState.DETACHED
+        engine._detached_since = now
+        return engine
 
     def can_send(self, size: int) -> bool:
         """Whether a message of ``size`` bytes fits in the retransmit window now."""
@@ -539,7 +605,7 @@ class SessionEngine:
             if self._recv_unacked:
                 # The peer stops listening for acks once it has answered CLOSE:
                 # acknowledge what arrived, or it would report those messages lost.
-                self._output.append(encode(Ack(self._recv.expect - 1)))
+                self._output.append(encode(Ack(self._acked_upto())))
                 self._ack_sent()
             self._output.append(encode(Close(self._window.next_seq - 1)))
             self._last_output = now
@@ -560,7 +626,7 @@ class SessionEngine:
         target = self.config.data_frame_target
         while window.has_unsent:
             first, messages = window.take_unsent(target)
-            self._output.extend(encode_data_parts(first, self._recv.expect - 1, messages))
+            self._output.extend(encode_data_parts(first, self._acked_upto(), messages))
             self._ack_sent()
 
     def _ack_sent(self) -> None:
@@ -579,7 +645,7 @@ class SessionEngine:
         if self._state in _LIVE:
             self._flush_data()
             if self._ack_now:
-                self._output.append(encode(Ack(self._recv.expect - 1)))
+                self._output.append(encode(Ack(self._acked_upto())))
                 self._ack_sent()
         if not self._output:
             return b""

@@ -152,6 +152,14 @@ class SendWindow:
         self.retransmitted += replay
         return replay
 
+    def restore(self, base: int, messages: list[bytes]) -> None:
+        """Hold ``messages`` as in flight from sequence number ``base`` (after a restart)."""
+        self._messages = list(messages)
+        self._head = 0
+        self._send = len(self._messages)
+        self.base = base
+        self.bytes = sum(map(len, self._messages))
+
     def unacked(self) -> tuple[tuple[int, bytes], ...]:
         """Every held message with its sequence number, oldest first."""
         return tuple(enumerate(self._messages[self._head :], start=self.base))

@@ -30,6 +30,7 @@ class SideRecord:
     peer_closed: bool = False
     handshakes: int = 0
     transport_failures: int = 0
+    crashes: int = 0
     # Every seq this side put in a DATA frame, with the ack level at the time.
     data_sent_after_ack: list[tuple[int, int]] = field(default_factory=list)
 
@@ -201,6 +202,36 @@ class EnginePair:
         self.step()
         return count
 
+    def commit(self, side: str, upto: int) -> None:
+        """The application of ``side`` is done with its first ``upto`` deliveries."""
+        engine = self.engine(side)
+        if engine is None or engine.state in TERMINAL_STATES:
+            return
+        engine.commit(min(upto, len(self.records[side].delivered)), self.now)
+        self.step()
+
+    def crash_client(self) -> None:
+        """The client process dies and restarts from what a journal would hold:
+        its session, every unacknowledged message, and what it committed.
+        Deliveries it had not committed are forgotten (and will come again)."""
+        client = self.client
+        self.cut()
+        rec = self.records["client"]
+        rec.crashes += 1
+        unacked = list(client.unacked())
+        self.client = SessionEngine.restore(
+            self.config,
+            session_id=client.session_id,
+            secret=client.secret,
+            unacked=unacked,
+            next_seq=client.next_seq,
+            committed=client.committed,
+            now=self.now,
+            token_source=self._rng.randbytes,
+        )
+        del rec.delivered[client.committed :]
+        self._sniff["client"] = FrameDecoder(self.config.max_frame_size)
+
     def advance(self, seconds: float) -> None:
         self.now += seconds
         for engine in (self.client, self.server):
@@ -228,6 +259,11 @@ class EnginePair:
                 if self.server is None or self.server.state in TERMINAL_STATES:
                     return
                 continue
+            if self.config.ack_on_commit:
+                for side in ("client", "server"):
+                    engine = self.engine(side)
+                    if engine is not None and engine.state not in TERMINAL_STATES:
+                        engine.commit(len(self.records[side].delivered), self.now)
             if not self.connected:
                 self.connect()
             if self.to_server or self.to_client:

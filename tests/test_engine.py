@@ -9,7 +9,7 @@ from reliable_tcp import events as ev
 from reliable_tcp import frames as f
 from reliable_tcp.config import SessionConfig
 from reliable_tcp.engine import SessionEngine
-from reliable_tcp.exceptions import ChannelBroken, ChannelClosed, FrameError, MessageTooLarge, ProtocolError, WindowFull
+from reliable_tcp.exceptions import ChannelBroken, ChannelClosed, FrameError, MessageTooLarge, ProtocolError, UsageError, WindowFull
 from reliable_tcp.server_core import HandshakeReader, HandshakeRejected, SessionRegistry
 from reliable_tcp.state import SessionState as S
 
@@ -358,3 +358,34 @@ def test_frame_flood_fails_the_session() -> None:
     assert pair.client.state is S.OPEN
     pair.client.receive_data(f.encode(f.Ping(1)) * 60, pair.now + 0.5)  # 50 more tokens, 60 frames
     assert pair.client.state is S.FAILED
+
+
+def test_ack_on_commit_acknowledges_only_what_the_application_committed() -> None:
+    config = SessionConfig(heartbeat_interval=1.0, ack_on_commit=True, ack_delay=0.0)
+    pair = open_pair(config)
+    for i in range(3):
+        pair.send("client", b"m%d" % i)
+    pair.deliver_to_server(10_000)
+    pair.deliver_to_client(10_000)
+    assert pair.client.unacked_count == 3  # delivered, not committed: nothing acknowledged
+    pair.commit("server", 2)
+    pair.deliver_to_client(10_000)
+    assert pair.client.unacked_count == 1 and pair.records["client"].acked == 2
+    with pytest.raises(UsageError):
+        pair.server.commit(9, pair.now)
+
+
+def test_a_restored_client_resumes_and_gets_what_it_had_not_committed() -> None:
+    config = SessionConfig(heartbeat_interval=1.0, ack_on_commit=True, ack_delay=0.0)
+    pair = open_pair(config)
+    for i in range(4):
+        pair.send("server", b"s%d" % i)
+    pair.send("client", b"c0")
+    pair.deliver_to_client(10_000)
+    pair.commit("client", 2)  # the client processed s0 and s1, then crashes
+    pair.crash_client()
+    assert pair.client.state is S.DETACHED and pair.records["client"].delivered == [b"s0", b"s1"]
+    pair.settle()
+    assert pair.records["client"].delivered == [b"s0", b"s1", b"s2", b"s3"]
+    assert pair.records["server"].delivered == [b"c0"]
+    assert pair.client.counters.resumes == 1

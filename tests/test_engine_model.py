@@ -167,6 +167,7 @@ class TwoEngines(RuleBasedStateMachine):
         event(f"resumes: {min(pair.client.counters.resumes, 3)}{'+' if pair.client.counters.resumes > 3 else ''}")
         event(f"retransmitted > 0: {pair.client.retransmitted + (pair.server.retransmitted if pair.server else 0) > 0}")
         event(f"orphans: {len(pair.orphans)}")
+        event(f"client crashes: {min(pair.record('client').crashes, 2)}")
         pair.settle()
         pair.expire_orphans()
         for engine, rec in pair.orphans:
@@ -196,3 +197,36 @@ class TwoEnginesWithKey(TwoEngines):
 
 TwoEnginesWithKey.TestCase.settings = settings(stateful_step_count=60, max_examples=max(50, settings().max_examples // 4))
 test_two_engines_with_key = TwoEnginesWithKey.TestCase
+
+
+class DurableClient(TwoEngines):
+    """Acknowledge-on-commit on both sides, and a client process that can
+    crash and restart from its journal's state at any step. The invariant
+    that matters: nothing acknowledged is ever lost to a crash (acked never
+    exceeds what the peer committed), and after healing everything sent is
+    delivered, exactly once past the last commit."""
+
+    config = replace(CONFIG, ack_on_commit=True)
+
+    @rule(side=sides, part=st.integers(0, 4))
+    def commit(self, side: str, part: int) -> None:
+        delivered = len(self.pair.record(side).delivered)
+        self.pair.commit(side, delivered * part // 4)
+
+    @precondition(
+        lambda self: any(self.pair.client.session_id)
+        and self.pair.client.state in (SessionState.OPEN, SessionState.DETACHED, SessionState.HANDSHAKING)
+    )
+    @rule()
+    def crash_client(self) -> None:
+        self.pair.crash_client()
+
+    @invariant()
+    def acknowledged_means_committed(self) -> None:
+        client = self.pair.client
+        assert self.pair.record("server").acked <= client.committed
+        assert client.committed <= len(self.pair.record("client").delivered)
+
+
+DurableClient.TestCase.settings = settings(stateful_step_count=60, max_examples=max(50, settings().max_examples // 4))
+test_durable_client = DurableClient.TestCase
