@@ -9,6 +9,7 @@ socket I/O never run under it. See docs/design.md.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import itertools
@@ -28,6 +29,7 @@ from ._transport import close_socket, configure_socket, link_error_reason, probe
 from .backoff import Backoff, is_retryable
 from .config import SessionConfig
 from .engine import SessionEngine
+from .journal import Journal
 from .exceptions import ChannelBroken, ChannelClosed, ReliableTCPError, SessionLost, UsageError
 from .state import TERMINAL_STATES, SessionState
 from .tls import TLSHandshakeError, TLSLayer
@@ -47,6 +49,7 @@ logger = logging.getLogger(__name__)
 _RECV_BUFFER = 256 * 1024
 _JOIN_TIMEOUT = 5.0
 _FINAL_FLUSH_TIMEOUT = 2.0
+_COMPACT_AT = 1 << 20  # journal bytes beyond the window's worth before compacting
 
 
 class ChannelState(enum.Enum):
@@ -106,6 +109,8 @@ class ShellOptions:
     max_queued_messages: int = 65536
     max_queued_bytes: int = 64 * 1024 * 1024
     on_event: Callable[[ChannelEvent], None] | None = None
+    #: With a journal: recv() commits what it returned before (see Channel.commit).
+    auto_commit: bool = True
     #: TLS: a client context (``ssl.create_default_context()``) for connect,
     #: a server context with its certificate for listen.
     ssl_context: ssl.SSLContext | None = None
@@ -167,6 +172,7 @@ class Channel:
         address: tuple[str, int] | None = None,
         on_end: Callable[[Channel], None] | None = None,
         on_confirmed: Callable[[Channel], None] | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self._engine = engine
         self._config = engine.config
@@ -174,6 +180,9 @@ class Channel:
         self._address = address  # set on the connecting side: where to reconnect
         self._on_end = on_end
         self._on_confirmed = on_confirmed
+        self._journal = journal
+        self._aborted = False
+        self._handed_out = engine.committed  # seq of the last message recv() returned
         self._name = f"rtcp-{'client' if engine.client else 'server'}-{next(_ids)}"
         self._lock = threading.Lock()
         self._readable = threading.Condition(self._lock)  # inbox grew or the stream ended
@@ -276,6 +285,8 @@ class Channel:
                 self._readable.notify_all()
             elif isinstance(event, ev.MessagesAcknowledged):
                 self._sendable.notify_all()
+                if self._journal is not None:
+                    self._journal.record_acked(event.ack)  # lazily durable: an old ack only resends
             elif isinstance(event, ev.HandshakeCompleted):
                 self._on_handshake(event, now)
             elif isinstance(event, ev.PeerConfirmed) and self._on_confirmed is not None:
@@ -299,6 +310,12 @@ class Channel:
             self._timer.notify()
 
     def _on_handshake(self, event: ev.HandshakeCompleted, now: float) -> None:
+        if self._journal is not None:
+            # Durable before the confirming ACK leaves: the writer can't take
+            # it until this lock is released. A rare fsync under the lock.
+            self._journal.sync(self._journal.record_session(self._engine.session_id, self._engine.secret))
+        first_connection = not self._ever_connected
+        self._ever_connected = True
         self._changed.notify_all()
         self._sendable.notify_all()
         if event.resumed:
@@ -306,8 +323,7 @@ class Channel:
                 self._last_recovery = now - self._disconnected_at
             logger.info("%s: session resumed, %d messages replayed", self._name, event.replayed)
             self._notify("resumed", replayed=event.replayed)
-        else:
-            self._ever_connected = True
+        elif first_connection:
             self._notify("connected", self.session_id)
         self._disconnected_at = None
 
@@ -640,24 +656,37 @@ class Channel:
                 self._sendable.wait(remaining)
             self._raise_if_ended()
             seq = engine.send_message(payload, time.monotonic())
+            position = self._journal.record_sent(seq, (payload,)) if self._journal is not None else 0
             if engine.state is SessionState.OPEN:
                 self._output_ready.notify()
-            return seq
+        if self._journal is not None:
+            self._make_durable(position)
+        return seq
 
     def send_many(self, messages: Iterable[bytes], timeout: float | None = None) -> int:
         """Queue several messages in order, taking the lock once per window's
         worth; return the sequence number of the last. On timeout, raises
         TimeoutError with ``queued`` set to how many were queued."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        seq = 0
-        queued = 0
         pending = [m if type(m) is bytes else bytes(m) for m in messages]
+        try:
+            return self._queue_many(pending, deadline)
+        finally:
+            if self._journal is not None:
+                self._make_durable()  # also what was queued before a timeout
+
+    def _queue_many(self, pending: list[bytes], deadline: float | None) -> int:
+        queued = 0
+        seq = 0
         while queued < len(pending):
             with self._lock:
                 engine = self._engine
                 self._raise_if_ended()
-                first, count = engine.send_messages(pending[queued:] if queued else pending, time.monotonic())
+                batch = pending[queued:] if queued else pending
+                first, count = engine.send_messages(batch, time.monotonic())
                 if count:
+                    if self._journal is not None:
+                        self._journal.record_sent(first, batch[:count])
                     queued += count
                     seq = first + count - 1
                     if engine.state is SessionState.OPEN:
@@ -673,10 +702,61 @@ class Channel:
                 self._sendable.wait(remaining)
         return seq
 
+    def _engine_next_seq(self) -> int:
+        with self._lock:
+            return self._engine.next_seq
+
+    def _make_durable(self, position: int | None = None) -> None:
+        """With a journal: return once what was recorded (up to ``position``)
+        is on disk; one fsync serves every thread waiting (group commit).
+        Also keeps the journal's size bounded by compacting it."""
+        journal = self._journal
+        assert journal is not None
+        journal.sync(position)
+        if journal.size() > _COMPACT_AT + 4 * self._config.window_bytes:
+            journal.compact()
+
+    def commit(self) -> None:
+        """Confirm every message ``recv`` has returned so far.
+
+        With a journal, only committed messages are acknowledged to the
+        peer, and after a restart delivery resumes after the last commit:
+        a committed message is never delivered again, an uncommitted one is.
+        ``recv`` commits what it returned before each time it is called
+        again (``auto_commit``), so explicit calls are needed only to
+        confirm the last message before stopping, or to batch confirmations
+        (with ``auto_commit=False``). Without a journal it only records.
+        """
+        with self._lock:
+            upto = self._handed_out
+            if upto <= self._engine.committed:
+                return
+        if self._journal is not None:
+            self._journal.sync(self._journal.record_consumed(upto))
+        with self._lock:
+            now = time.monotonic()
+            if self._engine.state not in TERMINAL_STATES:
+                self._engine.commit(upto, now)
+                self._absorb(now)
+        self._run_after_lock()
+
+    @property
+    def last_sent_seq(self) -> int:
+        """Sequence number of the last message sent (durable, with a journal)."""
+        return self._engine_next_seq() - 1
+
+    @property
+    def last_committed_seq(self) -> int:
+        """Sequence number of the last received message committed."""
+        with self._lock:
+            return self._engine.committed
+
     def recv(self, timeout: float | None = None) -> bytes:
         """The next message, in order. Raises TimeoutError when none arrives
         in time, ChannelClosed after the last message of a closed session,
         SessionLost if the session was lost."""
+        if self._journal is not None and self._shell.auto_commit:
+            self.commit()  # the application came back for more: it is done with the last one
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             while not self._inbox:
@@ -688,6 +768,7 @@ class Channel:
                 self._readable.wait(remaining)
             message = self._inbox.popleft()
             self._inbox_bytes -= len(message)
+            self._handed_out += 1
             if len(self._inbox) == self._shell.max_queued_messages - 1 or self._inbox_bytes < self._shell.max_queued_bytes:
                 self._inbox_space.notify()
             return message
@@ -702,6 +783,7 @@ class Channel:
                 message = inbox.popleft()
                 self._inbox_bytes -= len(message)
                 out.append(message)
+            self._handed_out += len(out) - 1
             self._inbox_space.notify()
         return out
 
@@ -763,6 +845,7 @@ class Channel:
                 self._stopping = True
             self._run_after_lock()
         self._teardown()
+        self._release_journal()
         with self._lock:
             unacked, self._end_unacked = self._end_unacked, ()
             report = bool(unacked) and not self._reported_unacked
@@ -775,6 +858,7 @@ class Channel:
         will see its resume fail). Unacknowledged messages are discarded;
         use close() to learn which they were."""
         with self._lock:
+            self._aborted = True
             if not self._ended:
                 self._engine.close(time.monotonic())
                 self._engine.events_received()
@@ -782,6 +866,20 @@ class Channel:
             self._drop_connection("aborted", None, abort=True, notify=False)
         self._run_after_lock()
         self._teardown()
+        self._release_journal()
+
+    def _release_journal(self) -> None:
+        """Close the journal; after a complete clean close, delete it (there is
+        nothing left to resume). After an abort or a lost session it stays:
+        a restart reads the unacknowledged messages from it."""
+        with self._lock:
+            journal, self._journal = self._journal, None
+            complete = isinstance(self._end_error, ChannelClosed) and not self._end_error.unacked and not self._aborted
+        if journal is None:
+            return
+        journal.close()
+        if complete:
+            journal.discard()
 
     def _teardown(self) -> None:
         """Stop the connector and connection threads and join them."""
@@ -818,7 +916,9 @@ class Channel:
         return f"<Channel {self._name} {self.state.value} session={self.session_id[:8]}>"
 
 
-def connect(address: tuple[str, int], *, timeout: float | None = None, **options: Any) -> Channel:
+def connect(
+    address: tuple[str, int], *, timeout: float | None = None, journal: str | None = None, **options: Any
+) -> Channel:
     """Open a session with the listener at ``address``; return once the
     first handshake is done.
 
@@ -829,8 +929,28 @@ def connect(address: tuple[str, int], *, timeout: float | None = None, **options
     config, shell, rest = split_options(options)
     if rest:
         raise TypeError(f"unknown options: {', '.join(sorted(rest))}")
-    engine = SessionEngine(config, client=True)
-    channel = Channel(engine, shell, address=(address[0], int(address[1])))
+    store = None
+    if journal is None:
+        engine = SessionEngine(config, client=True)
+    else:
+        # Durable: acknowledge only what the application committed, and pick
+        # the session up where the journal left it.
+        config = dataclasses.replace(config, ack_on_commit=True)
+        store = Journal(journal)
+        state = store.state
+        if state.session_id:
+            engine = SessionEngine.restore(
+                config,
+                session_id=state.session_id,
+                secret=state.secret,
+                unacked=sorted(state.unacked.items()),
+                next_seq=state.next_seq,
+                committed=state.consumed,
+                now=time.monotonic(),
+            )
+        else:
+            engine = SessionEngine(config, client=True)
+    channel = Channel(engine, shell, address=(address[0], int(address[1])), journal=store)
     channel._start_connector()
     channel._wait_connected(shell.connect_timeout if timeout is None else timeout)
     return channel

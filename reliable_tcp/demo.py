@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
 from .channel import Channel, ChannelEvent, connect
 from .checker import Tally, check_stream
@@ -93,7 +93,7 @@ def run_demo(
     for kind in faults:
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}")
-    options = {"heartbeat_interval": heartbeat, "resume_window": 60.0, "handshake_timeout": max(1.0, 5 * heartbeat)}
+    options: dict[str, Any] = {"heartbeat_interval": heartbeat, "resume_window": 60.0, "handshake_timeout": max(1.0, 5 * heartbeat)}
     timeline = _Timeline()
     up, down = _Side("client"), _Side("server")
     stop = threading.Event()

@@ -257,6 +257,18 @@ class Journal:
             self._file = open(self._path, "ab", buffering=0)  # noqa: SIM115
             self._durable = self._written
 
+    def discard(self) -> None:
+        """Delete a closed journal's files: its session is over."""
+        for name in ("log", "log.compact", "lock"):
+            try:
+                os.unlink(os.path.join(self.directory, name))
+            except FileNotFoundError:
+                pass
+        try:
+            os.rmdir(self.directory)
+        except OSError:
+            pass  # not empty: someone else's files live there too
+
     def close(self) -> None:
         """Sync, close the log and release the lock."""
         self.sync()

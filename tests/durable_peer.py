@@ -1,0 +1,53 @@
+"""A journaled client process for the kill -9 tests.
+
+    python tests/durable_peer.py send --address HOST:PORT --journal DIR --count N
+    python tests/durable_peer.py recv --address HOST:PORT --journal DIR --count N --out FILE
+
+``send`` numbers its messages by sequence (message n is seq n + 1) and
+continues, after a restart, from the journal's last durable send. ``recv``
+appends each message to FILE, then asks for the next (which commits the
+previous one). Each prints progress lines for the test driving the kills.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import reliable_tcp
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=("send", "recv"))
+    parser.add_argument("--address", required=True)
+    parser.add_argument("--journal", required=True)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    host, port = args.address.rsplit(":", 1)
+    options = {"heartbeat_interval": 0.2, "resume_window": 60.0, "handshake_timeout": 2.0}
+    channel = reliable_tcp.connect((host, int(port)), journal=args.journal, timeout=30, **options)
+    print(f"started {channel.last_sent_seq} {channel.last_committed_seq}", flush=True)
+    if args.mode == "send":
+        for number in range(channel.last_sent_seq, args.count):
+            channel.send(b"%d" % number)
+            print(f"sent {number}", flush=True)  # durable: send returned
+        channel.close(timeout=30)
+        return 0
+    with open(args.out, "ab") as out:
+        while True:
+            try:
+                message = channel.recv()
+            except reliable_tcp.ChannelClosed:
+                break
+            out.write(message + b"\n")
+            out.flush()
+            print(f"got {int(message)}", flush=True)
+    channel.commit()
+    channel.close(timeout=30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
