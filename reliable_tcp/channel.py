@@ -173,6 +173,7 @@ class Channel:
         on_end: Callable[[Channel], None] | None = None,
         on_confirmed: Callable[[Channel], None] | None = None,
         journal: Journal | None = None,
+        restored: bool = False,
     ) -> None:
         self._engine = engine
         self._config = engine.config
@@ -182,6 +183,8 @@ class Channel:
         self._on_confirmed = on_confirmed
         self._journal = journal
         self._aborted = False
+        #: True for a session brought back from a journal after a restart.
+        self.restored = restored
         self._handed_out = engine.committed  # seq of the last message recv() returned
         self._name = f"rtcp-{'client' if engine.client else 'server'}-{next(_ids)}"
         self._lock = threading.Lock()
@@ -209,6 +212,8 @@ class Channel:
         self._last_recovery: float | None = None
         self._disconnects = 0
         self._rng = random.Random()
+        if restored:
+            self._ever_connected = True
 
     # -------------------------------------------------------------- queries
 
@@ -313,7 +318,8 @@ class Channel:
         if self._journal is not None:
             # Durable before the confirming ACK leaves: the writer can't take
             # it until this lock is released. A rare fsync under the lock.
-            self._journal.sync(self._journal.record_session(self._engine.session_id, self._engine.secret))
+            engine = self._engine
+            self._journal.sync(self._journal.record_session(engine.session_id, engine.secret, engine.previous_secret))
         first_connection = not self._ever_connected
         self._ever_connected = True
         self._changed.notify_all()

@@ -157,6 +157,11 @@ class SessionEngine:
         return self._secret
 
     @property
+    def previous_secret(self) -> bytes:
+        """Server: the secret still accepted until the client confirms the new one (or b"")."""
+        return self._previous_secret or b""
+
+    @property
     def unacked_count(self) -> int:
         """Messages sent (or queued) and not yet acknowledged."""
         return self._window.count
@@ -517,18 +522,23 @@ class SessionEngine:
         next_seq: int,
         committed: int,
         now: float,
+        client: bool = True,
+        previous_secret: bytes = b"",
         token_source: Callable[[int], bytes] = secrets.token_bytes,
     ) -> SessionEngine:
-        """A client engine rebuilt from durable state after a restart.
+        """An engine rebuilt from durable state after a restart.
 
         ``unacked`` are the messages sent and not known to be acknowledged
         (consecutive, ending at ``next_seq - 1``); they count as in flight,
         so the resume handshake decides which the peer still needs.
         ``committed`` is the last received message the application
         committed: delivery resumes after it. The engine starts detached,
-        with the resume window running from ``now``.
+        with the resume window running from ``now``. A server engine
+        (``client=False``) also takes the secret the client may still present
+        (``previous_secret``) and waits for a resume through its registry.
         """
-        engine = cls(config, client=True, session_id=session_id, secret=secret, token_source=token_source)
+        engine = cls(config, client=client, session_id=session_id, secret=secret, token_source=token_source)
+        engine._previous_secret = previous_secret or None
         first = unacked[0][0] if unacked else next_seq
         if [seq for seq, _ in unacked] != list(range(first, next_seq)):
             raise UsageError("restored messages must be consecutive and end at next_seq - 1")

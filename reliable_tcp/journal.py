@@ -34,7 +34,7 @@ __all__ = ["Journal", "JournalState", "JournalLocked", "JournalCorrupt"]
 
 _HEAD = struct.Struct(">II")
 _U64 = struct.Struct(">Q")
-_SESSION = struct.Struct(">16s16s")
+_SESSION = struct.Struct(">16s16s16s")  # id, secret, the secret before it (zeros if none)
 MAX_RECORD = 64 * 1024 * 1024
 
 
@@ -60,6 +60,9 @@ class JournalState:
 
     session_id: bytes = b""
     secret: bytes = b""
+    #: The secret the client presented at the last resume (a server accepts
+    #: it until the client confirms the new one); empty if none.
+    previous_secret: bytes = b""
     next_seq: int = 1  # the sequence number the next sent message gets
     acked: int = 0
     consumed: int = 0
@@ -126,7 +129,8 @@ class Journal:
     def _apply(self, kind: int, body: memoryview) -> None:
         state = self.state
         if kind == _Kind.SESSION:
-            state.session_id, state.secret = _SESSION.unpack(body)
+            state.session_id, state.secret, previous = _SESSION.unpack(body)
+            state.previous_secret = previous if any(previous) else b""
         elif kind == _Kind.SENT:
             (first,) = _U64.unpack_from(body)
             if first != state.next_seq:
@@ -172,9 +176,10 @@ class Journal:
             self._written += len(data)
             return self._written
 
-    def record_session(self, session_id: bytes, secret: bytes) -> int:
-        """The session's id and current resume secret. Returns a position for :meth:`sync`."""
-        return self._append(_Kind.SESSION, _SESSION.pack(session_id, secret))
+    def record_session(self, session_id: bytes, secret: bytes, previous_secret: bytes = b"") -> int:
+        """The session's id and current resume secret (and, on a server, the one
+        still accepted until the client confirms). Returns a position for :meth:`sync`."""
+        return self._append(_Kind.SESSION, _SESSION.pack(session_id, secret, previous_secret or bytes(16)))
 
     def record_sent(self, first_seq: int, payloads: Iterable[bytes]) -> int:
         """Messages handed to the channel, numbered from ``first_seq``."""
@@ -230,7 +235,8 @@ class Journal:
             first = min(state.unacked, default=state.next_seq)
             records: list[tuple[_Kind, bytes]] = []
             if state.session_id:
-                records.append((_Kind.SESSION, _SESSION.pack(state.session_id, state.secret)))
+                previous = state.previous_secret or bytes(16)
+                records.append((_Kind.SESSION, _SESSION.pack(state.session_id, state.secret, previous)))
             records.append((_Kind.BASE, _U64.pack(first)))
             records.append((_Kind.CONSUMED, _U64.pack(state.consumed)))
             if state.unacked:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import os
 import queue
 import socket
 import threading
@@ -14,8 +16,10 @@ from typing import Any
 from ._transport import close_socket, configure_socket
 from .channel import Channel, ChannelState, ShellOptions, split_options
 from .config import SessionConfig
+from .engine import SessionEngine
 from .exceptions import ChannelClosed, FrameError, ProtocolError, UnsupportedVersion
 from .frames import Reject, RejectReason, encode
+from .journal import Journal
 from .server_core import HandshakeRejected, ServerHandshake, SessionRegistry
 from .state import SessionState
 from .tls import TLSHandshakeError, TLSLayer
@@ -55,7 +59,12 @@ class Listener:
         max_sessions: int = 1024,
         max_pending_handshakes: int = 64,
         backlog: int = 128,
+        journal: str | None = None,
     ) -> None:
+        self._journal_dir = journal
+        if journal is not None:
+            # Durable: acknowledge only what the application committed.
+            config = dataclasses.replace(config, ack_on_commit=True)
         self._config = config
         self._shell = shell
         self._max_pending = max_pending_handshakes
@@ -82,8 +91,42 @@ class Listener:
         bound = self._sock.getsockname()
         self.address: tuple[str, int] = (bound[0], bound[1])
         self._threads: list[threading.Thread] = []
+        if journal is not None:
+            self._restore_sessions(journal)
         self._accept_thread = self._spawn(self._accept_loop, "accept")
         self._reaper_thread = self._spawn(self._reaper, "reaper")
+
+    def _restore_sessions(self, directory: str) -> None:
+        """Bring back every journaled session after a restart: each waits for
+        its client's resume and is offered again by accept()."""
+        os.makedirs(directory, exist_ok=True)
+        now = time.monotonic()
+        for name in sorted(os.listdir(directory)):
+            path = os.path.join(directory, name)
+            if not os.path.isdir(path):
+                continue
+            journal = Journal(path)
+            state = journal.state
+            if not state.session_id:
+                journal.close()
+                journal.discard()
+                continue
+            engine = SessionEngine.restore(
+                self._config,
+                client=False,
+                session_id=state.session_id,
+                secret=state.secret,
+                previous_secret=state.previous_secret,
+                unacked=sorted(state.unacked.items()),
+                next_seq=state.next_seq,
+                committed=state.consumed,
+                now=now,
+            )
+            self._registry.adopt(engine)
+            channel = Channel(engine, self._shell, on_end=self._session_ended, journal=journal, restored=True)
+            self._channels[engine.session_id] = channel
+            self._new.put(channel)
+            logger.info("restored session %s from %s", engine.session_id.hex()[:8], path)
 
     def _spawn(self, target: Any, role: str, *args: Any) -> threading.Thread:
         thread = threading.Thread(target=target, args=args, name=f"rtcp-listener-{self.address[1]}-{role}", daemon=True)
@@ -233,8 +276,15 @@ class Listener:
                 else:
                     failure = None
                     if attached.is_new:
+                        journal = None
+                        if self._journal_dir is not None:
+                            journal = Journal(os.path.join(self._journal_dir, attached.engine.session_id.hex()))
                         channel = Channel(
-                            attached.engine, self._shell, on_end=self._session_ended, on_confirmed=self._new.put
+                            attached.engine,
+                            self._shell,
+                            on_end=self._session_ended,
+                            on_confirmed=self._new.put,
+                            journal=journal,
                         )
                         self._channels[attached.engine.session_id] = channel
                     assert channel is not None
@@ -348,7 +398,9 @@ def listen(address: tuple[str, int], **options: Any) -> Listener:
     and ``backlog``.
     """
     config, shell, rest = split_options(options)
-    listener_options = {k: rest.pop(k) for k in ("max_sessions", "max_pending_handshakes", "backlog") if k in rest}
+    listener_options = {
+        k: rest.pop(k) for k in ("max_sessions", "max_pending_handshakes", "backlog", "journal") if k in rest
+    }
     if rest:
         raise TypeError(f"unknown options: {', '.join(sorted(rest))}")
     return Listener((address[0], int(address[1])), config, shell, **listener_options)

@@ -187,6 +187,12 @@ class SessionRegistry:
         self._sessions[session_id] = engine
         return Attached(engine, True)
 
+    def adopt(self, engine: SessionEngine) -> None:
+        """Register a session restored from a journal after a restart."""
+        if engine.session_id in self._sessions:
+            raise ValueError("a session with that id is already registered")
+        self._sessions[engine.session_id] = engine
+
     def remove(self, engine: SessionEngine) -> None:
         """Forget a session (it ended)."""
         if self._sessions.get(engine.session_id) is engine:

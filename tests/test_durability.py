@@ -132,3 +132,35 @@ def test_receiver_killed_and_restarted_redelivers_only_what_it_had_not_committed
     assert duplicates <= kills
     # Within what each run wrote, order holds: a repeat only ever goes back one step.
     assert all(b >= a or a - b <= 1 for a, b in zip(lines, lines[1:], strict=False))
+
+
+@pytest.mark.timeout(240)
+def test_listener_killed_and_restarted_brings_its_sessions_back(tmp_path: Path) -> None:
+    import socket
+
+    count, kills = 2000, 3
+    rng = random.Random(5)
+    journal = str(tmp_path / "sessions")
+    out = tmp_path / "received"
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    server_argv = [sys.executable, str(ROOT / "tests" / "durable_server.py"), "--port", str(port),
+                   "--journal", journal, "--out", str(out)]
+    server = Peer(server_argv)
+    client = rt.connect(("127.0.0.1", port), timeout=30, **OPTIONS)
+    sending = Worker(lambda: [client.send(b"%d" % n, timeout=120) for n in range(count)], "durable-client")
+    sending.start()
+    progress = 0
+    for _ in range(kills):
+        progress = min(count - 2, progress + rng.randint(200, 400))
+        server.wait_progress(progress)
+        server.kill()  # the server process dies; its sessions live in the journal
+        server = Peer(server_argv)
+    sending.result(120)
+    client.close(timeout=60)  # every message acknowledged, hence committed by the server
+    assert server.finish() == 0
+    lines = [int(line) for line in out.read_bytes().split()]
+    assert set(lines) == set(range(count))
+    assert len(lines) - count <= kills  # only an uncommitted message at each kill comes again
+    assert client.statistics().resumes >= kills
+    assert not any(Path(journal).iterdir())  # closed cleanly: no session journal left

@@ -72,7 +72,7 @@ def test_a_corrupt_record_ends_the_replay_there(tmp_path: Path) -> None:
     states = sample(tmp_path / "j")
     log = tmp_path / "j" / "log"
     data = bytearray(log.read_bytes())
-    session_record = 4 + 4 + 1 + 32
+    session_record = 4 + 4 + 1 + 48
     data[session_record + 12] ^= 0x40  # inside the first SENT record
     log.write_bytes(bytes(data))
     journal = Journal(str(tmp_path / "j"))

@@ -1,0 +1,44 @@
+"""A journaled listener process for the kill -9 tests.
+
+    python tests/durable_server.py --port PORT --journal DIR --out FILE
+
+Accepts sessions (new or restored from the journal after a restart) and
+appends every message of each to FILE, asking for the next one to commit
+the previous. Prints "listening" once bound and "got N" as it goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import reliable_tcp
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--journal", required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    options = {"heartbeat_interval": 0.2, "resume_window": 60.0, "handshake_timeout": 2.0}
+    with reliable_tcp.listen(("127.0.0.1", args.port), journal=args.journal, **options) as listener:
+        print("listening", flush=True)
+        channel = listener.accept()
+        print(f"session restored={channel.restored}", flush=True)
+        with open(args.out, "ab") as out:
+            while True:
+                try:
+                    message = channel.recv()
+                except reliable_tcp.ChannelClosed:
+                    break
+                out.write(message + b"\n")
+                out.flush()
+                print(f"got {int(message)}", flush=True)
+        channel.commit()
+        channel.close(timeout=30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
