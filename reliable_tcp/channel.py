@@ -738,7 +738,7 @@ class Channel:
             if upto <= self._engine.committed:
                 return
         if self._journal is not None:
-            self._journal.sync(self._journal.record_consumed(upto))
+            self._make_durable(self._journal.record_consumed(upto))
         with self._lock:
             now = time.monotonic()
             if self._engine.state not in TERMINAL_STATES:
