@@ -82,6 +82,14 @@ def _rtcat_parser() -> argparse.ArgumentParser:
     tls.add_argument(
         "--insecure", action="store_true", help="TLS without verifying the server (dangerous: anyone on the path can read)"
     )
+    durable = parser.add_argument_group("durable transfers (survive restarting either side)")
+    durable.add_argument("--journal", metavar="DIR", help="keep the session in DIR, so a restart resumes it")
+    durable.add_argument(
+        "--input", metavar="FILE", help="send FILE instead of stdin; with --journal, a restart continues where it stopped"
+    )
+    durable.add_argument(
+        "--output", metavar="FILE", help="with -l: write to FILE instead of stdout; with --journal, exactly once across restarts"
+    )
     auth = parser.add_argument_group("pre-shared key (never on the command line)")
     auth.add_argument("--psk-file", metavar="FILE", help="read the pre-shared key from FILE (raw or hex, >= 16 bytes)")
     auth.add_argument("--psk-env", metavar="VAR", help="read the pre-shared key from environment variable VAR")
@@ -146,6 +154,13 @@ def rtcat_main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     if args.tls_server_name:
         options["server_hostname"] = args.tls_server_name
+    if args.journal:
+        options["journal"] = args.journal
+        if args.output:
+            options["auto_commit"] = False  # rtcat commits once the bytes are on disk
+    if args.lines and (args.input or args.output) and args.journal:
+        print("rtcat: --lines does not combine with a journaled --input/--output", file=sys.stderr)
+        return EXIT_USAGE
     if args.psk_file or args.psk_env:
         try:
             options["psk"] = load_psk(path=args.psk_file, env=args.psk_env)
@@ -256,6 +271,8 @@ class _Session:
     def _send_stdin(self) -> int:
         channel = self.channel
         assert channel is not None
+        if self.args.input:
+            return self._send_file(channel)
         fd = sys.stdin.fileno()
         pending = b""
         try:
@@ -281,9 +298,79 @@ class _Session:
         except ChannelClosed:
             return EXIT_OK  # the peer closed first; what we sent before is accounted by close()
 
+    def _send_file(self, channel: Channel) -> int:
+        """Send --input in fixed chunks, so message n always holds bytes
+        [n * chunk, (n + 1) * chunk): after a restart with a journal, the
+        file is read again from the first chunk not yet durably sent."""
+        try:
+            with open(self.args.input, "rb") as f:
+                f.seek(channel.last_sent_seq * _CHUNK)
+                while chunk := f.read(_CHUNK):
+                    channel.send(chunk)
+                    self.total["sent"] += len(chunk)
+        except OSError as exc:
+            print(f"rtcat: {self.args.input}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except SessionLost as exc:
+            self._note_lost(exc)
+            return EXIT_LOST
+        except ChannelClosed:
+            return EXIT_OK
+        return EXIT_OK
+
+    def _receive_to_file(self, channel: Channel) -> int:
+        """Write what arrives to --output. With a journal, exactly once: a
+        sidecar file records (last sequence number written, file length)
+        before the commit, so a restart cuts off anything written after the
+        last record and skips messages the file already holds."""
+        path = self.args.output
+        sidecar = path + ".rtcat-pos"
+        written_seq, length = 0, 0
+        try:
+            with open(sidecar) as f:
+                written_seq, length = (int(x) for x in f.read().split())
+        except (FileNotFoundError, ValueError):
+            pass
+        seq = channel.last_committed_seq
+        with open(path, "ab+") as out:
+            out.truncate(length)
+            out.seek(length)
+            try:
+                while True:
+                    messages = channel.recv_many()
+                    for message in messages:
+                        seq += 1
+                        if seq > written_seq:
+                            out.write(message)
+                            self.total["received"] += len(message)
+                    out.flush()
+                    os.fsync(out.fileno())
+                    if self.args.journal:
+                        written_seq, length = seq, out.tell()
+                        tmp = sidecar + ".tmp"
+                        with open(tmp, "w") as f:
+                            f.write(f"{written_seq} {length}\n")
+                            f.flush()
+                            os.fsync(f.fileno())
+                        os.replace(tmp, sidecar)
+                        channel.commit()
+            except ChannelClosed:
+                pass
+            except SessionLost as exc:
+                self._note_lost(exc)
+                return EXIT_LOST
+        for name in (sidecar,):
+            try:
+                os.unlink(name)  # the transfer is complete
+            except FileNotFoundError:
+                pass
+        return EXIT_OK
+
     def _receive(self) -> int:
         channel = self.channel
         assert channel is not None
+        if self.args.output:
+            return self._receive_to_file(channel)
         newline = b"\n" if self.args.lines else b""
         try:
             while True:

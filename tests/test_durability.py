@@ -164,3 +164,45 @@ def test_listener_killed_and_restarted_brings_its_sessions_back(tmp_path: Path) 
     assert len(lines) - count <= kills  # only an uncommitted message at each kill comes again
     assert client.statistics().resumes >= kills
     assert not any(Path(journal).iterdir())  # closed cleanly: no session journal left
+
+
+@pytest.mark.timeout(240)
+def test_rtcat_file_transfer_survives_killing_both_sides(tmp_path: Path) -> None:
+    import hashlib
+    import socket
+
+    from reliable_tcp.testing import FaultProxy
+
+    data = tmp_path / "in.bin"
+    data.write_bytes(os.urandom(3 * 1024 * 1024))
+    out = tmp_path / "out.bin"
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    rtcat = [sys.executable, str(ROOT / "tools" / "rtcat"), "--heartbeat", "0.2", "--resume-window", "60"]
+    listener_argv = [*rtcat, "-l", "127.0.0.1", str(port), "--journal", str(tmp_path / "jl"), "--output", str(out)]
+
+    def start(argv: list[str]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    with FaultProxy(("127.0.0.1", port)) as proxy:
+        proxy.set_faults("both", bandwidth=1_000_000)  # about 3 s for the file: room to kill mid-way
+        sender_argv = [*rtcat, "--journal", str(tmp_path / "js"), "--input", str(data), "127.0.0.1", str(proxy.address[1])]
+        listener = start(listener_argv)
+        sender = start(sender_argv)
+        try:
+            wait_for(lambda: proxy.bytes_forwarded["up"] > 800_000, 60, "a first third")
+            sender.send_signal(signal.SIGKILL)
+            sender.wait(10)
+            sender = start(sender_argv)
+            wait_for(lambda: proxy.bytes_forwarded["up"] > 1_800_000, 60, "two thirds")
+            listener.send_signal(signal.SIGKILL)
+            listener.wait(10)
+            listener = start(listener_argv)
+            assert sender.wait(120) == 0, sender.stderr.read().decode() if sender.stderr else ""
+            assert listener.wait(60) == 0, listener.stderr.read().decode() if listener.stderr else ""
+        finally:
+            for proc in (sender, listener):
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == hashlib.sha256(data.read_bytes()).hexdigest()
