@@ -631,6 +631,7 @@ class Channel:
             error = self._end_error
             cause = self._last_cause
         self._teardown()
+        self._release_journal()
         if error is not None:
             raise error
         raise TimeoutError(f"could not open a session with {self._address} within {timeout} s") from cause
