@@ -35,7 +35,14 @@ def main() -> int:
             print(f"sent {number}", flush=True)  # durable: send returned
         channel.close(timeout=30)
         return 0
-    with open(args.out, "ab") as out:
+    write_until_closed(channel, args.out)
+    return 0
+
+
+def write_until_closed(channel: reliable_tcp.Channel, path: str) -> None:
+    """Append each message to ``path`` as a line, asking for the next one to
+    commit it, until the peer closes; then commit the last and close."""
+    with open(path, "ab") as out:
         while True:
             try:
                 message = channel.recv()
@@ -46,7 +53,6 @@ def main() -> int:
             print(f"got {int(message)}", flush=True)
     channel.commit()
     channel.close(timeout=30)
-    return 0
 
 
 if __name__ == "__main__":

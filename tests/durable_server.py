@@ -10,9 +10,13 @@ the previous. Prints "listening" once bound and "got N" as it goes.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import reliable_tcp
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from durable_peer import write_until_closed  # noqa: E402
 
 
 def main() -> int:
@@ -26,17 +30,7 @@ def main() -> int:
         print("listening", flush=True)
         channel = listener.accept()
         print(f"session restored={channel.restored}", flush=True)
-        with open(args.out, "ab") as out:
-            while True:
-                try:
-                    message = channel.recv()
-                except reliable_tcp.ChannelClosed:
-                    break
-                out.write(message + b"\n")
-                out.flush()
-                print(f"got {int(message)}", flush=True)
-        channel.commit()
-        channel.close(timeout=30)
+        write_until_closed(channel, args.out)
     return 0
 
 
