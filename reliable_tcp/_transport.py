@@ -15,7 +15,7 @@ import struct
 
 from .config import SessionConfig
 
-__all__ = ["configure_socket", "link_error_reason", "probe_pending_error", "close_socket"]
+__all__ = ["configure_socket", "link_error_reason", "probe_pending_error", "has_pending_input", "close_socket"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +90,18 @@ def probe_pending_error(sock: socket.socket) -> OSError | None:
     except OSError as exc:
         return exc
     return None
+
+
+def has_pending_input(sock: socket.socket) -> bool:
+    """Whether received bytes wait in the kernel for our reader (a peek that
+    takes nothing and never blocks). Such bytes prove the peer alive even
+    when the reader thread has not run for a while."""
+    try:
+        return bool(socket.socket.recv(sock, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return False  # a broken socket: the reader will report it
 
 
 def close_socket(sock: socket.socket, *, abort: bool = False) -> None:

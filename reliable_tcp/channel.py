@@ -25,7 +25,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from . import events as ev
-from ._transport import close_socket, configure_socket, link_error_reason, probe_pending_error
+from ._transport import close_socket, configure_socket, has_pending_input, link_error_reason, probe_pending_error
 from .backoff import Backoff, is_retryable
 from .config import SessionConfig
 from .engine import SessionEngine
@@ -518,8 +518,10 @@ class Channel:
                     self._timer.wait(wake - now)
                     self._timer_target = None
                     continue
-                if self._inbox_full():
-                    # We stopped reading on purpose; the silence is ours.
+                if self._inbox_full() or has_pending_input(sock):
+                    # Silence that is ours: we stopped reading on purpose, or
+                    # bytes are already waiting in the kernel and only our
+                    # reader (starved on a busy machine) has not taken them.
                     self._engine.hold_liveness(now)
                 self._engine.handle_timer(now)
                 self._absorb(now)

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from reliable_tcp._transport import close_socket, configure_socket, link_error_reason, probe_pending_error
+from reliable_tcp._transport import close_socket, configure_socket, has_pending_input, link_error_reason, probe_pending_error
 from reliable_tcp.backoff import Backoff, is_retryable
 from reliable_tcp.config import SessionConfig
 
@@ -113,3 +113,20 @@ def test_retryable_errors() -> None:
     assert is_retryable(TimeoutError())
     assert not is_retryable(socket.gaierror(socket.EAI_NONAME, "no such host"))
     assert not is_retryable(ValueError())
+
+
+def test_pending_input_is_seen_without_being_taken() -> None:
+    client, peer = pair()
+    assert not has_pending_input(client)
+    peer.sendall(b"alive")
+    for _ in range(100):
+        if has_pending_input(client):
+            break
+        threading.Event().wait(0.01)
+    assert has_pending_input(client)
+    assert client.recv(10) == b"alive"  # nothing was consumed by the peek
+    assert not has_pending_input(client)
+    peer.close()
+    client.recv(10)  # the FIN
+    assert not has_pending_input(client)  # end of stream is not life
+    client.close()
