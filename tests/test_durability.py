@@ -79,13 +79,14 @@ def test_sender_killed_and_restarted_loses_and_repeats_nothing(tmp_path: Path) -
 
         receiver = Worker(receive, "durable-receiver")
         receiver.start()
+        argv = [*PEER, "send", "--address", address, "--journal", journal, "--count", str(count)]
         target = 0
         for _ in range(kills):
-            peer = Peer([*PEER, "send", "--address", address, "--journal", journal, "--count", str(count)])
+            peer = Peer(argv)
             target = min(count - 1, max(target, peer.last) + rng.randint(100, 500))
             peer.wait_progress(target)
             peer.kill()  # SIGKILL: no goodbye, the journal is all that is left
-        last = Peer([*PEER, "send", "--address", address, "--journal", journal, "--count", str(count)])
+        last = Peer(argv)
         assert last.finish() == 0
         receiver.result(60)
         assert delivered == list(range(count))  # none lost, none twice, in order
@@ -112,15 +113,14 @@ def test_receiver_killed_and_restarted_redelivers_only_what_it_had_not_committed
 
         sender = Worker(send, "durable-sender")
         sender.start()
+        argv = [*PEER, "recv", "--address", address, "--journal", journal, "--count", str(count), "--out", str(out)]
         progress = 0
         for _ in range(kills):
-            peer = Peer([*PEER, "recv", "--address", address, "--journal", journal, "--count", str(count),
-                         "--out", str(out)])
+            peer = Peer(argv)
             progress = min(count - 2, progress + rng.randint(200, 500))
             peer.wait_progress(progress)
             peer.kill()
-        last = Peer([*PEER, "recv", "--address", address, "--journal", journal, "--count", str(count),
-                     "--out", str(out)])
+        last = Peer(argv)
         wait_for(lambda: out.exists() and out.read_bytes().count(b"\n") >= count, 60, "every message")
         sender.result(60)
         holder[0].close(timeout=10)

@@ -379,15 +379,7 @@ def run_many(sessions: int, idle_seconds: float, per_session: int) -> dict[str, 
     client.start()
     client_queue.put(port_queue.get(timeout=300))  # "ready"
     client_queue.put(port_queue.get(timeout=600))  # "go"
-    results = {}
-    for _ in range(2):
-        item = result_queue.get(timeout=900)
-        results[item.pop("side")] = item
-    for proc in (server, client):
-        proc.join(60)
-        if proc.is_alive():
-            proc.kill()
-    rx = results["receiver"]
+    rx = _gather(result_queue, (server, client), timeout=900, join=60)["receiver"]
     return {
         "sessions": sessions,
         "server_threads": rx["threads"],
@@ -440,12 +432,17 @@ def _run_pair(server: Callable[..., None], client: Callable[..., None], count: i
     port = port_queue.get(timeout=30)
     client_proc = context.Process(target=client, args=(port, result_queue, count, size))
     client_proc.start()
+    return _gather(result_queue, (server_proc, client_proc), timeout=600, join=30)
+
+
+def _gather(result_queue: Any, procs: tuple[Any, ...], *, timeout: float, join: float) -> dict[str, Any]:
+    """Both sides' results by side ("sender", "receiver"), then end both processes."""
     results = {}
-    for _ in range(2):
-        item = result_queue.get(timeout=600)
+    for _ in procs:
+        item = result_queue.get(timeout=timeout)
         results[item.pop("side")] = item
-    for proc in (server_proc, client_proc):
-        proc.join(30)
+    for proc in procs:
+        proc.join(join)
         if proc.is_alive():
             proc.kill()
     return results
