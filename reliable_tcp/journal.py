@@ -93,6 +93,7 @@ class Journal:
         self._syncing = False
         self._replay()
         self._file = open(self._path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the journal
+        self._size = os.fstat(self._file.fileno()).st_size  # kept up to date, so size() needs no stat
 
     # ------------------------------------------------------------- replay
 
@@ -174,6 +175,7 @@ class Journal:
             self._file.write(data)
             self._apply(kind, memoryview(record)[1:])
             self._written += len(data)
+            self._size += len(data)
             return self._written
 
     def record_session(self, session_id: bytes, secret: bytes, previous_secret: bytes = b"") -> int:
@@ -225,7 +227,7 @@ class Journal:
 
     def size(self) -> int:
         """Bytes the log occupies on disk."""
-        return os.path.getsize(self._path)
+        return self._size
 
     def compact(self) -> None:
         """Rewrite the live state (session, unacked messages, counters) into a
@@ -261,6 +263,7 @@ class Journal:
                 os.close(dir_fd)
             self._file.close()
             self._file = open(self._path, "ab", buffering=0)  # noqa: SIM115
+            self._size = os.fstat(self._file.fileno()).st_size
             self._durable = self._written
 
     def discard(self) -> None:
