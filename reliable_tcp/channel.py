@@ -711,10 +711,6 @@ class Channel:
                 self._sendable.wait(remaining)
         return seq
 
-    def _engine_next_seq(self) -> int:
-        with self._lock:
-            return self._engine.next_seq
-
     def _make_durable(self, position: int | None = None) -> None:
         """With a journal: return once what was recorded (up to ``position``)
         is on disk; one fsync serves every thread waiting (group commit).
@@ -752,7 +748,8 @@ class Channel:
     @property
     def last_sent_seq(self) -> int:
         """Sequence number of the last message sent (durable, with a journal)."""
-        return self._engine_next_seq() - 1
+        with self._lock:
+            return self._engine.next_seq - 1
 
     @property
     def last_committed_seq(self) -> int:

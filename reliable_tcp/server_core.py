@@ -141,7 +141,6 @@ class SessionRegistry:
         self.max_sessions = max_sessions
         self._token = token_source
         self._sessions: dict[bytes, SessionEngine] = {}
-        self.rejected = 0
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -163,10 +162,8 @@ class SessionRegistry:
         else:
             secret_ok = hmac.compare_digest(hello.secret, _DUMMY_SECRET) and False
         if engine is None or not secret_ok:
-            self.rejected += 1
             raise HandshakeRejected(RejectReason.SESSION_UNKNOWN, "no such session")
         if not engine.can_resume_from(hello.expect):
-            self.rejected += 1
             engine.reject_resume(hello.expect, now)
             del self._sessions[hello.session_id]
             raise HandshakeRejected(RejectReason.BAD_SEQUENCE, "resume claim can't be satisfied")
@@ -177,7 +174,6 @@ class SessionRegistry:
         # No reaping here: other sessions' engines belong to their own
         # shells (and locks); the shell reaps them on their deadlines.
         if len(self._sessions) >= self.max_sessions:
-            self.rejected += 1
             raise HandshakeRejected(RejectReason.SERVER_BUSY, "too many sessions")
         session_id = self._token(ID_SIZE)
         while session_id in self._sessions or session_id == bytes(ID_SIZE):

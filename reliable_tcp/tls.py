@@ -102,13 +102,3 @@ class TLSLayer:
     def has_output(self) -> bool:
         """Whether reading produced records that must be sent (the writer sends them)."""
         return self._outgoing.pending > 0
-
-    @property
-    def peer_certificate(self) -> dict[str, object] | None:
-        """The peer's certificate, as ``ssl.SSLSocket.getpeercert`` gives it."""
-        return self._ssl.getpeercert()  # type: ignore[return-value]
-
-    @property
-    def version(self) -> str | None:
-        """The negotiated TLS version."""
-        return self._ssl.version()
