@@ -30,9 +30,9 @@ from .backoff import Backoff, is_retryable
 from .config import SessionConfig
 from .engine import SessionEngine
 from .journal import Journal
-from .exceptions import ChannelBroken, ChannelClosed, ReliableTCPError, SessionLost, UsageError
+from .exceptions import ChannelBroken, ChannelClosed, ReliableTCPError, SessionLost, TLSHandshakeError, UsageError
 from .state import TERMINAL_STATES, SessionState
-from .tls import TLSHandshakeError, TLSLayer
+from .tls import TLSLayer
 
 __all__ = [
     "Channel",
@@ -137,6 +137,8 @@ def split_options(options: dict[str, Any]) -> tuple[SessionConfig, ShellOptions,
 _STATE_OF_ENGINE = {
     SessionState.OPEN: ChannelState.CONNECTED,
     SessionState.CLOSING: ChannelState.CLOSING,
+    SessionState.CLOSE_ACKED: ChannelState.CLOSING,
+    SessionState.PEER_CLOSED: ChannelState.CLOSING,
     SessionState.CLOSED: ChannelState.CLOSED,
     SessionState.LOST: ChannelState.FAILED,
     SessionState.FAILED: ChannelState.FAILED,
@@ -297,7 +299,7 @@ class Channel:
             elif isinstance(event, ev.PeerConfirmed) and self._on_confirmed is not None:
                 self._after_lock.append(functools.partial(self._on_confirmed, self))
             elif isinstance(event, ev.TransportFailed):
-                self._drop_connection(event.reason, None, abort=True)
+                self._drop_connection(event.reason, event.error, abort=True)
             elif isinstance(event, ev.PeerClosed):
                 self._readable.notify_all()
             elif isinstance(event, ev.SessionClosed):
@@ -866,7 +868,7 @@ class Channel:
         with self._lock:
             self._aborted = True
             if not self._ended:
-                self._engine.close(time.monotonic())
+                self._engine.abort(time.monotonic())
                 self._engine.events_received()
                 self._end(None, (), "aborted")
             self._drop_connection("aborted", None, abort=True, notify=False)

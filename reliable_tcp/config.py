@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .frames import DATA_OVERHEAD, DATA_PER_MESSAGE_OVERHEAD, MIN_FRAME_LIMIT
+from .frames import MAX_MESSAGE_SIZE_LIMIT, max_frame_body
 
 __all__ = ["SessionConfig"]
 
@@ -25,21 +25,29 @@ class SessionConfig:
     handshake_timeout: float = 10.0
     window_messages: int = 8192
     window_bytes: int = 16 * 1024 * 1024
+    #: Largest message this side sends or accepts. It is announced in the
+    #: handshake when it differs from the protocol's default (1 MiB), and
+    #: ``send`` also refuses messages larger than the peer's.
     max_message_size: int = 1024 * 1024
     #: Send an ACK once this many messages arrived without one ...
     ack_every: int = 512
     #: ... or this long after the first unacknowledged one arrived.
     ack_delay: float = 0.005
-    #: DATA frames are cut once their messages reach this many bytes.
+    #: A DATA frame's body is cut at this many bytes (messages, their
+    #: 4-byte lengths and the 20-byte DATA header), or at the peer's frame
+    #: limit when that is smaller; a single larger message gets a frame of its own.
     data_frame_target: int = 256 * 1024
-    #: Largest frame body accepted; derived from max_message_size when unset.
-    max_frame_size: int = field(default=0)
-    #: Frames other than DATA (ACK, PING, PONG, ...) a peer may send per
-    #: second, with a burst of one second's worth; beyond it the session
-    #: fails, so a flood of tiny frames can't starve everyone else. A
-    #: legitimate peer sends a few hundred (acks are coalesced, pings are
-    #: per heartbeat); DATA is bounded by the receive queue instead.
+    #: Frames that carry nothing new (PING, PONG, an ACK that frees nothing)
+    #: a peer may send per second, with a burst of one second's worth;
+    #: beyond it the session fails, so a flood of tiny frames can't starve
+    #: everyone else. docs/protocol.md tells peers to stay under a tenth of
+    #: the default. DATA is bounded by the receive queue instead.
     max_control_frames_per_second: int = 10_000
+    #: A session whose connections end this many times in a row without
+    #: moving a single message (nothing new received, nothing acknowledged)
+    #: while it has messages to deliver is lost: resuming again would only
+    #: replay the same bytes into the same failure.
+    max_resumes_without_progress: int = 10
     #: Acknowledge only what the application committed (Channel.commit),
     #: not everything received: the peer then keeps, and after a restart of
     #: this side replays, whatever was not processed. For durable sessions.
@@ -51,14 +59,6 @@ class SessionConfig:
     def __post_init__(self) -> None:
         if self.dead_after is None:
             object.__setattr__(self, "dead_after", 3.0 * self.heartbeat_interval)
-        if self.max_frame_size == 0:
-            object.__setattr__(
-                self,
-                "max_frame_size",
-                max(self.max_message_size, self.data_frame_target, MIN_FRAME_LIMIT)
-                + DATA_OVERHEAD
-                + DATA_PER_MESSAGE_OVERHEAD,
-            )
         positive = {
             "heartbeat_interval": self.heartbeat_interval,
             "dead_after": self.dead_after,
@@ -70,6 +70,7 @@ class SessionConfig:
             "ack_every": self.ack_every,
             "data_frame_target": self.data_frame_target,
             "max_control_frames_per_second": self.max_control_frames_per_second,
+            "max_resumes_without_progress": self.max_resumes_without_progress,
         }
         for name, value in positive.items():
             if not isinstance(value, (int, float)) or value <= 0:
@@ -85,8 +86,13 @@ class SessionConfig:
             raise ValueError("ack_delay must be shorter than dead_after")
         if self.window_bytes < self.max_message_size:
             raise ValueError("window_bytes must hold at least one message of max_message_size")
-        if self.max_frame_size < max(MIN_FRAME_LIMIT, self.max_message_size + DATA_OVERHEAD + DATA_PER_MESSAGE_OVERHEAD):
-            raise ValueError("max_frame_size must hold every control frame and one DATA frame of max_message_size")
+        if self.max_message_size > MAX_MESSAGE_SIZE_LIMIT:
+            raise ValueError(f"max_message_size must be at most {MAX_MESSAGE_SIZE_LIMIT}")
+
+    @property
+    def max_frame_size(self) -> int:
+        """Largest frame body this side accepts (docs/protocol.md section 9)."""
+        return max_frame_body(self.max_message_size)
 
     @property
     def dead_after_seconds(self) -> float:

@@ -21,19 +21,26 @@ from .exceptions import (
     AuthenticationFailed,
     ChannelBroken,
     ChannelClosed,
+    CorruptFrame,
     FrameError,
+    InvalidState,
     MessageTooLarge,
     ProtocolError,
+    RejectedByPeer,
+    SequenceClaimError,
+    UnsupportedVersion,
     UsageError,
 )
 from .frames import (
+    DATA_PER_MESSAGE_OVERHEAD,
+    DEFAULT_MAX_MESSAGE_SIZE,
     ID_SIZE,
     MAX_SEQ,
     NONCE_SIZE,
+    RETRYABLE_REJECTS,
     Accept,
     Ack,
     Challenge,
-    Proof,
     Close,
     CloseAck,
     Data,
@@ -41,34 +48,39 @@ from .frames import (
     Hello,
     Ping,
     Pong,
+    Proof,
     Reject,
     RejectReason,
     encode,
     encode_data_parts,
+    max_frame_body,
 )
-from .state import TERMINAL_STATES, SessionInput, SessionState, next_state
-from .window import ReceiveSequence, SendWindow, SequenceClaimError
+from .state import CLOSING_STATES, LIVE_STATES, LOCAL_INPUTS, TERMINAL_STATES, SessionInput, SessionState, next_state
+from .window import ReceiveSequence, SendWindow
 
 __all__ = ["SessionEngine", "EngineCounters"]
 
 logger = logging.getLogger(__name__)
 
+S = SessionState
+I = SessionInput
+
 _NO_ID = bytes(ID_SIZE)
+_DATA_HEAD_SIZE = 20  # first seq, ack, count
 _INPUT_OF_FRAME = {
-    Hello: SessionInput.RECV_HELLO,
-    Accept: SessionInput.RECV_ACCEPT,
-    Reject: SessionInput.RECV_REJECT,
-    Data: SessionInput.RECV_DATA,
-    Ack: SessionInput.RECV_ACK,
-    Ping: SessionInput.RECV_PING,
-    Pong: SessionInput.RECV_PONG,
-    Close: SessionInput.RECV_CLOSE,
-    CloseAck: SessionInput.RECV_CLOSE_ACK,
-    Challenge: SessionInput.RECV_CHALLENGE,
-    Proof: SessionInput.RECV_PROOF,
+    Hello: I.RECV_HELLO,
+    Accept: I.RECV_ACCEPT,
+    Data: I.RECV_DATA,
+    Ack: I.RECV_ACK,
+    Ping: I.RECV_PING,
+    Pong: I.RECV_PONG,
+    Close: I.RECV_CLOSE,
+    CloseAck: I.RECV_CLOSE_ACK,
+    Challenge: I.RECV_CHALLENGE,
+    Proof: I.RECV_PROOF,
 }
-_LIVE = (SessionState.OPEN, SessionState.CLOSING)
-# The table's frame transitions by state, then frame class: one lookup per frame.
+# The table's frame transitions by state, then frame class: one lookup per
+# frame (REJECT depends on its code and is looked up on its own).
 _FRAME_TARGETS: dict[SessionState, dict[type, SessionState]] = {
     state: {
         frame_type: target
@@ -76,6 +88,12 @@ _FRAME_TARGETS: dict[SessionState, dict[type, SessionState]] = {
         if (target := next_state(state, event)) is not None
     }
     for state in SessionState
+}
+_HANDSHAKE_STATES = (S.CONNECTING, S.RESUMING)
+#: What a REJECT received means, for the reason a session ends with.
+_REJECT_MEANING = {
+    RejectReason.SESSION_UNKNOWN: "the peer does not know this session (expired, ended, or a wrong secret)",
+    RejectReason.ABORTED: "aborted by the peer",
 }
 
 
@@ -102,6 +120,12 @@ class SessionEngine:
     :class:`reliable_tcp.server_core.SessionRegistry`; a client-side engine
     starts idle and is told of each new connection with
     :meth:`connection_made`.
+
+    Errors: a frame from the peer that breaks the protocol ends the session
+    in ``FAILED`` (a REJECT tells the peer why) and is reported as a
+    :class:`~reliable_tcp.events.SessionLost` event, never raised; a local
+    call the state does not allow raises
+    :class:`~reliable_tcp.exceptions.InvalidState` and changes nothing.
     """
 
     def __init__(
@@ -118,13 +142,17 @@ class SessionEngine:
         self.session_id = session_id
         self._secret = secret
         self._previous_secret: bytes | None = None
-        self._state = SessionState.IDLE
+        self._state = S.IDLE
         self._window = SendWindow(config.window_messages, config.window_bytes)
         self._recv = ReceiveSequence()
         self._decoder = FrameDecoder(config.max_frame_size)
         self._output: list[bytes] = []
         self._events: list[ev.Event] = []
         self.counters = EngineCounters()
+        # What this side announces in its handshake (None: the protocol default).
+        self._announced_limit = None if config.max_message_size == DEFAULT_MAX_MESSAGE_SIZE else config.max_message_size
+        self._peer_max_message = DEFAULT_MAX_MESSAGE_SIZE  # until the peer's handshake says otherwise
+        self._data_frame_budget = min(config.data_frame_target, max_frame_body(DEFAULT_MAX_MESSAGE_SIZE))
         # Timers (monotonic seconds supplied by the caller).
         self._connected_at = 0.0
         self._last_received = 0.0
@@ -135,6 +163,7 @@ class SessionEngine:
         self._recv_unacked = 0
         self._recv_unacked_bytes = 0
         self._peer_last_seq: int | None = None
+        self._closed_by_peer = False
         self._token = token_source
         self._hello_sent = b""  # the HELLO frame of this connection, for the key proof
         self._auth_nonce: bytes | None = None
@@ -143,6 +172,9 @@ class SessionEngine:
         self._committed = 0
         self._frame_budget = float(config.max_control_frames_per_second)
         self._budget_time = 0.0
+        # Progress: did the current connection move a message? How many in a row did not?
+        self._progress = False
+        self._connections_without_progress = 0
 
     # ------------------------------------------------------------------ state
 
@@ -191,6 +223,16 @@ class SessionEngine:
         """Sequence number the next sent message will get."""
         return self._window.next_seq
 
+    @property
+    def peer_max_message_size(self) -> int:
+        """The largest message the peer accepts (its announcement, or the default)."""
+        return self._peer_max_message
+
+    @property
+    def max_sendable_size(self) -> int:
+        """The largest message :meth:`send_message` takes now."""
+        return min(self.config.max_message_size, self._peer_max_message)
+
     def unacked(self) -> tuple[tuple[int, bytes], ...]:
         """``(seq, payload)`` of every message the peer has not acknowledged."""
         return self._window.unacked()
@@ -198,17 +240,20 @@ class SessionEngine:
     def _move(self, event: SessionInput, now: float) -> SessionState:
         target = next_state(self._state, event)
         if target is None:
+            if event in LOCAL_INPUTS:
+                raise InvalidState(f"{event.value} is not allowed in state {self._state.value}")
             error = ProtocolError(f"{event.value} is not allowed in state {self._state.value}")
             self._fail(error, now)
             raise error
         previous, self._state = self._state, target
-        if target is SessionState.DETACHED and previous is not SessionState.DETACHED:
-            self._detached_since = now if self._detached_since is None else self._detached_since
+        if target in (S.DETACHED, S.IDLE) and previous not in (S.DETACHED, S.IDLE):
+            if target is S.DETACHED and self._detached_since is None:
+                self._detached_since = now
             self._decoder = FrameDecoder(self.config.max_frame_size)
             self._output.clear()
             self._ack_deadline = None
             self._ack_now = False
-        elif target is SessionState.OPEN:
+        elif target is S.OPEN:
             self._detached_since = None
         return target
 
@@ -221,27 +266,42 @@ class SessionEngine:
             reason = RejectReason.BAD_SEQUENCE
         elif isinstance(error, AuthenticationFailed):
             reason = RejectReason.AUTH_FAILED
+        elif isinstance(error, UnsupportedVersion):
+            reason = RejectReason.UNSUPPORTED_VERSION
         else:
             reason = RejectReason.PROTOCOL_ERROR
-        live = self._state in (SessionState.OPEN, SessionState.CLOSING, SessionState.HANDSHAKING)
-        self._state = SessionState.FAILED
-        self._output = [encode(Reject(reason, str(error)))] if live else []
+        connected = self._state in LIVE_STATES or self._state in _HANDSHAKE_STATES
+        self._state = S.FAILED
+        self._output = [encode(Reject(reason, str(error)))] if connected else []
         self._events.append(ev.SessionLost(f"protocol error: {error}", self._window.unacked(), error))
+
+    def _lose(self, event: SessionInput, reason: str, now: float, error: Exception | None = None) -> None:
+        """End the session as lost (expired, stalled, refused), reporting the unacked."""
+        self._move(event, now)
+        self._output.clear()
+        self._events.append(ev.SessionLost(reason, self._window.unacked(), error))
 
     # ------------------------------------------------------------- transport
 
     def connection_made(self, now: float) -> None:
         """Client: a new connection is up; queue the HELLO (new or resume)."""
         if not self.client:
-            raise UsageError("connection_made is for the connecting side")
-        self._move(SessionInput.CONNECTION_MADE, now)
-        self._connected_at = self._last_received = self._last_output = now
-        self._frame_budget, self._budget_time = float(self.config.max_control_frames_per_second), now
-        resume = self.session_id != _NO_ID
+            raise InvalidState("connection_made is for the connecting side")
+        self._move(I.CONNECTION_MADE, now)
+        self._start_connection(now)
+        resume = self._state is S.RESUMING
         self._auth_nonce = self._token(NONCE_SIZE) if self.config.psk is not None else None
         self._server_proved_key = False
-        self._hello_sent = encode(Hello(resume, self.session_id, self._secret, self._acked_upto() + 1, self._auth_nonce))
+        hello = Hello(resume, self.session_id, self._secret, self._acked_upto() + 1, self._auth_nonce, self._announced_limit)
+        self._hello_sent = encode(hello)
         self._output.append(self._hello_sent)
+
+    def _start_connection(self, now: float) -> None:
+        self._decoder = FrameDecoder(self.config.max_frame_size)
+        self._output.clear()
+        self._connected_at = self._last_received = self._last_output = now
+        self._frame_budget, self._budget_time = float(self.config.max_control_frames_per_second), now
+        self._progress = False
 
     def can_resume_from(self, expect: int) -> bool:
         """Server: whether a resume claiming ``expect`` can be satisfied."""
@@ -249,8 +309,12 @@ class SessionEngine:
 
     def reject_resume(self, expect: int, now: float) -> None:
         """Server: a resume claimed ``expect``, which can't be satisfied; end the session."""
-        self._fail(SequenceClaimError(f"peer expects message {expect}, but only "
-                                      f"{self._window.base}..{self._window.send_next} can be sent"), now)
+        self._fail(
+            SequenceClaimError(
+                f"peer expects message {expect}, but only {self._window.base}..{self._window.send_next} can be sent"
+            ),
+            now,
+        )
 
     def secret_matches(self, presented: bytes) -> bool:
         """Server: constant-time check of a presented resume secret.
@@ -267,10 +331,15 @@ class SessionEngine:
     def attach(self, hello: Hello, new_secret: bytes, now: float) -> None:
         """Server: the registry accepted ``hello`` for this session on a new connection."""
         if self.client:
-            raise UsageError("attach is for the listening side")
-        if self._state is SessionState.OPEN:
+            raise InvalidState("attach is for the listening side")
+        replacing = self._state is S.OPEN
+        self._move(I.ATTACHED, now)
+        if replacing:
             self.counters.transport_failures += 1
-        self._move(SessionInput.ATTACHED, now)
+            self._count_progress(now)
+            if self._state in TERMINAL_STATES:
+                return
+        before = self._window.base
         replayed = self._window.rewind(hello.expect) if hello.resume else 0
         if hello.resume:
             self.counters.resumes += 1
@@ -279,17 +348,29 @@ class SessionEngine:
             self._awaiting_confirmation = True
         self.counters.handshakes += 1
         self._secret = new_secret
-        self._reset_connection(now)
-        self._output.append(encode(Accept(hello.resume, self.session_id, new_secret, self._acked_upto() + 1)))
+        self._start_connection(now)
+        self._ack_sent()  # the expectation in the handshake acknowledges everything received
+        self._progress = self._window.base > before
+        if not self._learn_peer_limit(hello.max_message, now):
+            return
+        self._output.append(
+            encode(Accept(hello.resume, self.session_id, new_secret, self._acked_upto() + 1, self._announced_limit))
+        )
         self._events.append(ev.HandshakeCompleted(self.session_id, hello.resume, replayed))
 
-    def _reset_connection(self, now: float) -> None:
-        self._decoder = FrameDecoder(self.config.max_frame_size)
-        self._output.clear()
-        self._connected_at = self._last_received = self._last_output = now
-        self._frame_budget, self._budget_time = float(self.config.max_control_frames_per_second), now
-        # The expectation in the handshake acknowledges everything received.
-        self._ack_sent()
+    def _learn_peer_limit(self, announced: int | None, now: float) -> bool:
+        """Take the peer's message limit from its handshake; False if queued
+        messages can never reach it (the session is failed)."""
+        limit = DEFAULT_MAX_MESSAGE_SIZE if announced is None else announced
+        self._peer_max_message = limit
+        self._data_frame_budget = max(1, min(self.config.data_frame_target, max_frame_body(limit)))
+        largest = self._window.largest()
+        if largest > limit:
+            self._fail(
+                ProtocolError(f"the peer accepts messages of up to {limit} bytes, but a queued one has {largest}"), now
+            )
+            return False
+        return True
 
     def receive_eof(self, now: float) -> None:
         """The peer closed its end of the connection (``recv`` returned ``b""``)."""
@@ -297,40 +378,65 @@ class SessionEngine:
 
     def transport_lost(self, now: float, reason: str = "transport lost") -> None:
         """The connection is gone (reset, EOF, error); keep the session for a resume."""
-        if self._state in (SessionState.IDLE, SessionState.DETACHED, *TERMINAL_STATES):
-            self._move(SessionInput.TRANSPORT_LOST, now)  # nothing to drop
+        if self._state in (S.IDLE, S.DETACHED, *TERMINAL_STATES):
+            self._move(I.TRANSPORT_LOST, now)  # nothing to drop
             return
-        self.counters.transport_failures += 1
         logger.info("session %s: %s", self.session_id.hex()[:8], reason)
-        was_closing = self._state is SessionState.CLOSING
-        self._move(SessionInput.TRANSPORT_LOST, now)
-        if was_closing:
-            self._events.append(ev.SessionClosed(False, self._window.unacked()))
+        self._connection_ended(I.TRANSPORT_LOST, now)
+
+    def _connection_ended(self, event: SessionInput, now: float) -> None:
+        """The current connection is gone (``event``: transport lost or peer dead)."""
+        self.counters.transport_failures += 1
+        was = self._state
+        self._move(event, now)
+        if was in CLOSING_STATES:
+            self._events.append(ev.SessionClosed(self._closed_by_peer, self._window.unacked()))
+        elif was is S.OPEN:
+            self._count_progress(now)
+
+    def _count_progress(self, now: float) -> None:
+        """An open connection ended: end the session if too many in a row
+        moved nothing while messages were waiting for the peer."""
+        if self._progress or not self._window.count:
+            self._connections_without_progress = 0
+            return
+        self._connections_without_progress += 1
+        limit = self.config.max_resumes_without_progress
+        if self._connections_without_progress >= limit and self._state is S.DETACHED:
+            self._lose(
+                I.STALLED,
+                f"{limit} connections in a row ended before a single message was delivered or acknowledged",
+                now,
+            )
 
     def hold_liveness(self, now: float) -> None:
         """The shell stopped reading on purpose (its receive queue is full):
         the silence that follows is ours, so don't count it against the peer."""
-        if self._state in _LIVE:
+        if self._state in LIVE_STATES:
             self._last_received = now
 
     def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> None:
         """Bytes arrived on the current connection."""
-        if self._state not in (SessionState.HANDSHAKING, SessionState.OPEN, SessionState.CLOSING):
-            if self._state in TERMINAL_STATES:
+        state = self._state
+        if state not in LIVE_STATES and state not in _HANDSHAKE_STATES:
+            if state in TERMINAL_STATES:
                 return
-            error = ProtocolError(f"bytes received in state {self._state.value}")
-            self._fail(error, now)
-            raise error
+            raise InvalidState(f"bytes received in state {state.value}, with no connection")
         self._last_received = now
         try:
             frames = self._decoder.feed(data)
+        except CorruptFrame as exc:
+            # Damage on the way spoils this connection, not the session.
+            self._transport_failed(f"corrupt stream: {exc}", I.TRANSPORT_LOST, now)
+            return
         except FrameError as exc:
-            # A corrupt byte stream spoils this connection, not the session.
-            self._transport_failed(f"corrupt stream: {exc}", SessionInput.TRANSPORT_LOST, now)
+            # Well-formed damage is the peer's doing: resuming would only
+            # replay the same frame into the same refusal.
+            self._fail(exc, now)
             return
         if (
             (self._awaiting_confirmation or self._previous_secret is not None)
-            and self._state is not SessionState.HANDSHAKING
+            and state not in _HANDSHAKE_STATES
             and any(not isinstance(frame, Reject) for frame in frames)
         ):
             # Anything but a refusal sent after ACCEPT proves the client received it.
@@ -338,14 +444,6 @@ class SessionEngine:
             if self._awaiting_confirmation:
                 self._awaiting_confirmation = False
                 self._events.append(ev.PeerConfirmed())
-        if len(frames) == 1:  # the common case, without a generator
-            control = int(type(frames[0]) is not Data)
-        else:
-            control = sum(1 for frame in frames if type(frame) is not Data)
-        if control and not self._spend_frame_budget(control, now):
-            limit = self.config.max_control_frames_per_second
-            self._fail(ProtocolError(f"more than {limit} control frames per second"), now)
-            return
         for frame in frames:
             if self._state in TERMINAL_STATES:  # a frame before this one ended the session
                 break
@@ -355,26 +453,27 @@ class SessionEngine:
                 self._fail(exc, now)
                 break
 
-    def _spend_frame_budget(self, count: int, now: float) -> bool:
-        """Token bucket: refill at max_control_frames_per_second, up to one second's worth."""
+    def _frame_carried_nothing_new(self, now: float) -> None:
+        """Token bucket for frames that carry nothing new: refilled at
+        max_control_frames_per_second, up to one second's worth."""
         rate = self.config.max_control_frames_per_second
-        self._frame_budget = min(float(rate), self._frame_budget + (now - self._budget_time) * rate)
+        self._frame_budget = min(float(rate), self._frame_budget + (now - self._budget_time) * rate) - 1
         self._budget_time = now
-        self._frame_budget -= count
-        return self._frame_budget >= 0
+        if self._frame_budget < 0:
+            raise ProtocolError(f"more than {rate} frames per second that carry nothing new")
 
-    def _transport_failed(self, reason: str, event: SessionInput, now: float) -> None:
-        self.counters.transport_failures += 1
-        was_closing = self._state is SessionState.CLOSING
-        self._move(event, now)
-        self._events.append(ev.TransportFailed(reason))
-        if was_closing:
-            self._events.append(ev.SessionClosed(False, self._window.unacked()))
+    def _transport_failed(self, reason: str, event: SessionInput, now: float, error: Exception | None = None) -> None:
+        """The engine judged the connection unusable: tell the shell to drop it."""
+        self._events.append(ev.TransportFailed(reason, error))
+        self._connection_ended(event, now)
 
     # ---------------------------------------------------------------- frames
 
     def _handle_frame(self, frame: object, now: float) -> None:
         state = self._state
+        if isinstance(frame, Reject):
+            self._on_reject(frame, now)
+            return
         target = _FRAME_TARGETS[state].get(type(frame))
         if target is None:
             event = _INPUT_OF_FRAME[type(frame)]
@@ -382,10 +481,13 @@ class SessionEngine:
         if isinstance(frame, Data):
             self._on_data(frame, now)
         elif isinstance(frame, Ack):
-            self._on_ack(frame.ack)
+            if not self._on_ack(frame.ack):
+                self._frame_carried_nothing_new(now)
         elif isinstance(frame, Ping):
+            self._frame_carried_nothing_new(now)
             self._output.append(encode(Pong(frame.token)))
         elif isinstance(frame, Pong):
+            self._frame_carried_nothing_new(now)
             rtt = max(0.0, now - frame.token / 1e6)
             self.counters.last_rtt = rtt
             self._events.append(ev.PongReceived(rtt))
@@ -394,19 +496,29 @@ class SessionEngine:
             return
         elif isinstance(frame, Challenge):
             self._on_challenge(frame)
-        elif isinstance(frame, Reject):
-            self._state = target
-            self._output.clear()
-            self._events.append(ev.SessionLost(f"rejected by peer: {frame.reason.name} {frame.text}".strip(), self._window.unacked()))
-            return
         elif isinstance(frame, Close):
-            self._on_close(frame, now)
+            self._on_close(frame, target, now)
+            return
         elif isinstance(frame, CloseAck):
             self._on_ack(frame.ack)
             self._state = target
-            self._events.append(ev.SessionClosed(False, self._window.unacked()))
+            if target is S.CLOSED:
+                self._events.append(ev.SessionClosed(self._closed_by_peer, self._window.unacked()))
             return
         self._state = target
+
+    def _on_reject(self, frame: Reject, now: float) -> None:
+        event = I.RECV_REJECT_RETRY if frame.reason in RETRYABLE_REJECTS else I.RECV_REJECT
+        target = next_state(self._state, event)
+        if target is None:
+            raise ProtocolError(f"REJECT is not allowed in state {self._state.value}")
+        error = RejectedByPeer(frame.reason, frame.text)
+        if target in (S.IDLE, S.DETACHED):
+            # Busy or slow: this attempt is refused, the session (if any) is not.
+            self._transport_failed(str(error), event, now, error)
+            return
+        meaning = _REJECT_MEANING.get(frame.reason)
+        self._lose(event, f"{meaning} ({frame.reason.name})" if meaning else str(error), now, error)
 
     def _on_challenge(self, challenge: Challenge) -> None:
         psk, nonce = self.config.psk, self._auth_nonce
@@ -420,16 +532,20 @@ class SessionEngine:
     def _on_accept(self, accept: Accept, now: float) -> None:
         if self.config.psk is not None and not self._server_proved_key:
             raise AuthenticationFailed("the server accepted without proving the pre-shared key")
-        resuming = self.session_id != _NO_ID
+        resuming = self._state is S.RESUMING
         if accept.resumed != resuming or (resuming and accept.session_id != self.session_id):
             raise ProtocolError("ACCEPT does not answer the HELLO that was sent")
         if accept.session_id == _NO_ID:
             raise ProtocolError("ACCEPT with an empty session id")
+        before = self._window.base
         replayed = self._window.rewind(accept.expect)
+        self._progress = self._window.base > before
         self.session_id = accept.session_id
         self._secret = accept.secret
-        self._state = SessionState.OPEN
+        self._state = S.OPEN
         self._detached_since = None
+        if not self._learn_peer_limit(accept.max_message, now):
+            return
         self.counters.handshakes += 1
         if resuming:
             self.counters.resumes += 1
@@ -444,11 +560,12 @@ class SessionEngine:
         new = self._recv.accept(frame.first_seq, frame.messages)
         if not new:
             return
-        if self._peer_last_seq is not None:
-            raise ProtocolError("DATA after the peer's CLOSE")
+        size = sum(map(len, new))
+        if size > self.config.max_message_size and max(map(len, new)) > self.config.max_message_size:
+            raise ProtocolError(f"a message larger than this side's max_message_size {self.config.max_message_size}")
+        self._progress = True
         count = len(new)
         self.counters.messages_received += count
-        size = sum(map(len, new))
         self.counters.bytes_received += size
         self._events.append(ev.MessagesReceived(self._recv.expect - count, new, size))
         if self.config.ack_on_commit:
@@ -464,20 +581,34 @@ class SessionEngine:
         elif self._ack_deadline is None:
             self._ack_deadline = now + self.config.ack_delay
 
-    def _on_ack(self, ack: int) -> None:
+    def _on_ack(self, ack: int) -> bool:
+        """Free what ``ack`` covers; whether it freed anything."""
         freed = self._window.acknowledge(ack)
         if freed:
+            self._progress = True
             self._events.append(ev.MessagesAcknowledged(ack, freed))
+        return bool(freed)
 
-    def _on_close(self, frame: Close, now: float) -> None:
+    def _on_close(self, frame: Close, target: SessionState, now: float) -> None:
         if frame.last_seq != self._recv.expect - 1:
             raise ProtocolError(f"CLOSE after message {frame.last_seq}, but {self._recv.expect - 1} arrived")
+        was = self._state
+        self._state = target
         self._peer_last_seq = frame.last_seq
-        self._flush_data()
-        self._output.append(encode(CloseAck(self._acked_upto())))
         self._events.append(ev.PeerClosed(frame.last_seq))
-        if self._state is SessionState.OPEN:
-            self._events.append(ev.SessionClosed(True, self._window.unacked()))
+        if was is S.OPEN:
+            # The peer closes first: what we queued still goes, then our
+            # answer and our own CLOSE; the session ends at its CLOSE_ACK.
+            self._closed_by_peer = True
+            self._flush_data()
+            self._output.append(encode(CloseAck(self._acked_upto())))
+            self._output.append(encode(Close(self._window.next_seq - 1)))
+        else:
+            self._output.append(encode(CloseAck(self._acked_upto())))
+        self._ack_sent()
+        self._last_output = now
+        if target is S.CLOSED:
+            self._events.append(ev.SessionClosed(self._closed_by_peer, self._window.unacked()))
 
     # ------------------------------------------------------------ local API
 
@@ -503,7 +634,7 @@ class SessionEngine:
         if upto <= self._committed:
             return
         delta, self._committed = upto - self._committed, upto
-        if not self.config.ack_on_commit or self._state not in _LIVE:
+        if not self.config.ack_on_commit or self._state not in LIVE_STATES:
             return
         self._recv_unacked += delta
         if self._recv_unacked >= self.config.ack_every or self.config.ack_delay == 0:
@@ -545,7 +676,7 @@ class SessionEngine:
         engine._window.restore(first, [payload for _, payload in unacked])
         engine._recv.expect = committed + 1
         engine._committed = committed
-        engine._state = SessionState.DETACHED
+        engine._state = S.DETACHED
         engine._detached_since = now
         return engine
 
@@ -553,15 +684,21 @@ class SessionEngine:
         """Whether a message of ``size`` bytes fits in the retransmit window now."""
         return self._window.has_room(size)
 
+    def _check_size(self, size: int) -> None:
+        limit = self.max_sendable_size
+        if size > limit:
+            whose = "this side's" if limit == self.config.max_message_size else "the peer's"
+            raise MessageTooLarge(f"message of {size} bytes exceeds {whose} max_message_size of {limit}")
+
     def send_message(self, payload: bytes, now: float) -> int:
         """Queue one message; return its sequence number.
 
         Raises WindowFull when the window has no room (the shell waits for
-        :meth:`can_send` first), MessageTooLarge, or ChannelClosed /
-        ChannelBroken once the session has ended or is closing.
+        :meth:`can_send` first), MessageTooLarge (over this side's or the
+        peer's ``max_message_size``), or ChannelClosed / ChannelBroken once
+        the session has ended or is closing.
         """
-        if len(payload) > self.config.max_message_size:
-            raise MessageTooLarge(f"message of {len(payload)} bytes exceeds max_message_size {self.config.max_message_size}")
+        self._check_size(len(payload))
         self._check_sendable()
         seq = self._window.push(payload)
         if seq > MAX_SEQ:  # pragma: no cover - 2**64 messages
@@ -577,8 +714,8 @@ class SessionEngine:
         queued when the window is full. Raises like :meth:`send_message`;
         a message over the size limit raises before anything is queued.
         """
-        if payloads and max(map(len, payloads)) > self.config.max_message_size:
-            raise MessageTooLarge(f"a message exceeds max_message_size {self.config.max_message_size}")
+        if payloads:
+            self._check_size(max(map(len, payloads)))
         self._check_sendable()
         window = self._window
         fit = window.room_for(payloads)
@@ -592,9 +729,9 @@ class SessionEngine:
 
     def _check_sendable(self) -> None:
         state = self._state
-        if state is SessionState.CLOSED or self._peer_last_seq is not None:
+        if state is S.CLOSED or self._peer_last_seq is not None:
             raise ChannelClosed("the session is closed")
-        if state is SessionState.CLOSING:
+        if state in CLOSING_STATES:
             raise ChannelClosed("the session is closing")
         if state in TERMINAL_STATES:
             raise ChannelBroken(f"the session is {state.value}")
@@ -602,19 +739,20 @@ class SessionEngine:
     def close(self, now: float) -> None:
         """Start the graceful close: send CLOSE once queued data is out.
 
-        Unacknowledged messages are still delivered if the connection holds;
-        the final :class:`~reliable_tcp.events.SessionClosed` lists any that
-        were not.
+        The session is closed once the peer has answered our CLOSE and sent
+        (and had answered) its own; messages in flight either way are
+        delivered and acknowledged first. Without a connection the session
+        ends at once; :class:`~reliable_tcp.events.SessionClosed` lists what
+        was not acknowledged.
         """
         state = self._state
-        if state in TERMINAL_STATES or state is SessionState.CLOSING:
+        if state in TERMINAL_STATES or state in CLOSING_STATES:
             return
-        self._move(SessionInput.CLOSE_CALLED, now)
-        if state is SessionState.OPEN:
+        self._move(I.CLOSE_CALLED, now)
+        if state is S.OPEN:
             self._flush_data()
             if self._recv_unacked:
-                # The peer stops listening for acks once it has answered CLOSE:
-                # acknowledge what arrived, or it would report those messages lost.
+                # Acknowledge what arrived now rather than after the delay.
                 self._output.append(encode(Ack(self._acked_upto())))
                 self._ack_sent()
             self._output.append(encode(Close(self._window.next_seq - 1)))
@@ -623,19 +761,35 @@ class SessionEngine:
             self._output.clear()
             self._events.append(ev.SessionClosed(False, self._window.unacked()))
 
+    def abort(self, now: float) -> None:
+        """End the session at once, without the close handshake.
+
+        Over a connection the peer is told (REJECT ABORTED), so its session
+        ends promptly instead of waiting for a resume. Unsent output is
+        dropped; :class:`~reliable_tcp.events.SessionClosed` (``aborted``)
+        lists the messages that were not acknowledged.
+        """
+        state = self._state
+        if state in TERMINAL_STATES:
+            return
+        self._move(I.ABORT_CALLED, now)
+        # Only over an established connection: during a handshake the REJECT
+        # would be taken for bytes sent before the answer.
+        connected = state in LIVE_STATES
+        self._output = [encode(Reject(RejectReason.ABORTED, "the application aborted the session"))] if connected else []
+        self._events.append(ev.SessionClosed(False, self._window.unacked(), aborted=True))
+
     # ----------------------------------------------------------------- output
 
     def has_output(self) -> bool:
         """Whether :meth:`data_to_send` would return bytes."""
-        return bool(self._output) or (
-            self._state in _LIVE and (self._ack_now or self._window.has_unsent)
-        )
+        return bool(self._output) or (self._state in LIVE_STATES and (self._ack_now or self._window.has_unsent))
 
     def _flush_data(self) -> None:
         window = self._window
-        target = self.config.data_frame_target
+        budget = self._data_frame_budget - _DATA_HEAD_SIZE
         while window.has_unsent:
-            first, messages = window.take_unsent(target)
+            first, messages = window.take_unsent(budget, DATA_PER_MESSAGE_OVERHEAD)
             self._output.extend(encode_data_parts(first, self._acked_upto(), messages))
             self._ack_sent()
 
@@ -649,10 +803,11 @@ class SessionEngine:
         """Take every byte the engine wants written, as one buffer.
 
         DATA frames batch as many queued messages as fit in
-        ``data_frame_target`` bytes, each carrying the current cumulative
-        ack; a separate ACK goes out only when no DATA does.
+        ``data_frame_target`` bytes (and in the peer's frame limit), each
+        carrying the current cumulative ack; a separate ACK goes out only
+        when no DATA does.
         """
-        if self._state in _LIVE:
+        if self._state in LIVE_STATES:
             self._flush_data()
             if self._ack_now:
                 self._output.append(encode(Ack(self._acked_upto())))
@@ -676,20 +831,20 @@ class SessionEngine:
         """The next ``now`` at which :meth:`handle_timer` has work, or None."""
         state = self._state
         config = self.config
-        if state in _LIVE:
-            deadlines = [
+        if state in LIVE_STATES:
+            deadline = min(
                 self._last_received + config.dead_after_seconds,
                 self._last_output + config.heartbeat_interval,
-            ]
+            )
             if self._ack_deadline is not None:
-                deadlines.append(self._ack_deadline)
-            return min(deadlines)
-        if state is SessionState.HANDSHAKING:
+                deadline = min(deadline, self._ack_deadline)
+            return deadline
+        if state in _HANDSHAKE_STATES:
             deadline = self._connected_at + config.handshake_timeout
             if self._detached_since is not None:
                 deadline = min(deadline, self._detached_since + config.resume_window)
             return deadline
-        if state is SessionState.DETACHED and self._detached_since is not None:
+        if state is S.DETACHED and self._detached_since is not None:
             return self._detached_since + config.resume_window
         return None
 
@@ -697,21 +852,20 @@ class SessionEngine:
         """Fire whatever is due at ``now``: acks, pings, dead and expiry verdicts."""
         state = self._state
         config = self.config
-        if state in (SessionState.DETACHED, SessionState.HANDSHAKING):
-            if self._detached_since is not None and now >= self._detached_since + config.resume_window:
-                self._move(SessionInput.RESUME_EXPIRED, now)
-                self._output.clear()
-                self._events.append(ev.SessionLost("resume window expired", self._window.unacked()))
-                return
-            if state is SessionState.HANDSHAKING and now >= self._connected_at + config.handshake_timeout:
-                self._transport_failed("peer did not answer the handshake", SessionInput.PEER_DEAD, now)
+        expired = self._detached_since is not None and now >= self._detached_since + config.resume_window
+        if expired and state in (S.DETACHED, S.RESUMING):
+            self._lose(I.RESUME_EXPIRED, "resume window expired", now)
             return
-        if state not in _LIVE:
+        if state in _HANDSHAKE_STATES:
+            if now >= self._connected_at + config.handshake_timeout:
+                self._transport_failed("peer did not answer the handshake", I.PEER_DEAD, now)
+            return
+        if state not in LIVE_STATES:
             return
         silent = now - self._last_received
         if silent >= config.dead_after_seconds:
             self.counters.last_detection_time = silent
-            self._transport_failed(f"peer unresponsive for {silent:.3f} s", SessionInput.PEER_DEAD, now)
+            self._transport_failed(f"peer unresponsive for {silent:.3f} s", I.PEER_DEAD, now)
             return
         if self._ack_deadline is not None and now >= self._ack_deadline:
             self._ack_now = True

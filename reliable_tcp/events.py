@@ -66,10 +66,13 @@ class PongReceived:
 class TransportFailed:
     """The engine judged the current connection unusable; the shell must drop it.
 
-    The session itself survives (it is detached and can be resumed).
+    The session itself survives (it is detached and can be resumed), or,
+    before the first handshake, the next attempt starts a new one.
+    ``error`` is the refusal behind it, if the peer sent one.
     """
 
     reason: str
+    error: Exception | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,11 +84,13 @@ class PeerClosed:
 
 @dataclass(frozen=True, slots=True)
 class SessionClosed:
-    """The session ended cleanly. ``unacked`` lists this side's messages the
-    peer never acknowledged (empty after a complete close)."""
+    """The session ended by a close (``by_peer``: the peer's CLOSE came
+    first) or by this side's abort. ``unacked`` lists this side's messages
+    the peer never acknowledged: empty after a complete close handshake."""
 
     by_peer: bool
     unacked: tuple[tuple[int, bytes], ...]
+    aborted: bool = False
 
 
 @dataclass(frozen=True, slots=True)

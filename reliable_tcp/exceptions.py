@@ -3,19 +3,30 @@
 ::
 
     ReliableTCPError
-    ├── ProtocolError            the peer broke the protocol
-    │   ├── FrameError           bytes that are not a valid frame
-    │   │   ├── FrameTooLarge    a length field above the limit (nothing allocated)
+    ├── ProtocolError              the peer broke the protocol
+    │   ├── FrameError             bytes that are not a valid frame
+    │   │   ├── CorruptFrame       damaged on the way (bad magic or checksum)
+    │   │   ├── FrameTooLarge      a length field above the limit (nothing allocated)
     │   │   └── UnsupportedVersion
-    │   └── AuthenticationFailed the pre-shared-key exchange failed
-    ├── UsageError               the caller misused the API (also a ValueError)
+    │   ├── SequenceClaimError     a resume claimed a sequence number that can't be met
+    │   └── AuthenticationFailed   the pre-shared-key exchange failed
+    ├── RejectedByPeer             the peer sent REJECT; ``reason`` and ``text`` say why
+    ├── HandshakeRejected          (internal) this server refuses a HELLO
+    ├── UsageError                 the caller passed something wrong (also a ValueError)
     │   └── MessageTooLarge
-    ├── WindowFull               the retransmit window has no room (core only;
-    │                            the channel blocks instead)
-    ├── ChannelClosed            the channel ended cleanly (close handshake)
-    └── ChannelBroken            the channel ended because something failed
-        └── SessionLost          the session can't be resumed; ``unacked``
-                                 holds every message the peer never acknowledged
+    ├── InvalidState               the caller asked for something the state does not
+    │                              allow (also a RuntimeError); nothing was changed
+    ├── WindowFull                 the retransmit window has no room (core only;
+    │                              the channel blocks instead)
+    ├── JournalError               a durable session's journal can't do its job
+    │   ├── JournalLocked          another live process holds it
+    │   └── JournalWriteFailed     a record could not be written (disk full, I/O
+    │                              error); ``__cause__`` is the OSError
+    ├── ChannelClosed              the channel ended cleanly (close handshake)
+    └── ChannelBroken              the channel ended because something failed
+        ├── SessionLost            the session can't be resumed; ``unacked``
+        │                          holds every message the peer never acknowledged
+        └── TLSHandshakeError      the TLS handshake failed (also a ConnectionError)
 
 Timeouts raise the builtin :class:`TimeoutError`.
 """
@@ -26,16 +37,27 @@ __all__ = [
     "ReliableTCPError",
     "ProtocolError",
     "FrameError",
+    "CorruptFrame",
     "FrameTooLarge",
     "UnsupportedVersion",
+    "SequenceClaimError",
     "AuthenticationFailed",
+    "RejectedByPeer",
+    "HandshakeRejected",
     "UsageError",
     "MessageTooLarge",
+    "InvalidState",
     "WindowFull",
+    "JournalError",
+    "JournalLocked",
+    "JournalWriteFailed",
     "ChannelClosed",
     "ChannelBroken",
     "SessionLost",
+    "TLSHandshakeError",
 ]
+
+Unacked = tuple[tuple[int, bytes], ...]
 
 
 class ReliableTCPError(Exception):
@@ -53,8 +75,13 @@ class FrameError(ProtocolError):
     """
 
 
+class CorruptFrame(FrameError):
+    """Bytes damaged on the way (bad magic, checksum mismatch): the
+    connection is dropped and the session resumed on a new one."""
+
+
 class FrameTooLarge(FrameError):
-    """A frame's length field exceeds ``max_frame_size``; nothing was allocated."""
+    """A frame's length field exceeds the receiver's limit; nothing was allocated."""
 
     def __init__(self, length: int, limit: int) -> None:
         super().__init__(f"frame body of {length} bytes exceeds the limit of {limit}")
@@ -70,8 +97,36 @@ class UnsupportedVersion(FrameError):
         self.version = version
 
 
+class SequenceClaimError(ProtocolError):
+    """A resume claimed a sequence number that can't be satisfied."""
+
+
 class AuthenticationFailed(ProtocolError):
     """The peer could not prove it holds the pre-shared key (or did not try)."""
+
+
+class RejectedByPeer(ReliableTCPError):
+    """The peer sent REJECT: it refused the handshake or ended the session.
+
+    ``reason`` is the :class:`~reliable_tcp.frames.RejectReason` code (an
+    ``int`` enum) and ``text`` the peer's explanation.
+    """
+
+    def __init__(self, reason: int, text: str) -> None:
+        name = getattr(reason, "name", str(reason))
+        super().__init__(f"rejected by the peer: {name}{': ' + text if text else ''}")
+        self.reason = reason
+        self.text = text
+
+
+class HandshakeRejected(ReliableTCPError):
+    """Internal: the server refuses a HELLO with ``reason`` (a RejectReason);
+    the listener answers REJECT and closes that connection only."""
+
+    def __init__(self, reason: int, text: str) -> None:
+        super().__init__(f"{getattr(reason, 'name', reason)}: {text}")
+        self.reason = reason
+        self.text = text
 
 
 class UsageError(ReliableTCPError, ValueError):
@@ -79,21 +134,42 @@ class UsageError(ReliableTCPError, ValueError):
 
 
 class MessageTooLarge(UsageError):
-    """A message is larger than ``max_message_size``."""
+    """A message is larger than this side's or the peer's ``max_message_size``."""
+
+
+class InvalidState(ReliableTCPError, RuntimeError):
+    """A call that the current state does not allow (a local mistake: nothing
+    is sent to the peer and the session is not harmed)."""
 
 
 class WindowFull(ReliableTCPError):
     """The retransmit window holds as many unacknowledged messages as allowed."""
 
 
+class JournalError(ReliableTCPError):
+    """A durable session's journal can't do its job."""
+
+
+class JournalLocked(JournalError):
+    """Another live process holds this journal."""
+
+
+class JournalWriteFailed(JournalError):
+    """A journal record could not be written whole (disk full, I/O error).
+
+    Nothing of the failed call took effect: a message that could not be
+    journaled was neither queued nor sent. ``__cause__`` is the OSError.
+    """
+
+
 class ChannelClosed(ReliableTCPError):
     """The channel was closed cleanly, by this side or by the peer.
 
-    ``unacked`` lists ``(seq, payload)`` of this side's messages that the
-    peer had not acknowledged when it closed (empty after a complete close).
+    ``unacked`` is empty after a clean close; it lists ``(seq, payload)``
+    of the messages ``abort()`` discarded.
     """
 
-    def __init__(self, reason: str = "closed", unacked: tuple[tuple[int, bytes], ...] = ()) -> None:
+    def __init__(self, reason: str = "closed", unacked: Unacked = ()) -> None:
         super().__init__(reason)
         self.unacked = unacked
 
@@ -103,14 +179,18 @@ class ChannelBroken(ReliableTCPError):
 
 
 class SessionLost(ChannelBroken):
-    """The session ended before every message was acknowledged.
+    """The session ended before every message was acknowledged, or can't be resumed.
 
     ``unacked`` lists ``(seq, payload)`` for every message this side sent
     that the peer never acknowledged, oldest first, so the application can
     decide what to do with them. Nothing is dropped silently.
     """
 
-    def __init__(self, reason: str, unacked: tuple[tuple[int, bytes], ...] = ()) -> None:
+    def __init__(self, reason: str, unacked: Unacked = ()) -> None:
         super().__init__(f"session lost: {reason} ({len(unacked)} unacknowledged messages)")
         self.reason = reason
         self.unacked = unacked
+
+
+class TLSHandshakeError(ChannelBroken, ConnectionError):
+    """The TLS handshake failed: bad certificate, wrong host name, not TLS, timeout."""

@@ -24,7 +24,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Union
 
-from .exceptions import FrameError, FrameTooLarge, UnsupportedVersion
+from .exceptions import CorruptFrame, FrameError, FrameTooLarge, UnsupportedVersion
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -35,8 +35,13 @@ __all__ = [
     "MIN_FRAME_LIMIT",
     "DATA_OVERHEAD",
     "DATA_PER_MESSAGE_OVERHEAD",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "MAX_MESSAGE_SIZE_LIMIT",
+    "MIN_DATA_FRAME_BODY",
+    "max_frame_body",
     "FrameType",
     "RejectReason",
+    "RETRYABLE_REJECTS",
     "Hello",
     "Accept",
     "Reject",
@@ -64,6 +69,10 @@ MAX_SEQ = 2**64 - 1
 MAX_REJECT_TEXT = 512
 #: Every control frame (REJECT with its longest text included) fits in this.
 MIN_FRAME_LIMIT = 1024
+#: A side that does not announce its message limit takes messages up to this size.
+DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
+#: Every receiver takes DATA frames of this many body bytes, whatever its message limit.
+MIN_DATA_FRAME_BODY = 256 * 1024
 
 _HEADER = struct.Struct(">2sBBI")  # magic, version, type, body length
 _CRC = struct.Struct(">I")
@@ -80,9 +89,21 @@ _REJECT_HEAD = struct.Struct(">B")
 #: Bytes a DATA frame costs on top of its messages, and per message.
 DATA_OVERHEAD = HEADER_SIZE + _DATA_HEAD.size
 DATA_PER_MESSAGE_OVERHEAD = _U32.size
+#: The largest message limit a side may announce (its frame limit must fit the u32 length).
+MAX_MESSAGE_SIZE_LIMIT = 2**32 - 1 - _DATA_HEAD.size - _U32.size
+
+
+def max_frame_body(max_message_size: int) -> int:
+    """The largest frame body a side with this message limit accepts (and so
+    the largest its peer may send): one message of that size in a DATA frame,
+    and never less than :data:`MIN_DATA_FRAME_BODY`, so batches of small
+    messages always have room."""
+    return max(max_message_size, MIN_DATA_FRAME_BODY) + _DATA_HEAD.size + _U32.size
+
 
 FLAG_RESUME = 0x01
 FLAG_AUTH = 0x02  # HELLO only: a client nonce follows; the pre-shared-key exchange applies
+FLAG_LIMITS = 0x04  # HELLO and ACCEPT: the sender's max_message_size (u32) follows
 NONCE_SIZE = 16
 MAC_SIZE = 32  # HMAC-SHA256
 _CHALLENGE = struct.Struct(f">{NONCE_SIZE}s{MAC_SIZE}s")
@@ -118,6 +139,12 @@ class RejectReason(enum.IntEnum):
     HANDSHAKE_TIMEOUT = 6
     #: The pre-shared-key exchange failed (or was required and missing).
     AUTH_FAILED = 7
+    #: The sender's application aborted the session (``Channel.abort``).
+    ABORTED = 8
+
+
+#: Codes that refuse only this attempt: the client tries again later.
+RETRYABLE_REJECTS = frozenset({RejectReason.SERVER_BUSY, RejectReason.HANDSHAKE_TIMEOUT})
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +161,8 @@ class Hello:
     expect: int
     #: With a pre-shared key: the client's fresh 16-byte nonce (flag AUTH).
     auth_nonce: bytes | None = None
+    #: The client's max_message_size (flag LIMITS); None: the default, 1 MiB.
+    max_message: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +190,8 @@ class Accept:
     session_id: bytes
     secret: bytes
     expect: int
+    #: The server's max_message_size (flag LIMITS); None: the default, 1 MiB.
+    max_message: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,18 +301,20 @@ def encode(frame: Frame) -> bytes:
         _check_id(frame.session_id, "session_id")
         _check_id(frame.secret, "secret")
         _check_u64(frame.expect, "expect")
-        if isinstance(frame, Hello):
-            flags = FLAG_RESUME if frame.resume else 0
-            if frame.auth_nonce is not None:
-                flags |= FLAG_AUTH
-            body = _HELLO.pack(flags, frame.session_id, frame.secret, frame.expect)
-            if frame.auth_nonce is not None:
-                if len(frame.auth_nonce) != NONCE_SIZE:
-                    raise ValueError(f"auth_nonce must be {NONCE_SIZE} bytes")
-                body += frame.auth_nonce
-            return _frame(FrameType.HELLO, body)
-        flags = FLAG_RESUME if frame.resumed else 0
-        return _frame(FrameType.ACCEPT, _ACCEPT.pack(flags, frame.session_id, frame.secret, frame.expect))
+        flags = FLAG_RESUME if (frame.resume if isinstance(frame, Hello) else frame.resumed) else 0
+        tail = b""
+        if isinstance(frame, Hello) and frame.auth_nonce is not None:
+            if len(frame.auth_nonce) != NONCE_SIZE:
+                raise ValueError(f"auth_nonce must be {NONCE_SIZE} bytes")
+            flags |= FLAG_AUTH
+            tail += frame.auth_nonce
+        if frame.max_message is not None:
+            if not 1 <= frame.max_message <= MAX_MESSAGE_SIZE_LIMIT:
+                raise ValueError(f"max_message {frame.max_message} is outside 1..{MAX_MESSAGE_SIZE_LIMIT}")
+            flags |= FLAG_LIMITS
+            tail += _U32.pack(frame.max_message)
+        body = _HELLO.pack(flags, frame.session_id, frame.secret, frame.expect) + tail
+        return _frame(FrameType.HELLO if isinstance(frame, Hello) else FrameType.ACCEPT, body)
     if isinstance(frame, Challenge):
         if len(frame.nonce) != NONCE_SIZE or len(frame.proof) != MAC_SIZE:
             raise ValueError("CHALLENGE needs a 16-byte nonce and a 32-byte proof")
@@ -331,18 +364,30 @@ def _decode_body(frame_type: int, body: memoryview) -> Frame:
             return Close(value)
         return CloseAck(value)
     if frame_type in (FrameType.HELLO, FrameType.ACCEPT):
+        hello = frame_type == FrameType.HELLO
         flags = body[0] if size else 0
-        auth = frame_type == FrameType.HELLO and bool(flags & FLAG_AUTH)
-        expected = _HELLO.size + (NONCE_SIZE if auth else 0)
+        allowed = FLAG_RESUME | FLAG_LIMITS | (FLAG_AUTH if hello else 0)
+        if flags & ~allowed:
+            raise FrameError(f"unknown flags 0x{flags:02x}")
+        auth = bool(flags & FLAG_AUTH)
+        limits = bool(flags & FLAG_LIMITS)
+        expected = _HELLO.size + (NONCE_SIZE if auth else 0) + (_U32.size if limits else 0)
         if size != expected:
             raise FrameError(f"{FrameType(frame_type).name} body must be {expected} bytes, got {size}")
         flags, session_id, secret, expect = _HELLO.unpack_from(body)
-        allowed = FLAG_RESUME | (FLAG_AUTH if frame_type == FrameType.HELLO else 0)
-        if flags & ~allowed:
-            raise FrameError(f"unknown flags 0x{flags:02x}")
-        if frame_type == FrameType.HELLO:
-            return Hello(bool(flags & FLAG_RESUME), session_id, secret, expect, bytes(body[_HELLO.size :]) if auth else None)
-        return Accept(bool(flags), session_id, secret, expect)
+        offset = _HELLO.size
+        nonce = None
+        if auth:
+            nonce = bytes(body[offset : offset + NONCE_SIZE])
+            offset += NONCE_SIZE
+        max_message = None
+        if limits:
+            (max_message,) = _U32.unpack_from(body, offset)
+            if not 1 <= max_message <= MAX_MESSAGE_SIZE_LIMIT:
+                raise FrameError(f"announced max_message_size {max_message} is outside 1..{MAX_MESSAGE_SIZE_LIMIT}")
+        if hello:
+            return Hello(bool(flags & FLAG_RESUME), session_id, secret, expect, nonce, max_message)
+        return Accept(bool(flags & FLAG_RESUME), session_id, secret, expect, max_message)
     if frame_type == FrameType.CHALLENGE:
         if size != _CHALLENGE.size:
             raise FrameError(f"CHALLENGE body must be {_CHALLENGE.size} bytes, got {size}")
@@ -462,7 +507,7 @@ class FrameDecoder:
                 body = view[offset + HEADER_SIZE : end]
                 actual = zlib.crc32(body, zlib.crc32(view[offset : offset + _HEADER.size]))
                 if actual != crc:
-                    raise FrameError(f"checksum mismatch (got {crc:08x}, computed {actual:08x})")
+                    raise CorruptFrame(f"checksum mismatch (got {crc:08x}, computed {actual:08x})")
                 frames.append(_decode_body(frame_type, body))
                 body.release()
                 offset = end
@@ -474,6 +519,6 @@ class FrameDecoder:
     def _check_prefix(prefix: bytearray) -> None:
         n = len(prefix)
         if (n and prefix[0] != MAGIC[0]) or (n > 1 and prefix[1] != MAGIC[1]):
-            raise FrameError(f"bad magic {bytes(prefix[:2])!r}; not a reliable_tcp peer")
+            raise CorruptFrame(f"bad magic {bytes(prefix[:2])!r}; not a reliable_tcp peer")
         if n > 2 and prefix[2] != PROTOCOL_VERSION:
             raise UnsupportedVersion(prefix[2])

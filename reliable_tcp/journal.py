@@ -28,22 +28,14 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .exceptions import ReliableTCPError
+from .exceptions import JournalLocked
 
-__all__ = ["Journal", "JournalState", "JournalLocked", "JournalCorrupt"]
+__all__ = ["Journal", "JournalState"]
 
 _HEAD = struct.Struct(">II")
 _U64 = struct.Struct(">Q")
 _SESSION = struct.Struct(">16s16s16s")  # id, secret, the secret before it (zeros if none)
 MAX_RECORD = 64 * 1024 * 1024
-
-
-class JournalLocked(ReliableTCPError):
-    """Another live process holds this journal."""
-
-
-class JournalCorrupt(ReliableTCPError):
-    """The journal can't be read at all (not a tail problem)."""
 
 
 class _Kind(enum.IntEnum):

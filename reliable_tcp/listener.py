@@ -17,12 +17,12 @@ from ._transport import close_socket, configure_socket
 from .channel import Channel, ChannelState, ShellOptions, split_options
 from .config import SessionConfig
 from .engine import SessionEngine
-from .exceptions import ChannelClosed, FrameError, ProtocolError, UnsupportedVersion
+from .exceptions import ChannelClosed, FrameError, HandshakeRejected, ProtocolError, TLSHandshakeError, UnsupportedVersion
 from .frames import Reject, RejectReason, encode
 from .journal import Journal
-from .server_core import HandshakeRejected, ServerHandshake, SessionRegistry
+from .server_core import ServerHandshake, SessionRegistry, reject_reply
 from .state import SessionState
-from .tls import TLSHandshakeError, TLSLayer
+from .tls import TLSLayer
 
 __all__ = ["Listener", "ListenerStatistics", "listen"]
 
@@ -232,7 +232,7 @@ class Listener:
                 logger.info("%s: connection failed during the handshake: %s", peer, exc)
                 return None
             except HandshakeRejected as rejected:
-                self._refuse(sock, peer, tls, rejected.reason, str(rejected), rejected.reply)
+                self._refuse(sock, peer, tls, RejectReason(rejected.reason), str(rejected), reject_reply(rejected))
                 return None
             except UnsupportedVersion as exc:
                 self._refuse(sock, peer, tls, RejectReason.UNSUPPORTED_VERSION, str(exc))
@@ -293,7 +293,7 @@ class Listener:
         if channel is not None:
             channel._run_after_lock()
         if failure is not None:
-            self._refuse(sock, peer, tls, failure.reason, str(failure), failure.reply)
+            self._refuse(sock, peer, tls, RejectReason(failure.reason), str(failure), reject_reply(failure))
             return False
         assert channel is not None
         if attached.is_new:

@@ -1,9 +1,11 @@
-"""Pure server-side session handling: the first frame of a connection and the session registry.
+"""Pure server-side session handling: the first frames of a connection and the session registry.
 
-The listener's shell reads a new connection's first bytes into a
-:class:`HandshakeReader`, then asks the :class:`SessionRegistry` to start
-or resume a session. Detached sessions live in the registry for the resume
-window; :meth:`SessionRegistry.reap` expires them from ``now``.
+The listener's shell feeds a new connection's first bytes to a
+:class:`ServerHandshake` (the HELLO, and with a pre-shared key the
+CHALLENGE and PROOF), then asks the :class:`SessionRegistry` to start or
+resume the session the HELLO names. A refusal is a
+:class:`~reliable_tcp.exceptions.HandshakeRejected`; :func:`reject_reply`
+gives the REJECT frame to answer it with.
 """
 
 from __future__ import annotations
@@ -16,27 +18,23 @@ from dataclasses import dataclass
 
 from .config import SessionConfig
 from .engine import SessionEngine
-from .exceptions import ProtocolError, ReliableTCPError
+from .exceptions import HandshakeRejected, ProtocolError
 from . import auth
 from .frames import ID_SIZE, NONCE_SIZE, Challenge, FrameDecoder, Hello, Proof, Reject, RejectReason, encode
 from .state import SessionState
 
-__all__ = ["HandshakeReader", "HandshakeRejected", "ServerHandshake", "SessionRegistry", "Attached"]
+__all__ = ["HandshakeReader", "ServerHandshake", "SessionRegistry", "Attached", "reject_reply"]
 
 logger = logging.getLogger(__name__)
 
 #: The HELLO is small; a first frame larger than this is refused early.
 MAX_HELLO_FRAME = 256
-_DUMMY_SECRET = bytes(ID_SIZE)
+_ZERO_ID = bytes(ID_SIZE)
 
 
-class HandshakeRejected(ReliableTCPError):
-    """The registry refused a HELLO; ``reply`` holds the REJECT frame to send."""
-
-    def __init__(self, reason: RejectReason, text: str) -> None:
-        super().__init__(f"{reason.name}: {text}")
-        self.reason = reason
-        self.reply = encode(Reject(reason, text))
+def reject_reply(rejected: HandshakeRejected) -> bytes:
+    """The REJECT frame that answers a refused handshake."""
+    return encode(Reject(RejectReason(rejected.reason), rejected.text))
 
 
 class HandshakeReader:
@@ -89,6 +87,8 @@ class ServerHandshake:
             if hello is None:
                 return None
             if self._psk is None:
+                if hello.auth_nonce is not None:
+                    raise HandshakeRejected(RejectReason.AUTH_FAILED, "this server has no pre-shared key")
                 return hello
             if hello.auth_nonce is None:
                 raise HandshakeRejected(RejectReason.AUTH_FAILED, "this server requires the pre-shared key")
@@ -152,6 +152,10 @@ class SessionRegistry:
     def handshake(self, hello: Hello, now: float) -> Attached:
         """Start or resume the session ``hello`` asks for, or raise HandshakeRejected."""
         if not hello.resume:
+            if hello.session_id != _ZERO_ID or hello.secret != _ZERO_ID or hello.expect != 1:
+                raise HandshakeRejected(
+                    RejectReason.PROTOCOL_ERROR, "a new-session HELLO carries a zero id and secret and expects 1"
+                )
             return self._start(hello, now)
         engine = self._sessions.get(hello.session_id)
         # Compare against a dummy secret when the id is unknown, so an unknown
@@ -160,7 +164,7 @@ class SessionRegistry:
         if engine is not None and known:
             secret_ok = engine.secret_matches(hello.secret)
         else:
-            secret_ok = hmac.compare_digest(hello.secret, _DUMMY_SECRET) and False
+            secret_ok = hmac.compare_digest(hello.secret, _ZERO_ID) and False
         if engine is None or not secret_ok:
             raise HandshakeRejected(RejectReason.SESSION_UNKNOWN, "no such session")
         if not engine.can_resume_from(hello.expect):

@@ -16,13 +16,11 @@ import ssl
 import threading
 import time
 
-__all__ = ["TLSLayer", "TLSHandshakeError"]
+from .exceptions import TLSHandshakeError
+
+__all__ = ["TLSLayer"]
 
 _CHUNK = 65536
-
-
-class TLSHandshakeError(ConnectionError):
-    """The TLS handshake failed: bad certificate, wrong host name, not TLS, timeout."""
 
 
 class TLSLayer:

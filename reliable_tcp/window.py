@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from .exceptions import ProtocolError, WindowFull
+from .exceptions import ProtocolError, SequenceClaimError, WindowFull
 
-__all__ = ["SendWindow", "ReceiveSequence", "SequenceClaimError"]
-
-
-class SequenceClaimError(ProtocolError):
-    """A resume claimed a sequence number that can't be satisfied."""
+__all__ = ["SendWindow", "ReceiveSequence"]
 
 
 class SendWindow:
@@ -96,20 +92,21 @@ class SendWindow:
         self.bytes += sum(map(len, payloads))
         return seq
 
-    def take_unsent(self, max_bytes: int) -> tuple[int, list[bytes]]:
-        """Mark a run of unsent messages as in flight, at least one, until
-        their payloads reach ``max_bytes``; return (first seq, payloads)."""
+    def take_unsent(self, budget: int, per_message: int = 0) -> tuple[int, list[bytes]]:
+        """Mark a run of unsent messages as in flight, at least one, while
+        their payloads plus ``per_message`` bytes each stay within
+        ``budget``; return (first seq, payloads)."""
         first = self.send_next
         start = self._send
         messages = self._messages
         end = len(messages)
         # Most runs fit whole; only a run over budget is cut message by message.
         run = messages[start:end]
-        if len(run) > 1 and sum(map(len, run)) > max_bytes:
+        if len(run) > 1 and sum(map(len, run)) + per_message * len(run) > budget:
             total = 0
             for index, payload in enumerate(run):
-                total += len(payload)
-                if total > max_bytes and index:
+                total += len(payload) + per_message
+                if total > budget and index:
                     run = run[:index]
                     break
         self._send = start + len(run)
@@ -159,6 +156,10 @@ class SendWindow:
         self._send = len(self._messages)
         self.base = base
         self.bytes = sum(map(len, self._messages))
+
+    def largest(self) -> int:
+        """Size of the largest held message (0 when empty)."""
+        return max(map(len, self._messages[self._head :]), default=0)
 
     def unacked(self) -> tuple[tuple[int, bytes], ...]:
         """Every held message with its sequence number, oldest first."""

@@ -15,7 +15,8 @@ from reliable_tcp import events as ev
 from reliable_tcp.config import SessionConfig
 from reliable_tcp.engine import SessionEngine
 from reliable_tcp.frames import Data, FrameDecoder
-from reliable_tcp.server_core import HandshakeRejected, ServerHandshake, SessionRegistry
+from reliable_tcp.exceptions import HandshakeRejected
+from reliable_tcp.server_core import ServerHandshake, SessionRegistry, reject_reply
 from reliable_tcp.state import TERMINAL_STATES, SessionState
 
 
@@ -146,7 +147,7 @@ class EnginePair:
             try:
                 hello = self._reader.receive_data(chunk)
             except HandshakeRejected as rejected:
-                self.to_client += rejected.reply
+                self.to_client += reject_reply(rejected)
                 self.step()
                 return
             self.to_client += self._reader.data_to_send()  # the CHALLENGE, with a pre-shared key
@@ -156,7 +157,7 @@ class EnginePair:
             try:
                 attached = self.registry.handshake(hello, self.now)
             except HandshakeRejected as rejected:
-                self.to_client += rejected.reply
+                self.to_client += reject_reply(rejected)
                 return
             if attached.is_new and self.server is not None:
                 # The client never saw the ACCEPT of the previous session, so

@@ -9,7 +9,7 @@ import reliable_tcp
 EXPECTED = {
     "AuthenticationFailed", "Backoff", "Channel", "ChannelBroken", "ChannelClosed", "ChannelEvent", "ChannelState",
     "ChannelStatistics", "FrameError", "FrameTooLarge", "Listener", "ListenerStatistics", "MessageTooLarge",
-    "ProtocolError", "ReliableTCPError", "SessionConfig", "SessionLost", "ShellOptions", "UnsupportedVersion",
+    "ProtocolError", "RejectedByPeer", "ReliableTCPError", "SessionConfig", "SessionLost", "ShellOptions", "UnsupportedVersion",
     "UsageError", "WindowFull", "connect", "listen", "load_psk",
 }
 

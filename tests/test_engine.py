@@ -9,8 +9,18 @@ from reliable_tcp import events as ev
 from reliable_tcp import frames as f
 from reliable_tcp.config import SessionConfig
 from reliable_tcp.engine import SessionEngine
-from reliable_tcp.exceptions import ChannelBroken, ChannelClosed, FrameError, MessageTooLarge, ProtocolError, UsageError, WindowFull
-from reliable_tcp.server_core import HandshakeReader, HandshakeRejected, SessionRegistry
+from reliable_tcp.exceptions import (
+    ChannelBroken,
+    ChannelClosed,
+    FrameError,
+    HandshakeRejected,
+    MessageTooLarge,
+    ProtocolError,
+    RejectedByPeer,
+    UsageError,
+    WindowFull,
+)
+from reliable_tcp.server_core import HandshakeReader, SessionRegistry, reject_reply
 from reliable_tcp.state import SessionState as S
 
 CONFIG = SessionConfig(heartbeat_interval=1.0, resume_window=10.0, ack_every=4, ack_delay=0.05, window_messages=4)
@@ -132,7 +142,7 @@ def test_resume_with_a_wrong_secret_or_unknown_id_is_rejected_alike() -> None:
     for hello in (wrong_secret, unknown):
         with pytest.raises(HandshakeRejected) as info:
             registry.handshake(hello, pair.now)
-        answers.append(info.value.reply)
+        answers.append(reject_reply(info.value))
     assert answers[0] == answers[1] == f.encode(f.Reject(f.RejectReason.SESSION_UNKNOWN, "no such session"))
 
 
@@ -209,13 +219,32 @@ def test_graceful_close_delivers_in_flight_data_then_ends_both_sides() -> None:
     assert pair.client.state is S.CLOSING
     with pytest.raises(ChannelClosed):
         pair.client.send_message(b"late", pair.now)
-    pair.deliver_to_server(10_000)
-    pair.deliver_to_client(10_000)
+    pair.deliver_to_server(10_000)  # the messages and CLOSE
     assert pair.records["server"].delivered == [b"m0", b"m1", b"m2"]
-    assert pair.records["server"].peer_closed
-    assert pair.client.state is S.CLOSED and pair.server.state is S.CLOSED
+    assert pair.records["server"].peer_closed and pair.server.state is S.PEER_CLOSED
+    pair.deliver_to_client(10_000)  # CLOSE_ACK and the server's own CLOSE
+    assert pair.records["client"].peer_closed and pair.client.state is S.CLOSED
+    pair.deliver_to_server(10_000)  # the CLOSE_ACK of the server's CLOSE
+    assert pair.server.state is S.CLOSED
     assert pair.records["client"].ended == ev.SessionClosed(False, ())
     assert pair.records["server"].ended == ev.SessionClosed(True, ())
+
+
+def test_close_delivers_and_acknowledges_what_was_in_flight_toward_the_closer() -> None:
+    pair = open_pair()
+    pair.send("server", b"on its way")
+    pair.client.close(pair.now)  # before the server's message arrives
+    pair.step()
+    pair.send("server", b"queued before the CLOSE arrived")
+    pair.deliver_to_server(10_000)
+    with pytest.raises(ChannelClosed):  # the CLOSE arrived: nothing more is taken
+        pair.server.send_message(b"too late", pair.now)
+    pair.deliver_to_client(10_000)
+    pair.deliver_to_server(10_000)
+    assert pair.records["client"].delivered == [b"on its way", b"queued before the CLOSE arrived"]
+    # Delivered, so acknowledged: the server reports nothing it could resend as a duplicate.
+    assert pair.records["server"].ended == ev.SessionClosed(True, ())
+    assert pair.records["client"].ended == ev.SessionClosed(False, ())
 
 
 def test_close_acknowledges_what_the_closer_received() -> None:
@@ -226,6 +255,7 @@ def test_close_acknowledges_what_the_closer_received() -> None:
     pair.step()
     pair.deliver_to_server(10_000)
     pair.deliver_to_client(10_000)
+    pair.deliver_to_server(10_000)
     assert pair.records["server"].ended == ev.SessionClosed(True, ())
     assert pair.records["client"].ended == ev.SessionClosed(False, ())
 
@@ -328,11 +358,50 @@ def test_registry_caps_sessions_and_reaps_expired_ones() -> None:
     assert first.state is S.LOST and registry.get(first.session_id) is None
 
 
-def test_handshake_timeout_detaches_the_client() -> None:
+def test_a_first_handshake_that_times_out_loses_nothing_and_can_be_tried_again() -> None:
     pair = EnginePair(CONFIG)
     pair.connect()
     pair.client.handle_timer(pair.now + CONFIG.handshake_timeout)
+    # No session existed yet: back to idle, no resume window, nothing lost.
+    assert pair.client.state is S.IDLE and pair.client.next_deadline() is None
+    assert [type(e) for e in pair.client.events_received()] == [ev.TransportFailed]
+    pair.cut()
+    pair.connect()
+    pair.deliver_to_server(10_000)
+    pair.deliver_to_client(10_000)
+    assert pair.client.state is S.OPEN
+
+
+def test_a_resume_handshake_that_times_out_detaches_and_keeps_the_resume_window() -> None:
+    config = SessionConfig(heartbeat_interval=1.0, resume_window=10.0, handshake_timeout=2.0)
+    pair = open_pair(config)
+    pair.cut()
+    detached_at = pair.now
+    pair.connect()
+    pair.client.handle_timer(pair.now + config.handshake_timeout)
     assert pair.client.state is S.DETACHED
+    assert pair.client.next_deadline() == detached_at + config.resume_window
+
+
+@pytest.mark.parametrize("reason", [f.RejectReason.SERVER_BUSY, f.RejectReason.HANDSHAKE_TIMEOUT])
+def test_busy_or_timeout_refusals_of_a_first_handshake_are_retried(reason: f.RejectReason) -> None:
+    pair = EnginePair(CONFIG)
+    pair.connect()
+    pair.client.receive_data(f.encode(f.Reject(reason, "later")), pair.now)
+    assert pair.client.state is S.IDLE
+    (failed,) = pair.client.events_received()
+    assert isinstance(failed, ev.TransportFailed) and reason.name in failed.reason
+
+
+@pytest.mark.parametrize("reason", [f.RejectReason.AUTH_FAILED, f.RejectReason.PROTOCOL_ERROR, f.RejectReason.UNSUPPORTED_VERSION])
+def test_final_refusals_of_a_first_handshake_end_it_with_the_code(reason: f.RejectReason) -> None:
+    pair = EnginePair(CONFIG)
+    pair.connect()
+    pair.client.receive_data(f.encode(f.Reject(reason, "no")), pair.now)
+    assert pair.client.state is S.LOST
+    (lost,) = pair.client.events_received()
+    assert isinstance(lost, ev.SessionLost) and lost.unacked == ()
+    assert isinstance(lost.error, RejectedByPeer) and lost.error.reason is reason
 
 
 def test_send_messages_queues_what_fits_and_refuses_oversized_batches_whole() -> None:

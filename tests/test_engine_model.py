@@ -40,6 +40,9 @@ class TwoEngines(RuleBasedStateMachine):
         super().__init__()
         self.pair = EnginePair(self.config, seed=0)
         self.counter = 0
+        # Connection failures (both sides) when the first close was called, or None.
+        self.failures_at_close: int | None = None
+        self.cuts = 0
 
     # ---------------------------------------------------------------- rules
 
@@ -102,6 +105,7 @@ class TwoEngines(RuleBasedStateMachine):
 
     @rule()
     def cut(self) -> None:
+        self.cuts += self.pair.connected
         self.pair.cut()
 
     @rule(seconds=st.sampled_from([0.01, 0.02, 0.05, 0.1, 0.5, 1.0, 2.5, 4.0, 25.0]))
@@ -115,8 +119,14 @@ class TwoEngines(RuleBasedStateMachine):
             return
         engine = self.pair.engine(side)
         if engine is not None:
+            if self.failures_at_close is None and engine.state is SessionState.OPEN:
+                self.failures_at_close = self._failures()
             engine.close(self.pair.now)
             self.pair.step()
+
+    def _failures(self) -> int:
+        """Connections lost so far: cut by the model, or judged dead by an engine."""
+        return self.cuts + sum(rec.transport_failures for rec in self.pair.records.values())
 
     # ----------------------------------------------------------- invariants
 
@@ -175,6 +185,14 @@ class TwoEngines(RuleBasedStateMachine):
             assert isinstance(rec.ended, (ev.SessionLost, ev.SessionClosed)), (engine.state, rec.ended)
             assert [p for _, p in rec.ended.unacked] == rec.sent
         client_rec, server_rec = pair.record("client"), pair.record("server")
+        undisturbed_close = self.failures_at_close is not None and self._failures() == self.failures_at_close
+        if undisturbed_close and not self.config.ack_on_commit and not pair.orphans:
+            # A close handshake that ran to its end acknowledges everything in
+            # flight both ways: nothing delivered is ever reported unacknowledged.
+            assert isinstance(client_rec.ended, ev.SessionClosed) and isinstance(server_rec.ended, ev.SessionClosed)
+            assert client_rec.ended.unacked == () and server_rec.ended.unacked == ()
+            assert server_rec.delivered == client_rec.sent and client_rec.delivered == server_rec.sent
+            event("close handshake completed")
         if pair.client.state in TERMINAL_STATES:
             self.an_ended_session_accounts_for_every_message()
             return
@@ -215,7 +233,7 @@ class DurableClient(TwoEngines):
 
     @precondition(
         lambda self: any(self.pair.client.session_id)
-        and self.pair.client.state in (SessionState.OPEN, SessionState.DETACHED, SessionState.HANDSHAKING)
+        and self.pair.client.state in (SessionState.OPEN, SessionState.DETACHED, SessionState.RESUMING)
     )
     @rule()
     def crash_client(self) -> None:

@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reliable_tcp.journal import Journal, JournalLocked, JournalState
+from reliable_tcp.exceptions import JournalLocked
+from reliable_tcp.journal import Journal, JournalState
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,8 +10,17 @@ from enginepair import EnginePair
 from reliable_tcp import frames as f
 from reliable_tcp.config import SessionConfig
 from reliable_tcp.engine import SessionEngine
-from reliable_tcp.exceptions import ProtocolError
-from reliable_tcp.state import TERMINAL_STATES, TRANSITIONS, SessionInput, SessionState, diagram, next_state
+from reliable_tcp.exceptions import InvalidState
+from reliable_tcp.state import (
+    LIVE_STATES,
+    LOCAL_INPUTS,
+    TERMINAL_STATES,
+    TRANSITIONS,
+    SessionInput,
+    SessionState,
+    diagram,
+    next_state,
+)
 
 S, I = SessionState, SessionInput
 # With a pre-shared key, so that CHALLENGE has a state where it is valid.
@@ -60,9 +69,15 @@ def engine_in(state: SessionState, client: bool) -> tuple[SessionEngine, EngineP
         return pair.client, pair
     if not client and state is S.IDLE:
         return SessionEngine(CONFIG, client=False), pair
-    if client and state is S.HANDSHAKING:
+    if client and state is S.CONNECTING:
+        pair.connect()
+        return pair.client, pair
+    if client and state is S.RESUMING:
         # A handshake that follows a lost connection, so the resume window runs.
         pair.connect()
+        for _ in range(2):
+            pair.deliver_to_server(10_000)
+            pair.deliver_to_client(10_000)
         pair.cut()
         pair.connect()
         return pair.client, pair
@@ -78,6 +93,11 @@ def engine_in(state: SessionState, client: bool) -> tuple[SessionEngine, EngineP
         return engine, pair
     if state is S.CLOSING:
         engine.close(pair.now)
+    elif state is S.CLOSE_ACKED:
+        engine.close(pair.now)
+        engine.receive_data(f.encode(f.CloseAck(engine.next_seq - 1)), pair.now)
+    elif state is S.PEER_CLOSED:
+        engine.receive_data(f.encode(f.Close(engine.receive_expect - 1)), pair.now)
     elif state is S.DETACHED:
         pair.cut()
     elif state is S.CLOSED:
@@ -96,17 +116,19 @@ def engine_in(state: SessionState, client: bool) -> tuple[SessionEngine, EngineP
 
 def _frame_for(event: SessionInput, engine: SessionEngine) -> bytes:
     """A frame for ``event`` that is valid in content, so only the state decides."""
+    resuming = engine.state is S.RESUMING
     ids = engine.session_id if engine.session_id != bytes(16) else bytes(range(16))
-    expect_next = engine.next_seq - engine.unacked_count
+    base = engine.next_seq - engine.unacked_count
     return {
         I.RECV_HELLO: lambda: f.encode(f.Hello(True, ids, bytes(16), 1)),
         # With the key configured, ACCEPT is only valid after the key exchange.
         I.RECV_ACCEPT: lambda: (
-            f.encode(f.Challenge(bytes(16), _server_proof(engine))) if engine.state is S.HANDSHAKING else b""
-        ) + f.encode(f.Accept(False, ids, bytes(range(16, 32)), 1)),
+            f.encode(f.Challenge(bytes(16), _server_proof(engine))) if engine.state in (S.CONNECTING, S.RESUMING) else b""
+        ) + f.encode(f.Accept(resuming, ids, bytes(range(16, 32)), base)),
         I.RECV_REJECT: lambda: f.encode(f.Reject(f.RejectReason.SESSION_UNKNOWN, "no")),
+        I.RECV_REJECT_RETRY: lambda: f.encode(f.Reject(f.RejectReason.SERVER_BUSY, "later")),
         I.RECV_DATA: lambda: f.encode_data(engine.receive_expect, 0, [b"x"]),
-        I.RECV_ACK: lambda: f.encode(f.Ack(max(0, expect_next - 1))),
+        I.RECV_ACK: lambda: f.encode(f.Ack(max(0, base - 1))),
         I.RECV_PING: lambda: f.encode(f.Ping(1)),
         I.RECV_PONG: lambda: f.encode(f.Pong(1)),
         I.RECV_CLOSE: lambda: f.encode(f.Close(engine.receive_expect - 1)),
@@ -141,16 +163,24 @@ def _apply(engine: SessionEngine, pair: EnginePair, event: SessionInput) -> None
         engine.handle_timer(now + CONFIG.resume_window)
     elif event is I.CLOSE_CALLED:
         engine.close(now)
+    elif event is I.ABORT_CALLED:
+        engine.abort(now)
+    else:  # pragma: no cover
+        raise AssertionError(event)
 
 
 ROLE_OF_INPUT = {I.CONNECTION_MADE: [True], I.ATTACHED: [False]}
-STATES_OF_ROLE = {True: list(SessionState), False: [s for s in SessionState if s is not S.HANDSHAKING]}
-# Timer verdicts only exist where a timer runs: the API can't produce the
-# other pairs at all (handle_timer does nothing there, which the
-# ``test_timers_do_nothing_where_no_verdict_exists`` test checks).
-TIMER_STATES = {
-    I.PEER_DEAD: {S.OPEN, S.CLOSING, S.HANDSHAKING},
-    I.RESUME_EXPIRED: {S.DETACHED, S.HANDSHAKING},
+STATES_OF_ROLE = {True: list(SessionState), False: [s for s in SessionState if s not in (S.CONNECTING, S.RESUMING)]}
+CONNECTED = LIVE_STATES | {S.CONNECTING, S.RESUMING}
+# Some inputs exist only in some states: timer verdicts where a timer runs
+# (handle_timer does nothing elsewhere, which a test below checks), frames
+# where a connection exists (bytes without one are the shell's mistake),
+# STALLED at the end of a connection (its own test below).
+WHERE_INPUT_EXISTS = {
+    I.PEER_DEAD: CONNECTED,
+    I.RESUME_EXPIRED: {S.DETACHED, S.RESUMING},
+    I.STALLED: set(),
+    **{i: CONNECTED | TERMINAL_STATES for i in SessionInput if i.name.startswith("RECV_")},
 }
 
 
@@ -161,18 +191,24 @@ TIMER_STATES = {
         for event in SessionInput
         for client in ROLE_OF_INPUT.get(event, [True, False])
         for state in STATES_OF_ROLE[client]
-        if state in TIMER_STATES.get(event, set(SessionState))
+        if state in WHERE_INPUT_EXISTS.get(event, set(SessionState))
     ],
     ids=lambda v: v.name if hasattr(v, "name") else ("client" if v else "server"),
 )
 def test_engine_follows_the_table(state: SessionState, event: SessionInput, client: bool) -> None:
     engine, pair = engine_in(state, client)
     expected = next_state(state, event)
-    try:
-        _apply(engine, pair, event)
-    except ProtocolError:
-        assert expected is None, f"{state} + {event} is in the table but raised"
+    if expected is None and event in LOCAL_INPUTS:
+        # The caller's mistake: raised, and nothing changes (nothing is sent).
+        with pytest.raises(InvalidState):
+            _apply(engine, pair, event)
+        assert engine.state is state
+        return
+    _apply(engine, pair, event)
     assert engine.state is (expected if expected is not None else S.FAILED)
+    if expected is None:
+        (reject,) = [x for x in f.FrameDecoder(1 << 20).feed(engine.data_to_send()) if isinstance(x, f.Reject)]
+        assert reject.reason is f.RejectReason.PROTOCOL_ERROR
 
 
 @pytest.mark.parametrize("state", [S.IDLE, S.CLOSED, S.LOST, S.FAILED])
@@ -183,8 +219,48 @@ def test_timers_do_nothing_where_no_verdict_exists(state: SessionState) -> None:
     assert engine.state is state
 
 
-def test_protocol_document_shows_the_current_diagram() -> None:
-    from pathlib import Path
+@pytest.mark.parametrize("state", [S.IDLE, S.DETACHED])
+def test_bytes_without_a_connection_are_the_callers_mistake(state: SessionState) -> None:
+    engine, pair = engine_in(state, client=True)
+    with pytest.raises(InvalidState):
+        engine.receive_data(f.encode(f.Ping(1)), pair.now)
+    assert engine.state is state
 
-    doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
-    assert diagram() in doc
+
+def test_connections_that_move_nothing_end_the_session_as_stalled() -> None:
+    config = SessionConfig(heartbeat_interval=1.0, resume_window=1000.0, max_resumes_without_progress=3)
+    pair = EnginePair(config)
+    pair.connect()
+    pair.deliver_to_server(10_000)
+    pair.deliver_to_client(10_000)
+    pair.send("client", b"never arrives")
+    for attempt in range(3):
+        assert pair.client.state is S.OPEN, attempt
+        pair.cut()  # each connection dies before the message gets through
+        pair.connect()
+        pair.deliver_to_server(10_000)
+        pair.deliver_to_client(10_000)
+        pair.to_server.clear()  # the replayed DATA is lost again
+    pair.cut()
+    assert pair.client.state is S.LOST
+    ended = pair.records["client"].ended
+    assert ended is not None and "3 connections in a row" in ended.reason  # type: ignore[union-attr]
+    assert ended.unacked == ((1, b"never arrives"),)  # type: ignore[union-attr]
+
+
+def test_a_connection_that_moves_a_message_resets_the_stall_count() -> None:
+    config = SessionConfig(heartbeat_interval=1.0, resume_window=1000.0, max_resumes_without_progress=2)
+    pair = EnginePair(config)
+    pair.connect()
+    pair.deliver_to_server(10_000)
+    pair.deliver_to_client(10_000)
+    for round_ in range(5):
+        pair.send("client", b"m%d" % round_)
+        pair.cut()  # fruitless: the message was lost with the connection
+        pair.connect()
+        pair.deliver_to_server(10_000)
+        pair.deliver_to_client(10_000)
+        pair.deliver_to_server(10_000)  # this one gets it through: progress
+        pair.advance(config.ack_delay)
+        pair.deliver_to_client(10_000)
+        assert pair.client.state is S.OPEN and pair.client.unacked_count == 0, round_
