@@ -39,12 +39,13 @@ class SideRecord:
 class EnginePair:
     """A client engine and a registry-backed server engine over one in-memory link."""
 
-    def __init__(self, config: SessionConfig, seed: int = 0) -> None:
+    def __init__(self, config: SessionConfig, seed: int = 0, server_config: SessionConfig | None = None) -> None:
         rng = random.Random(seed)
         self._rng = rng
         self.config = config
         self.now = 0.0
-        self.registry = SessionRegistry(config, token_source=rng.randbytes)
+        self.server_config = server_config or config
+        self.registry = SessionRegistry(self.server_config, token_source=rng.randbytes)
         self.client = SessionEngine(config, client=True, token_source=rng.randbytes)
         self.server: SessionEngine | None = None
         self.records = {"client": SideRecord(), "server": SideRecord()}
@@ -54,9 +55,17 @@ class EnginePair:
         self.orphans: list[tuple[SessionEngine, SideRecord]] = []
         self._reader: ServerHandshake | None = None
         self._server_on_link = False
-        self._sniff = {"client": FrameDecoder(config.max_frame_size), "server": FrameDecoder(config.max_frame_size)}
+        # Each side's output is decoded with the *receiver's* frame limit, so a
+        # frame the receiver would refuse fails the test where it was sent.
+        self._sniff = self._sniffers()
 
     # --------------------------------------------------------------- helpers
+
+    def _sniffers(self) -> dict[str, FrameDecoder]:
+        return {
+            "client": FrameDecoder(self.server_config.max_frame_size),
+            "server": FrameDecoder(self.config.max_frame_size),
+        }
 
     def engine(self, side: str) -> SessionEngine | None:
         return self.client if side == "client" else self.server
@@ -120,7 +129,7 @@ class EnginePair:
         self.to_client.clear()
         self._reader = ServerHandshake(self.config.psk, self._rng.randbytes)
         self._server_on_link = False
-        self._sniff = {side: FrameDecoder(self.config.max_frame_size) for side in self._sniff}
+        self._sniff = self._sniffers()
         self.client.connection_made(self.now)
         self.step()
 
@@ -231,7 +240,7 @@ class EnginePair:
             token_source=self._rng.randbytes,
         )
         del rec.delivered[client.committed :]
-        self._sniff["client"] = FrameDecoder(self.config.max_frame_size)
+        self._sniff["client"] = self._sniffers()["client"]
 
     def advance(self, seconds: float) -> None:
         self.now += seconds

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from enginepair import EnginePair
 from reliable_tcp import events as ev
@@ -458,3 +460,158 @@ def test_a_restored_client_resumes_and_gets_what_it_had_not_committed() -> None:
     assert pair.records["client"].delivered == [b"s0", b"s1", b"s2", b"s3"]
     assert pair.records["server"].delivered == [b"c0"]
     assert pair.client.counters.resumes == 1
+
+
+# ------------------------------------------------------------------ limits
+
+
+_LIMITS = st.one_of(st.sampled_from([1, 100, 65_536, 262_144, 1 << 20]), st.integers(1, 600_000))
+_TARGETS = st.one_of(st.sampled_from([1, 65_536, 262_144, 400_000]), st.integers(1, 400_000))
+
+
+@settings(max_examples=200 if settings().max_examples >= 1000 else 50)
+@example(65_536, 65_536, 262_144, 262_144, [0], 10_000, 32)  # the livelock the issue reproduced
+@example(1 << 20, 65_536, 262_144, 262_144, [1 << 20], 1, 1)  # peers configured differently
+@given(
+    client_limit=_LIMITS,
+    server_limit=_LIMITS,
+    client_target=_TARGETS,
+    server_target=_TARGETS,
+    sizes=st.lists(st.integers(0, 600_000), min_size=1, max_size=40),
+    tiny_count=st.integers(1, 12_000),
+    tiny_size=st.integers(0, 64),
+)
+def test_every_frame_fits_the_receivers_limit_whatever_either_side_is_configured(
+    client_limit: int,
+    server_limit: int,
+    client_target: int,
+    server_target: int,
+    sizes: list[int],
+    tiny_count: int,
+    tiny_size: int,
+) -> None:
+    def config(limit: int, target: int) -> SessionConfig:
+        return SessionConfig(max_message_size=limit, data_frame_target=target, window_bytes=max(limit, 1 << 22))
+
+    pair = EnginePair(config(client_limit, client_target), server_config=config(server_limit, server_target))
+    pair.connect()
+    pair.deliver_to_server(1 << 20)
+    pair.deliver_to_client(1 << 20)
+    pair.deliver_to_server(1 << 20)
+    assert pair.client.state is S.OPEN and pair.server is not None and pair.server.state is S.OPEN
+    sendable = min(client_limit, server_limit)
+    assert pair.client.max_sendable_size == sendable == pair.server.max_sendable_size
+    # Many tiny messages (the case that outgrew the limit by its length prefixes) and some big ones.
+    payloads = [b"t" * min(tiny_size, sendable)] * tiny_count + [b"b" * min(size, sendable) for size in sizes]
+    for side in ("client", "server"):
+        queued = 0
+        while queued < len(payloads):
+            queued += pair.send_batch(side, payloads[queued:])
+            pair.deliver_to_server(1 << 30)  # the sniffer decodes with the receiver's limit
+            pair.deliver_to_client(1 << 30)
+            pair.advance(pair.config.ack_delay)
+    pair.settle()
+    assert pair.records["server"].delivered == pair.records["client"].sent
+    assert pair.records["client"].delivered == pair.records["server"].sent
+    assert pair.client.state is S.OPEN and pair.server.state is S.OPEN
+    with pytest.raises(MessageTooLarge):
+        pair.client.send_message(b"x" * (sendable + 1), pair.now)
+
+
+def test_limits_are_announced_only_when_they_differ_from_the_default() -> None:
+    default = EnginePair(SessionConfig())
+    default.connect()
+    (hello,) = frames_in(bytes(default.to_server))
+    assert isinstance(hello, f.Hello) and hello.max_message is None
+    small = EnginePair(SessionConfig(max_message_size=1000, window_bytes=1000))
+    small.connect()
+    (hello,) = frames_in(bytes(small.to_server))
+    assert isinstance(hello, f.Hello) and hello.max_message == 1000
+    small.deliver_to_server(10_000)
+    assert small.server is not None and small.server.max_sendable_size == 1000
+
+
+def test_a_frame_over_the_limit_fails_the_session_instead_of_resuming() -> None:
+    pair = open_pair()
+    pair.send("client", b"pending")
+    too_big = pair.client.config.max_frame_size + 1
+    header = f.MAGIC + bytes([f.PROTOCOL_VERSION, f.FrameType.DATA]) + too_big.to_bytes(4, "big")
+    pair.client.receive_data(header + bytes(4), pair.now)
+    assert pair.client.state is S.FAILED
+    (lost,) = [e for e in pair.client.events_received() if isinstance(e, ev.SessionLost)]
+    assert isinstance(lost.error, f.FrameTooLarge) and lost.unacked == ((1, b"pending"),)
+    (reject,) = frames_in(pair.client.data_to_send())
+    assert isinstance(reject, f.Reject) and reject.reason is f.RejectReason.PROTOCOL_ERROR
+
+
+def test_a_message_over_the_receivers_limit_is_a_protocol_error() -> None:
+    config = SessionConfig(max_message_size=100, window_bytes=1000)
+    pair = open_pair(config)
+    pair.client.receive_data(f.encode_data(1, 0, [b"x" * 101]), pair.now)
+    assert pair.client.state is S.FAILED
+    (lost,) = [e for e in pair.client.events_received() if isinstance(e, ev.SessionLost)]
+    assert "max_message_size" in str(lost.error)
+
+
+def test_a_peer_that_acks_every_message_is_never_cut_off() -> None:
+    pair = open_pair(SessionConfig(window_messages=100_000, window_bytes=1 << 30, max_control_frames_per_second=100))
+    for i in range(5000):  # one ACK per message, all at the same instant: 50 times the cap
+        pair.client.send_message(b"m", pair.now)
+        pair.client.data_to_send(pair.now)
+        pair.client.receive_data(f.encode(f.Ack(i + 1)), pair.now)
+    assert pair.client.state is S.OPEN and pair.client.unacked_count == 0
+
+
+def test_frames_that_carry_nothing_new_are_capped() -> None:
+    pair = open_pair(SessionConfig(max_control_frames_per_second=100))
+    flood = f.encode(f.Ping(1)) * 60 + f.encode(f.Ack(0)) * 41  # 101 frames, nothing new in any
+    pair.client.receive_data(flood, pair.now)
+    assert pair.client.state is S.FAILED
+    (lost,) = [e for e in pair.client.events_received() if isinstance(e, ev.SessionLost)]
+    assert "carry nothing new" in str(lost.error)
+
+
+def test_abort_tells_the_peer_which_ends_at_once_with_its_unacked_messages() -> None:
+    pair = open_pair()
+    pair.send("server", b"for the client")
+    pair.client.abort(pair.now)
+    pair.step()
+    assert pair.client.state is S.CLOSED
+    assert pair.records["client"].ended == ev.SessionClosed(False, (), aborted=True)
+    pair.deliver_to_server(10_000)
+    assert pair.server.state is S.LOST
+    lost = pair.records["server"].ended
+    assert isinstance(lost, ev.SessionLost) and "aborted by the peer" in lost.reason
+    assert lost.unacked == ((1, b"for the client"),)
+
+
+def test_a_new_session_whose_confirmation_was_lost_is_confirmed_by_its_resume() -> None:
+    pair = EnginePair(CONFIG)
+    pair.connect()
+    pair.deliver_to_server(10_000)
+    pair.deliver_to_client(10_000)  # the client holds the session; its confirming ACK is lost
+    pair.cut()
+    assert not any(isinstance(e, ev.PeerConfirmed) for e in pair.server.events_received())
+    pair.connect()
+    pair.deliver_to_server(10_000)  # the resume HELLO: not a confirmation yet
+    assert not any(isinstance(e, ev.PeerConfirmed) for e in pair.server.events_received())
+    pair.deliver_to_client(10_000)
+    pair.server_events: list[ev.Event] = []
+    pair.server.receive_data(pair.to_server, pair.now)  # the client's first frame after this ACCEPT
+    assert any(isinstance(e, ev.PeerConfirmed) for e in pair.server.events_received())
+
+
+def test_a_new_session_hello_must_be_blank() -> None:
+    registry = SessionRegistry(CONFIG)
+    for hello in (f.Hello(False, bytes(range(16)), bytes(16), 1), f.Hello(False, bytes(16), bytes(16), 7)):
+        with pytest.raises(HandshakeRejected) as info:
+            registry.handshake(hello, 0.0)
+        assert info.value.reason is f.RejectReason.PROTOCOL_ERROR
+
+
+def test_a_keyless_server_refuses_a_hello_that_asks_for_the_key_exchange() -> None:
+    from reliable_tcp.server_core import ServerHandshake
+
+    with pytest.raises(HandshakeRejected) as info:
+        ServerHandshake(None).receive_data(f.encode(f.Hello(False, bytes(16), bytes(16), 1, bytes(16))))
+    assert info.value.reason is f.RejectReason.AUTH_FAILED
