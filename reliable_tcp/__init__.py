@@ -6,26 +6,36 @@ cables, resets and sleeps, or the sender is told which ones were not.
 
 from .auth import load_psk
 from .backoff import Backoff
-from .channel import Channel, ChannelEvent, ChannelState, ChannelStatistics, ShellOptions, connect
+from .channel import Channel
+from .client import connect
 from .config import SessionConfig
 from .exceptions import (
     AuthenticationFailed,
     ChannelBroken,
     ChannelClosed,
+    CorruptFrame,
     FrameError,
     FrameTooLarge,
+    InvalidState,
+    JournalError,
+    JournalLocked,
+    JournalWriteFailed,
     MessageTooLarge,
     ProtocolError,
-    ReliableTCPError,
     RejectedByPeer,
+    ReliableTCPError,
+    SequenceClaimError,
     SessionLost,
+    TLSHandshakeError,
     UnsupportedVersion,
     UsageError,
     WindowFull,
 )
-from .listener import Listener, ListenerStatistics, listen
+from .listener import Listener, listen
+from .options import ChannelOptions, ListenOptions, ShellOptions
+from .status import ChannelEvent, ChannelState, ChannelStatistics, ListenerStatistics
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AuthenticationFailed",
@@ -34,19 +44,28 @@ __all__ = [
     "ChannelBroken",
     "ChannelClosed",
     "ChannelEvent",
+    "ChannelOptions",
     "ChannelState",
     "ChannelStatistics",
+    "CorruptFrame",
     "FrameError",
     "FrameTooLarge",
+    "InvalidState",
+    "JournalError",
+    "JournalLocked",
+    "JournalWriteFailed",
+    "ListenOptions",
     "Listener",
     "ListenerStatistics",
     "MessageTooLarge",
     "ProtocolError",
     "RejectedByPeer",
     "ReliableTCPError",
+    "SequenceClaimError",
     "SessionConfig",
     "SessionLost",
     "ShellOptions",
+    "TLSHandshakeError",
     "UnsupportedVersion",
     "UsageError",
     "WindowFull",

@@ -26,7 +26,9 @@ from collections.abc import Sequence
 from typing import Any, BinaryIO
 
 from .auth import load_psk
-from .channel import Channel, ChannelEvent, ChannelStatistics, connect
+from .channel import Channel
+from .client import connect
+from .status import ChannelEvent, ChannelStatistics
 from .exceptions import ChannelClosed, ReliableTCPError, SessionLost
 from .listener import listen
 from .testing import FaultProxy

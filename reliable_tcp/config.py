@@ -13,7 +13,7 @@ __all__ = ["SessionConfig"]
 class SessionConfig:
     """Timers and limits of one session. All durations are in seconds.
 
-    ``dead_after`` defaults to three heartbeat intervals (the seed's
+    ``dead_after`` (None) means three heartbeat intervals (the seed's
     heartbeat of 3 s gives 9 s). The retransmit window is bounded both by a
     message count and a byte total; whichever is reached first makes the
     window full.
@@ -57,11 +57,9 @@ class SessionConfig:
     psk: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self.dead_after is None:
-            object.__setattr__(self, "dead_after", 3.0 * self.heartbeat_interval)
         positive = {
             "heartbeat_interval": self.heartbeat_interval,
-            "dead_after": self.dead_after,
+            "dead_after": self.dead_after_seconds,
             "resume_window": self.resume_window,
             "handshake_timeout": self.handshake_timeout,
             "window_messages": self.window_messages,
@@ -79,10 +77,9 @@ class SessionConfig:
             raise ValueError("psk must be at least 16 bytes")
         if self.ack_delay < 0:
             raise ValueError(f"ack_delay must not be negative, got {self.ack_delay!r}")
-        assert self.dead_after is not None
-        if self.dead_after <= self.heartbeat_interval:
+        if self.dead_after_seconds <= self.heartbeat_interval:
             raise ValueError("dead_after must be longer than heartbeat_interval, or every quiet moment is a death")
-        if self.ack_delay >= self.dead_after:
+        if self.ack_delay >= self.dead_after_seconds:
             raise ValueError("ack_delay must be shorter than dead_after")
         if self.window_bytes < self.max_message_size:
             raise ValueError("window_bytes must hold at least one message of max_message_size")
@@ -96,6 +93,6 @@ class SessionConfig:
 
     @property
     def dead_after_seconds(self) -> float:
-        """``dead_after`` as a float (it is never None after construction)."""
-        assert self.dead_after is not None
-        return self.dead_after
+        """``dead_after``, or three heartbeat intervals when it was left unset
+        (kept unset, so a changed heartbeat changes it too)."""
+        return 3.0 * self.heartbeat_interval if self.dead_after is None else self.dead_after

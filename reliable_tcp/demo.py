@@ -17,7 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from .channel import Channel, ChannelEvent, connect
+from .channel import Channel
+from .client import connect
+from .status import ChannelEvent
 from .checker import Tally, check_stream
 from .exceptions import ChannelClosed, SessionLost
 from .listener import listen

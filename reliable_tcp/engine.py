@@ -23,6 +23,7 @@ from .exceptions import (
     ChannelClosed,
     CorruptFrame,
     FrameError,
+    HandshakeRejected,
     InvalidState,
     MessageTooLarge,
     ProtocolError,
@@ -123,7 +124,7 @@ class SessionEngine:
 
     Errors: a frame from the peer that breaks the protocol ends the session
     in ``FAILED`` (a REJECT tells the peer why) and is reported as a
-    :class:`~reliable_tcp.events.SessionLost` event, never raised; a local
+    :class:`~reliable_tcp.events.SessionFailed` event, never raised; a local
     call the state does not allow raises
     :class:`~reliable_tcp.exceptions.InvalidState` and changes nothing.
     """
@@ -237,6 +238,10 @@ class SessionEngine:
         """``(seq, payload)`` of every message the peer has not acknowledged."""
         return self._window.unacked()
 
+    def silence(self, now: float) -> float:
+        """Seconds since the last byte arrived on the current connection."""
+        return now - self._last_received
+
     def _move(self, event: SessionInput, now: float) -> SessionState:
         target = next_state(self._state, event)
         if target is None:
@@ -273,13 +278,13 @@ class SessionEngine:
         connected = self._state in LIVE_STATES or self._state in _HANDSHAKE_STATES
         self._state = S.FAILED
         self._output = [encode(Reject(reason, str(error)))] if connected else []
-        self._events.append(ev.SessionLost(f"protocol error: {error}", self._window.unacked(), error))
+        self._events.append(ev.SessionFailed(f"protocol error: {error}", self._window.unacked(), error))
 
     def _lose(self, event: SessionInput, reason: str, now: float, error: Exception | None = None) -> None:
         """End the session as lost (expired, stalled, refused), reporting the unacked."""
         self._move(event, now)
         self._output.clear()
-        self._events.append(ev.SessionLost(reason, self._window.unacked(), error))
+        self._events.append(ev.SessionFailed(reason, self._window.unacked(), error))
 
     # ------------------------------------------------------------- transport
 
@@ -315,6 +320,21 @@ class SessionEngine:
             ),
             now,
         )
+
+    def resume(self, hello: Hello, new_secret: bytes, now: float) -> None:
+        """Server: ``hello`` asks to resume this session on a new connection.
+
+        Raises HandshakeRejected: SESSION_UNKNOWN when the session can't be
+        resumed or the secret is wrong (the same answer, at the same cost),
+        BAD_SEQUENCE when the claim is impossible (the session then ends).
+        """
+        secret_ok = self.secret_matches(hello.secret)  # first, so an ended session costs the same
+        if not secret_ok or self._state not in (S.OPEN, S.DETACHED):
+            raise HandshakeRejected(RejectReason.SESSION_UNKNOWN, "no such session")
+        if not self.can_resume_from(hello.expect):
+            self.reject_resume(hello.expect, now)
+            raise HandshakeRejected(RejectReason.BAD_SEQUENCE, "resume claim can't be satisfied")
+        self.attach(hello, new_secret, now)
 
     def secret_matches(self, presented: bytes) -> bool:
         """Server: constant-time check of a presented resume secret.
@@ -684,7 +704,12 @@ class SessionEngine:
         """Whether a message of ``size`` bytes fits in the retransmit window now."""
         return self._window.has_room(size)
 
-    def _check_size(self, size: int) -> None:
+    def room_for(self, payloads: list[bytes] | tuple[bytes, ...]) -> int:
+        """How many of ``payloads``, from the first, the window takes now."""
+        return self._window.room_for(payloads)
+
+    def check_message_size(self, size: int) -> None:
+        """Raise MessageTooLarge if a message of ``size`` bytes can't be sent."""
         limit = self.max_sendable_size
         if size > limit:
             whose = "this side's" if limit == self.config.max_message_size else "the peer's"
@@ -698,8 +723,8 @@ class SessionEngine:
         peer's ``max_message_size``), or ChannelClosed / ChannelBroken once
         the session has ended or is closing.
         """
-        self._check_size(len(payload))
-        self._check_sendable()
+        self.check_message_size(len(payload))
+        self.check_sendable()
         seq = self._window.push(payload)
         if seq > MAX_SEQ:  # pragma: no cover - 2**64 messages
             raise ChannelBroken("sequence numbers exhausted")
@@ -715,8 +740,8 @@ class SessionEngine:
         a message over the size limit raises before anything is queued.
         """
         if payloads:
-            self._check_size(max(map(len, payloads)))
-        self._check_sendable()
+            self.check_message_size(max(map(len, payloads)))
+        self.check_sendable()
         window = self._window
         fit = window.room_for(payloads)
         if fit == 0:
@@ -727,7 +752,8 @@ class SessionEngine:
         self.counters.bytes_sent += sum(map(len, batch))
         return first, fit
 
-    def _check_sendable(self) -> None:
+    def check_sendable(self) -> None:
+        """Raise what :meth:`send_message` would for the session's state."""
         state = self._state
         if state is S.CLOSED or self._peer_last_seq is not None:
             raise ChannelClosed("the session is closed")

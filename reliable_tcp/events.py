@@ -14,7 +14,7 @@ __all__ = [
     "TransportFailed",
     "PeerClosed",
     "SessionClosed",
-    "SessionLost",
+    "SessionFailed",
     "Event",
 ]
 
@@ -94,8 +94,9 @@ class SessionClosed:
 
 
 @dataclass(frozen=True, slots=True)
-class SessionLost:
-    """The session ended without a clean close and can't be resumed.
+class SessionFailed:
+    """The session ended without a clean close and can't be resumed (the
+    shell raises :class:`~reliable_tcp.exceptions.SessionLost` for it).
 
     ``unacked`` lists every message of this side the peer never
     acknowledged; ``error`` is set when a protocol violation ended it.
@@ -115,5 +116,5 @@ Event = Union[
     TransportFailed,
     PeerClosed,
     SessionClosed,
-    SessionLost,
+    SessionFailed,
 ]

@@ -1,44 +1,56 @@
-"""The listening side: accept loop, handshakes, the session registry and its reaper."""
+"""The listening side: the accept loop, handshakes, and the registry of sessions.
+
+Threads: one accept thread, and a short-lived handshake thread per new
+connection (bounded by ``max_pending_handshakes`` and ``handshake_timeout``)
+that reads the HELLO, then starts or resumes its session. Sessions' timers
+(including the resume window of detached ones) are fired by the shared
+timer thread, not here.
+
+The listener uses a channel through its door only: ``Channel._open_link``
+(attach a connection), plus the ``on_end`` and ``on_confirmed`` callbacks
+it passes in, and ``Channel._begin_close`` / ``_finish_close`` when it
+closes. Lock order: the listener's lock is never held while a channel's
+is taken; the two are used one after the other.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
+import hmac
+import itertools
 import logging
 import os
-import queue
 import socket
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any
+from collections import deque
+from typing import Any, Unpack
 
+from ._deadline import Deadline
+from ._durable import Durable
 from ._transport import close_socket, configure_socket
-from .channel import Channel, ChannelState, ShellOptions, split_options
+from .channel import Channel
 from .config import SessionConfig
-from .engine import SessionEngine
-from .exceptions import ChannelClosed, FrameError, HandshakeRejected, ProtocolError, TLSHandshakeError, UnsupportedVersion
-from .frames import Reject, RejectReason, encode
-from .journal import Journal
+from .exceptions import (
+    ChannelClosed,
+    FrameError,
+    HandshakeRejected,
+    ProtocolError,
+    ReliableTCPError,
+    TLSHandshakeError,
+    UnsupportedVersion,
+)
+from .frames import ID_SIZE, Hello, RejectReason
+from .options import ListenOptions, ShellOptions, resolve_options
 from .server_core import ServerHandshake, SessionRegistry, reject_reply
-from .state import SessionState
+from .status import ChannelState, ListenerStatistics
 from .tls import TLSLayer
 
-__all__ = ["Listener", "ListenerStatistics", "listen"]
+__all__ = ["Listener", "listen"]
 
 logger = logging.getLogger(__name__)
 
-_JOIN_TIMEOUT = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class ListenerStatistics:
-    """A snapshot of a listener's counters."""
-
-    sessions: int  # registered: connected or waiting to resume
-    pending_handshakes: int
-    rejected_handshakes: int  # refused before any session: limits, bad input, timeouts, wrong key
-    sessions_failed: int  # ended by a protocol violation or a lost resume
+#: After a REJECT: how long to keep reading, so our FIN (not an RST) ends it.
+_REJECT_LINGER = 1.0
 
 
 class Listener:
@@ -63,26 +75,26 @@ class Listener:
     ) -> None:
         self._journal_dir = journal
         if journal is not None:
-            # Durable: acknowledge only what the application committed.
-            config = dataclasses.replace(config, ack_on_commit=True)
+            config = Durable.durable_config(config)
         self._config = config
         self._shell = shell
         self._max_pending = max_pending_handshakes
         self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
+        self._changed = threading.Condition(self._lock)  # a session to offer, or closed
         self._registry = SessionRegistry(config, max_sessions=max_sessions)
         self._channels: dict[bytes, Channel] = {}
-        self._new: queue.Queue[Channel] = queue.Queue()
+        self._offered: deque[Channel] = deque()
         self._pending: set[socket.socket] = set()
+        self._threads: list[threading.Thread] = []
+        self._accept_order = itertools.count(1)
         self._closed = False
-        self.rejected_handshakes = 0
+        self._rejected_handshakes = 0
         self._sessions_failed = 0
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            # Accepted sockets inherit these; each is configured again anyway.
-            configure_socket(self._sock, config)
+            configure_socket(self._sock, config)  # accepted sockets inherit these
             self._sock.bind(address)
             self._sock.listen(backlog)
         except OSError:
@@ -90,69 +102,54 @@ class Listener:
             raise
         bound = self._sock.getsockname()
         self.address: tuple[str, int] = (bound[0], bound[1])
-        self._threads: list[threading.Thread] = []
         if journal is not None:
             self._restore_sessions(journal)
-        self._accept_thread = self._spawn(self._accept_loop, "accept")
-        self._reaper_thread = self._spawn(self._reaper, "reaper")
+        self._spawn(self._accept_loop, "accept")
 
     def _restore_sessions(self, directory: str) -> None:
         """Bring back every journaled session after a restart: each waits for
         its client's resume and is offered again by accept()."""
         os.makedirs(directory, exist_ok=True)
-        now = time.monotonic()
         for name in sorted(os.listdir(directory)):
             path = os.path.join(directory, name)
             if not os.path.isdir(path):
                 continue
-            journal = Journal(path)
-            state = journal.state
-            if not state.session_id:
-                journal.close()
-                journal.discard()
+            durable = Durable.open(path, self._config)
+            engine = durable.restore(self._config, client=False)
+            if engine is None:
+                durable.finish(complete=True)
                 continue
-            engine = SessionEngine.restore(
-                self._config,
-                client=False,
-                session_id=state.session_id,
-                secret=state.secret,
-                previous_secret=state.previous_secret,
-                unacked=sorted(state.unacked.items()),
-                next_seq=state.next_seq,
-                committed=state.consumed,
-                now=now,
-            )
             self._registry.adopt(engine)
-            channel = Channel(engine, self._shell, on_end=self._session_ended, journal=journal, restored=True)
+            channel = Channel(engine, self._shell, durable=durable, restored=True, on_end=self._session_ended)
             self._channels[engine.session_id] = channel
-            self._new.put(channel)
+            self._offered.append(channel)
             logger.info("restored session %s from %s", engine.session_id.hex()[:8], path)
 
-    def _spawn(self, target: Any, role: str, *args: Any) -> threading.Thread:
+    def _spawn(self, target: Any, role: str, *args: Any) -> None:
         thread = threading.Thread(target=target, args=args, name=f"rtcp-listener-{self.address[1]}-{role}", daemon=True)
         with self._lock:
             self._threads = [t for t in self._threads if t.is_alive()]
             self._threads.append(thread)
         thread.start()
-        return thread
 
     # ------------------------------------------------------------ accepting
 
     def accept(self, timeout: float | None = None) -> Channel:
         """The next new session. Raises TimeoutError, or ChannelClosed once
         the listener is closed."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            if self._closed and self._new.empty():
-                raise ChannelClosed("the listener is closed")
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
+        with self._lock:
+            if not Deadline(timeout).wait(self._changed, lambda: bool(self._offered) or self._closed):
                 raise TimeoutError("no new session arrived in time")
-            try:
-                # Wake now and then to notice close().
-                return self._new.get(timeout=0.2 if remaining is None else min(remaining, 0.2))
-            except queue.Empty:
-                continue
+            if self._offered:
+                return self._offered.popleft()
+            raise ChannelClosed("the listener is closed")
+
+    def _offer(self, channel: Channel) -> None:
+        """A new session's client confirmed it: accept() may hand it out."""
+        with self._lock:
+            if not self._closed:
+                self._offered.append(channel)
+                self._changed.notify()
 
     def _accept_loop(self) -> None:
         while True:
@@ -162,49 +159,56 @@ class Listener:
                 if self._closed:
                     return
                 logger.warning("accept failed: %s", exc)
-                time.sleep(0.05)  # e.g. EMFILE: don't spin; the condition is external
+                time.sleep(0.05)  # e.g. EMFILE: the condition is external; don't spin
                 continue
+            order = next(self._accept_order)
             with self._lock:
-                too_many = len(self._pending) >= self._max_pending
+                too_many = self._closed or len(self._pending) >= self._max_pending
                 if not too_many:
                     self._pending.add(sock)
+                else:
+                    self._rejected_handshakes += 1
             if too_many:
                 logger.warning("%s: too many pending handshakes; dropped", peer)
-                self.rejected_handshakes += 1
                 close_socket(sock, abort=True)
                 continue
-            self._spawn(self._handshake, f"handshake-{peer[1]}", sock, peer)
+            self._spawn(self._handshake, f"handshake-{peer[1]}", sock, peer, order)
 
-    def _handshake(self, sock: socket.socket, peer: Any) -> None:
+    def _handshake(self, sock: socket.socket, peer: Any, order: int) -> None:
         """Read the HELLO within the handshake timeout, then start or resume its session."""
-        attached = False
-        tls = None
+        admitted = False
         try:
             configure_socket(sock, self._config)
+            tls = None
             if self._shell.ssl_context is not None:
                 tls = TLSLayer(self._shell.ssl_context, server_side=True)
                 try:
                     tls.handshake(sock, self._config.handshake_timeout)
                 except TLSHandshakeError as exc:
                     logger.info("%s: %s", peer, exc)
-                    self.rejected_handshakes += 1
+                    self._count_rejected()
                     return
             hello = self._read_hello(sock, peer, tls)
             if hello is None:
                 return
-            attached = self._attach(sock, hello, peer, tls)
+            if _peer_gone(sock):
+                # A reconnect the client gave up on while we were stalled: it
+                # must not take its session over from the client's live attempt.
+                logger.info("%s: the client already left; ignored", peer)
+                return
+            admitted = self._admit(sock, hello, peer, tls, order)
         finally:
             with self._lock:
                 self._pending.discard(sock)
-            if not attached:
+            if not admitted:
                 close_socket(sock, abort=True)
 
-    def _read_hello(self, sock: socket.socket, peer: Any, tls: TLSLayer | None) -> Any:
+    def _read_hello(self, sock: socket.socket, peer: Any, tls: TLSLayer | None) -> Hello | None:
         reader = ServerHandshake(self._config.psk)
-        deadline = time.monotonic() + self._config.handshake_timeout
+        deadline = Deadline(self._config.handshake_timeout)
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            remaining = deadline.remaining()
+            if remaining is not None and remaining <= 0:
                 self._refuse(sock, peer, tls, RejectReason.HANDSHAKE_TIMEOUT, "no HELLO in time")
                 return None
             sock.settimeout(remaining)
@@ -232,7 +236,7 @@ class Listener:
                 logger.info("%s: connection failed during the handshake: %s", peer, exc)
                 return None
             except HandshakeRejected as rejected:
-                self._refuse(sock, peer, tls, RejectReason(rejected.reason), str(rejected), reject_reply(rejected))
+                self._refuse(sock, peer, tls, RejectReason(rejected.reason), rejected.text)
                 return None
             except UnsupportedVersion as exc:
                 self._refuse(sock, peer, tls, RejectReason.UNSUPPORTED_VERSION, str(exc))
@@ -244,95 +248,82 @@ class Listener:
                 sock.settimeout(None)
                 return hello
 
-    def _refuse(
-        self, sock: socket.socket, peer: Any, tls: TLSLayer | None, reason: RejectReason, text: str, reply: bytes | None = None
-    ) -> None:
-        logger.info("%s: handshake refused: %s (%s)", peer, reason.name, text)
-        self.rejected_handshakes += 1
-        data = reply if reply is not None else encode(Reject(reason, text))
-        try:
-            sock.settimeout(1.0)
-            sock.sendall(tls.encrypt(data) if tls is not None else data)
-        except OSError:
-            pass
-
-    def _attach(self, sock: socket.socket, hello: Any, peer: Any, tls: TLSLayer | None) -> bool:
-        now = time.monotonic()
+    def _admit(self, sock: socket.socket, hello: Hello, peer: Any, tls: TLSLayer | None, order: int) -> bool:
+        """Start or resume the session ``hello`` names; whether it took the socket."""
+        if hello.resume:
+            with self._lock:
+                channel = None if self._closed else self._channels.get(hello.session_id)
+            try:
+                if channel is None:
+                    # The same cost and answer as a wrong secret: an unknown id reveals nothing.
+                    hmac.compare_digest(hello.secret, bytes(ID_SIZE))
+                    raise HandshakeRejected(RejectReason.SESSION_UNKNOWN, "no such session")
+                channel._open_link(sock, tls, order=order, hello=hello, new_secret=self._registry.new_secret())
+            except HandshakeRejected as rejected:
+                self._refuse(sock, peer, tls, RejectReason(rejected.reason), rejected.text)
+                return False
+            logger.info("%s: resumed session %s", peer, hello.session_id.hex()[:8])
+            return True
         with self._lock:
             if self._closed:
                 return False
-            channel = self._channels.get(hello.session_id) if hello.resume else None
-            # Lock order: listener, then channel. Channel threads never take
-            # the listener's lock while holding their own.
-            channel_lock = channel._lock if channel is not None else contextlib.nullcontext()
-            failure: HandshakeRejected | None
-            with channel_lock:
-                try:
-                    attached = self._registry.handshake(hello, now)
-                except HandshakeRejected as rejected:
-                    if channel is not None:
-                        channel._absorb(now)  # a bad resume claim ends that session
-                    failure = rejected
-                else:
-                    failure = None
-                    if attached.is_new:
-                        journal = None
-                        if self._journal_dir is not None:
-                            journal = Journal(os.path.join(self._journal_dir, attached.engine.session_id.hex()))
-                        channel = Channel(
-                            attached.engine,
-                            self._shell,
-                            on_end=self._session_ended,
-                            on_confirmed=self._new.put,
-                            journal=journal,
-                        )
-                        self._channels[attached.engine.session_id] = channel
-                    assert channel is not None
-                    with channel._lock if attached.is_new else contextlib.nullcontext():
-                        channel._install_connection(sock, tls)
-        if channel is not None:
-            channel._run_after_lock()
-        if failure is not None:
-            self._refuse(sock, peer, tls, RejectReason(failure.reason), str(failure), reject_reply(failure))
+            try:
+                engine = self._registry.start(hello, time.monotonic())
+            except HandshakeRejected as rejected:
+                refusal: HandshakeRejected | None = rejected
+            else:
+                refusal = None
+        if refusal is not None:
+            self._refuse(sock, peer, tls, RejectReason(refusal.reason), refusal.text)
             return False
-        assert channel is not None
-        if attached.is_new:
-            # accept() gets it once the client has spoken after ACCEPT (PeerConfirmed).
-            logger.info("%s: new session %s", peer, attached.engine.session_id.hex()[:8])
-        else:
-            logger.info("%s: resumed session %s", peer, attached.engine.session_id.hex()[:8])
+        durable = None
+        if self._journal_dir is not None:
+            try:
+                durable = Durable.open(os.path.join(self._journal_dir, engine.session_id.hex()), self._config)
+            except (OSError, ReliableTCPError) as exc:
+                logger.error("%s: no journal for a new session: %s", peer, exc)
+                with self._lock:
+                    self._registry.forget(engine.session_id)
+                self._refuse(sock, peer, tls, RejectReason.SERVER_BUSY, "the server can't journal a new session")
+                return False
+        channel = Channel(engine, self._shell, durable=durable, on_end=self._session_ended, on_confirmed=self._offer)
+        with self._lock:
+            self._channels[engine.session_id] = channel
+        channel._open_link(sock, tls, order=order)
+        # accept() gets it once the client has spoken after ACCEPT (PeerConfirmed).
+        logger.info("%s: new session %s", peer, engine.session_id.hex()[:8])
         return True
+
+    def _refuse(self, sock: socket.socket, peer: Any, tls: TLSLayer | None, reason: RejectReason, text: str) -> None:
+        """Answer REJECT, then end the connection in order: our FIN, and a
+        short wait for the peer's, so the REJECT is read, not reset away."""
+        logger.info("%s: handshake refused: %s (%s)", peer, reason.name, text)
+        self._count_rejected()
+        data = reject_reply(HandshakeRejected(reason, text))
+        deadline = Deadline(min(_REJECT_LINGER, self._config.handshake_timeout))
+        try:
+            sock.settimeout(deadline.remaining())
+            sock.sendall(tls.encrypt(data) if tls is not None else data)
+            sock.shutdown(socket.SHUT_WR)
+            while not deadline.expired():
+                sock.settimeout(deadline.remaining())
+                if not sock.recv(4096):
+                    break
+        except OSError:
+            pass
+
+    def _count_rejected(self) -> None:
+        with self._lock:
+            self._rejected_handshakes += 1
 
     def _session_ended(self, channel: Channel) -> None:
         failed = channel.state is ChannelState.FAILED
+        session_id = bytes.fromhex(channel.session_id)
         with self._lock:
             self._sessions_failed += failed
-            self._registry.remove(channel._engine)
-            self._channels.pop(channel._engine.session_id, None)
-
-    def _reaper(self) -> None:
-        """Fire the timers of detached sessions so they expire on time."""
-        while True:
-            with self._lock:
-                if self._closed:
-                    return
-                channels = list(self._channels.values())
-            wake = time.monotonic() + min(1.0, self._config.resume_window / 4)
-            for channel in channels:
-                with channel._lock:
-                    engine = channel._engine
-                    if engine.state is SessionState.DETACHED:
-                        now = time.monotonic()
-                        engine.handle_timer(now)
-                        channel._absorb(now)
-                        deadline = engine.next_deadline()
-                        if deadline is not None:
-                            wake = min(wake, deadline)
-                channel._run_after_lock()
-            with self._lock:
-                if self._closed:
-                    return
-                self._changed.wait(max(0.0, wake - time.monotonic()))
+            self._registry.forget(session_id)
+            if self._channels.get(session_id) is channel:
+                del self._channels[session_id]
 
     # --------------------------------------------------------------- ending
 
@@ -342,7 +333,7 @@ class Listener:
             return ListenerStatistics(
                 sessions=len(self._registry),
                 pending_handshakes=len(self._pending),
-                rejected_handshakes=self.rejected_handshakes,
+                rejected_handshakes=self._rejected_handshakes,
                 sessions_failed=self._sessions_failed,
             )
 
@@ -353,32 +344,30 @@ class Listener:
             return len(self._registry)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop accepting and end every session: gracefully where the link
-        allows within ``timeout``, otherwise by abort. Idempotent."""
+        """Stop accepting and end every session within ``timeout``: all of
+        them start their close handshake at once; those that can't finish in
+        time are cut. Idempotent. A channel the application accepted keeps
+        its report: its own calls raise SessionLost for what was not acknowledged."""
+        deadline = Deadline(timeout)
         with self._lock:
             if self._closed:
-                channels: list[Channel] = []
-            else:
-                self._closed = True
-                channels = list(self._channels.values())
-                self._changed.notify_all()
+                return
+            self._closed = True
+            channels = list(self._channels.values())
             pending = list(self._pending)
+            self._changed.notify_all()
         close_socket(self._sock)  # shutdown() wakes the blocked accept()
         for sock in pending:
             close_socket(sock, abort=True)
-        while not self._new.empty():
-            channel = self._new.get_nowait()
-            if channel not in channels:
-                channels.append(channel)
-        deadline = time.monotonic() + timeout
         for channel in channels:
-            try:
-                channel.close(timeout=max(0.1, deadline - time.monotonic()))
-            except Exception as exc:  # a session that could not finish is reported, not fatal
-                logger.warning("closing %r: %s", channel, exc)
-        for thread in list(self._threads):
-            if thread is not threading.current_thread():
-                thread.join(_JOIN_TIMEOUT)
+            channel._begin_close()
+        for channel in channels:
+            channel._finish_close(deadline)
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
+            if not deadline.earlier(1.0).join(thread):
+                logger.error("listener thread %s did not stop in time", thread.name)
 
     def __enter__(self) -> Listener:
         return self
@@ -390,17 +379,32 @@ class Listener:
         return f"<Listener {self.address[0]}:{self.address[1]} sessions={self.session_count}>"
 
 
-def listen(address: tuple[str, int], **options: Any) -> Listener:
+def _peer_gone(sock: socket.socket) -> bool:
+    """Whether the client already closed or reset this connection (a peek
+    that takes nothing and never blocks)."""
+    try:
+        return socket.socket.recv(sock, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
+
+
+def listen(
+    address: tuple[str, int],
+    *,
+    journal: str | None = None,
+    config: SessionConfig | None = None,
+    shell: ShellOptions | None = None,
+    **options: Unpack[ListenOptions],
+) -> Listener:
     """Listen on ``address`` (port 0 picks a free port; see ``.address``).
 
-    Keyword options: those of :class:`SessionConfig` and
-    :class:`ShellOptions`, plus ``max_sessions``, ``max_pending_handshakes``
-    and ``backlog``.
+    Keyword options: those of :func:`~reliable_tcp.connect`, plus
+    ``max_sessions``, ``max_pending_handshakes`` and ``backlog``. With
+    ``journal`` (a directory), sessions survive a restart of this process.
     """
-    config, shell, rest = split_options(options)
-    listener_options = {
-        k: rest.pop(k) for k in ("max_sessions", "max_pending_handshakes", "backlog", "journal") if k in rest
-    }
-    if rest:
-        raise TypeError(f"unknown options: {', '.join(sorted(rest))}")
-    return Listener((address[0], int(address[1])), config, shell, **listener_options)
+    resolved, shell_options, extra = resolve_options(
+        options, config, shell, extra=("max_sessions", "max_pending_handshakes", "backlog")
+    )
+    return Listener((address[0], int(address[1])), resolved, shell_options, journal=journal, **extra)

@@ -21,7 +21,7 @@ from .engine import SessionEngine
 from .exceptions import HandshakeRejected, ProtocolError
 from . import auth
 from .frames import ID_SIZE, NONCE_SIZE, Challenge, FrameDecoder, Hello, Proof, Reject, RejectReason, encode
-from .state import SessionState
+from .state import TERMINAL_STATES
 
 __all__ = ["HandshakeReader", "ServerHandshake", "SessionRegistry", "Attached", "reject_reply"]
 
@@ -150,33 +150,39 @@ class SessionRegistry:
         return self._sessions.get(session_id)
 
     def handshake(self, hello: Hello, now: float) -> Attached:
-        """Start or resume the session ``hello`` asks for, or raise HandshakeRejected."""
+        """Start or resume the session ``hello`` asks for, or raise HandshakeRejected.
+
+        The threaded listener does the same in two steps under two locks:
+        :meth:`start` under its own, :meth:`SessionEngine.resume` under the
+        channel's.
+        """
         if not hello.resume:
-            if hello.session_id != _ZERO_ID or hello.secret != _ZERO_ID or hello.expect != 1:
-                raise HandshakeRejected(
-                    RejectReason.PROTOCOL_ERROR, "a new-session HELLO carries a zero id and secret and expects 1"
-                )
-            return self._start(hello, now)
+            return Attached(self.start(hello, now), True)
         engine = self._sessions.get(hello.session_id)
-        # Compare against a dummy secret when the id is unknown, so an unknown
-        # id and a wrong secret cost the same and answer the same.
-        known = engine is not None and engine.state in (SessionState.OPEN, SessionState.DETACHED)
-        if engine is not None and known:
-            secret_ok = engine.secret_matches(hello.secret)
-        else:
-            secret_ok = hmac.compare_digest(hello.secret, _ZERO_ID) and False
-        if engine is None or not secret_ok:
+        if engine is None:
+            # Compare against a dummy secret, so an unknown id and a wrong
+            # secret cost the same and answer the same.
+            hmac.compare_digest(hello.secret, _ZERO_ID)
             raise HandshakeRejected(RejectReason.SESSION_UNKNOWN, "no such session")
-        if not engine.can_resume_from(hello.expect):
-            engine.reject_resume(hello.expect, now)
-            del self._sessions[hello.session_id]
-            raise HandshakeRejected(RejectReason.BAD_SEQUENCE, "resume claim can't be satisfied")
-        engine.attach(hello, self._token(ID_SIZE), now)
+        try:
+            engine.resume(hello, self._token(ID_SIZE), now)
+        finally:
+            if engine.state in TERMINAL_STATES:
+                del self._sessions[hello.session_id]
         return Attached(engine, False)
 
-    def _start(self, hello: Hello, now: float) -> Attached:
+    def new_secret(self) -> bytes:
+        """A fresh resume secret."""
+        return self._token(ID_SIZE)
+
+    def start(self, hello: Hello, now: float) -> SessionEngine:
+        """A new session for a HELLO without RESUME, attached and registered."""
+        if hello.resume or hello.session_id != _ZERO_ID or hello.secret != _ZERO_ID or hello.expect != 1:
+            raise HandshakeRejected(
+                RejectReason.PROTOCOL_ERROR, "a new-session HELLO carries a zero id and secret and expects 1"
+            )
         # No reaping here: other sessions' engines belong to their own
-        # shells (and locks); the shell reaps them on their deadlines.
+        # shells (and locks); their timers end them.
         if len(self._sessions) >= self.max_sessions:
             raise HandshakeRejected(RejectReason.SERVER_BUSY, "too many sessions")
         session_id = self._token(ID_SIZE)
@@ -185,7 +191,7 @@ class SessionRegistry:
         engine = SessionEngine(self.config, client=False, session_id=session_id)
         engine.attach(hello, self._token(ID_SIZE), now)
         self._sessions[session_id] = engine
-        return Attached(engine, True)
+        return engine
 
     def adopt(self, engine: SessionEngine) -> None:
         """Register a session restored from a journal after a restart."""
@@ -198,23 +204,6 @@ class SessionRegistry:
         if self._sessions.get(engine.session_id) is engine:
             del self._sessions[engine.session_id]
 
-    def reap(self, now: float) -> list[SessionEngine]:
-        """Fire the timers of detached sessions; remove and return every
-        session that has ended (expired, closed or failed)."""
-        ended = []
-        for session_id, engine in list(self._sessions.items()):
-            if engine.state is SessionState.DETACHED:
-                engine.handle_timer(now)
-            if engine.state not in (SessionState.OPEN, SessionState.DETACHED, SessionState.CLOSING):
-                del self._sessions[session_id]
-                ended.append(engine)
-        return ended
-
-    def next_deadline(self) -> float | None:
-        """When :meth:`reap` next has work for a detached session."""
-        deadlines = [
-            deadline
-            for engine in self._sessions.values()
-            if engine.state is SessionState.DETACHED and (deadline := engine.next_deadline()) is not None
-        ]
-        return min(deadlines, default=None)
+    def forget(self, session_id: bytes) -> None:
+        """Forget the session with this id, if registered."""
+        self._sessions.pop(session_id, None)

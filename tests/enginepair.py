@@ -93,7 +93,7 @@ class EnginePair:
                     self.cut()
                 elif isinstance(event, ev.PeerClosed):
                     rec.peer_closed = True
-                elif isinstance(event, (ev.SessionClosed, ev.SessionLost)):
+                elif isinstance(event, (ev.SessionClosed, ev.SessionFailed)):
                     assert rec.ended is None, f"{side} ended twice"
                     rec.ended = event
         if self.server is not None and self.server.state in TERMINAL_STATES:
@@ -247,8 +247,18 @@ class EnginePair:
         for engine in (self.client, self.server):
             if engine is not None:
                 engine.handle_timer(self.now)
-        self.registry.reap(self.now)
+        self.reap()
         self.step()
+
+    def reap(self, now: float | None = None) -> None:
+        """What the shell's timers do for detached server sessions: fire
+        them, and forget the ones that ended."""
+        now = self.now if now is None else now
+        for engine in [self.server, *(orphan for orphan, _ in self.orphans)]:
+            if engine is not None and engine.state is SessionState.DETACHED:
+                engine.handle_timer(now)
+            if engine is not None and engine.state in TERMINAL_STATES:
+                self.registry.remove(engine)
 
     def expire_orphans(self) -> None:
         """Let every orphaned server session reach its resume-window verdict."""
@@ -264,7 +274,7 @@ class EnginePair:
                 self.now += self.config.dead_after_seconds + self.config.resume_window
                 if self.server is not None:
                     self.server.handle_timer(self.now)
-                self.registry.reap(self.now)
+                self.reap()
                 self.step()
                 if self.server is None or self.server.state in TERMINAL_STATES:
                     return

@@ -177,7 +177,7 @@ def test_impossible_resume_claim_ends_both_sides_with_their_unacked_messages() -
         pair.registry.handshake(hello, pair.now)
     assert info.value.reason is f.RejectReason.BAD_SEQUENCE
     assert pair.server.state is S.FAILED
-    (lost,) = [e for e in pair.server.events_received() if isinstance(e, ev.SessionLost)]
+    (lost,) = [e for e in pair.server.events_received() if isinstance(e, ev.SessionFailed)]
     assert lost.unacked == ((1, b"s1"),)
     assert pair.registry.get(pair.client.session_id) is None
 
@@ -187,14 +187,14 @@ def test_reject_ends_the_client_session_with_its_unacked_messages() -> None:
     pair.send("client", b"a")
     pair.send("client", b"b")
     pair.cut()
-    pair.registry.reap(pair.now + CONFIG.resume_window)  # the server forgets the session
+    pair.reap(pair.now + CONFIG.resume_window)  # the server forgets the session
     assert pair.server.state is S.LOST
     pair.connect()
     pair.deliver_to_server(10_000)
     pair.deliver_to_client(10_000)
     assert pair.client.state is S.LOST
     ended = pair.records["client"].ended
-    assert isinstance(ended, ev.SessionLost) and ended.unacked == ((1, b"a"), (2, b"b"))
+    assert isinstance(ended, ev.SessionFailed) and ended.unacked == ((1, b"a"), (2, b"b"))
     assert "SESSION_UNKNOWN" in ended.reason
     with pytest.raises(ChannelBroken):
         pair.client.send_message(b"c", pair.now)
@@ -208,7 +208,7 @@ def test_resume_window_expiry_on_the_client_reports_unacked() -> None:
     assert pair.client.state is S.DETACHED
     pair.client.handle_timer(pair.now + CONFIG.resume_window)
     assert pair.client.state is S.LOST
-    (lost,) = [e for e in pair.client.events_received() if isinstance(e, ev.SessionLost)]
+    (lost,) = [e for e in pair.client.events_received() if isinstance(e, ev.SessionFailed)]
     assert lost.unacked == ((1, b"a"),)
 
 
@@ -312,7 +312,7 @@ def test_protocol_violations_fail_the_session_and_tell_the_peer(frame: f.Frame, 
     pair.send("client", b"pending")
     pair.client.receive_data(f.encode(frame), pair.now)
     assert pair.client.state is S.FAILED
-    (lost,) = [e for e in pair.client.events_received() if isinstance(e, ev.SessionLost)]
+    (lost,) = [e for e in pair.client.events_received() if isinstance(e, ev.SessionFailed)]
     assert isinstance(lost.error, ProtocolError) and match in str(lost.error)
     assert lost.unacked == ((1, b"pending"),)
     (reject,) = frames_in(pair.client.data_to_send())
@@ -344,7 +344,7 @@ def test_handshake_reader_accepts_only_a_lone_hello() -> None:
         HandshakeReader().receive_data(b"RT\x01\x04\x7f\xff\xff\xff")  # 2 GiB first frame
 
 
-def test_registry_caps_sessions_and_reaps_expired_ones() -> None:
+def test_registry_caps_sessions_and_an_ended_one_makes_room() -> None:
     registry = SessionRegistry(CONFIG, max_sessions=2)
     hello = f.Hello(False, bytes(16), bytes(16), 1)
     first = registry.handshake(hello, 0.0).engine
@@ -353,11 +353,13 @@ def test_registry_caps_sessions_and_reaps_expired_ones() -> None:
         registry.handshake(hello, 0.0)
     assert info.value.reason is f.RejectReason.SERVER_BUSY
     first.transport_lost(0.0)
-    assert registry.next_deadline() == CONFIG.resume_window
-    # Once the first session's resume window is over, there is room again.
-    assert registry.reap(CONFIG.resume_window) == [first]
+    assert first.next_deadline() == CONFIG.resume_window
+    # Once the first session's resume window is over and it is forgotten, there is room again.
+    first.handle_timer(CONFIG.resume_window)
+    assert first.state is S.LOST
+    registry.remove(first)
     assert registry.handshake(hello, CONFIG.resume_window).is_new
-    assert first.state is S.LOST and registry.get(first.session_id) is None
+    assert registry.get(first.session_id) is None
 
 
 def test_a_first_handshake_that_times_out_loses_nothing_and_can_be_tried_again() -> None:
@@ -402,7 +404,7 @@ def test_final_refusals_of_a_first_handshake_end_it_with_the_code(reason: f.Reje
     pair.client.receive_data(f.encode(f.Reject(reason, "no")), pair.now)
     assert pair.client.state is S.LOST
     (lost,) = pair.client.events_received()
-    assert isinstance(lost, ev.SessionLost) and lost.unacked == ()
+    assert isinstance(lost, ev.SessionFailed) and lost.unacked == ()
     assert isinstance(lost.error, RejectedByPeer) and lost.error.reason is reason
 
 
@@ -538,7 +540,7 @@ def test_a_frame_over_the_limit_fails_the_session_instead_of_resuming() -> None:
     header = f.MAGIC + bytes([f.PROTOCOL_VERSION, f.FrameType.DATA]) + too_big.to_bytes(4, "big")
     pair.client.receive_data(header + bytes(4), pair.now)
     assert pair.client.state is S.FAILED
-    (lost,) = [e for e in pair.client.events_received() if isinstance(e, ev.SessionLost)]
+    (lost,) = [e for e in pair.client.events_received() if isinstance(e, ev.SessionFailed)]
     assert isinstance(lost.error, f.FrameTooLarge) and lost.unacked == ((1, b"pending"),)
     (reject,) = frames_in(pair.client.data_to_send())
     assert isinstance(reject, f.Reject) and reject.reason is f.RejectReason.PROTOCOL_ERROR
@@ -549,7 +551,7 @@ def test_a_message_over_the_receivers_limit_is_a_protocol_error() -> None:
     pair = open_pair(config)
     pair.client.receive_data(f.encode_data(1, 0, [b"x" * 101]), pair.now)
     assert pair.client.state is S.FAILED
-    (lost,) = [e for e in pair.client.events_received() if isinstance(e, ev.SessionLost)]
+    (lost,) = [e for e in pair.client.events_received() if isinstance(e, ev.SessionFailed)]
     assert "max_message_size" in str(lost.error)
 
 
@@ -567,7 +569,7 @@ def test_frames_that_carry_nothing_new_are_capped() -> None:
     flood = f.encode(f.Ping(1)) * 60 + f.encode(f.Ack(0)) * 41  # 101 frames, nothing new in any
     pair.client.receive_data(flood, pair.now)
     assert pair.client.state is S.FAILED
-    (lost,) = [e for e in pair.client.events_received() if isinstance(e, ev.SessionLost)]
+    (lost,) = [e for e in pair.client.events_received() if isinstance(e, ev.SessionFailed)]
     assert "carry nothing new" in str(lost.error)
 
 
@@ -581,7 +583,7 @@ def test_abort_tells_the_peer_which_ends_at_once_with_its_unacked_messages() -> 
     pair.deliver_to_server(10_000)
     assert pair.server.state is S.LOST
     lost = pair.records["server"].ended
-    assert isinstance(lost, ev.SessionLost) and "aborted by the peer" in lost.reason
+    assert isinstance(lost, ev.SessionFailed) and "aborted by the peer" in lost.reason
     assert lost.unacked == ((1, b"for the client"),)
 
 

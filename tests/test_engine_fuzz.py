@@ -18,7 +18,7 @@ from test_frames import any_frame
 CONFIG = SessionConfig(heartbeat_interval=1.0, window_messages=8, window_bytes=256, max_message_size=64)
 KNOWN_EVENTS = (
     ev.HandshakeCompleted, ev.PeerConfirmed, ev.MessagesReceived, ev.MessagesAcknowledged, ev.PongReceived,
-    ev.TransportFailed, ev.PeerClosed, ev.SessionClosed, ev.SessionLost,
+    ev.TransportFailed, ev.PeerClosed, ev.SessionClosed, ev.SessionFailed,
 )
 
 small_frames = st.one_of(
@@ -48,7 +48,7 @@ def test_any_input_gives_only_documented_outcomes(side: str, inputs: list[bytes]
         engine.data_to_send(pair.now)
         for event in engine.events_received():
             assert isinstance(event, KNOWN_EVENTS)
-            if isinstance(event, ev.SessionLost) and event.error is not None:
+            if isinstance(event, ev.SessionFailed) and event.error is not None:
                 assert isinstance(event.error, Exception)
         assert engine.state in SessionState
         assert 0 <= engine.unacked_count <= CONFIG.window_messages

@@ -161,7 +161,7 @@ class TwoEngines(RuleBasedStateMachine):
             ended = self.pair.record(side).ended
             if ended is None:
                 continue
-            assert isinstance(ended, (ev.SessionClosed, ev.SessionLost))
+            assert isinstance(ended, (ev.SessionClosed, ev.SessionFailed))
             sent = self.pair.record(side).sent
             delivered = len(self.pair.record(peer).delivered)
             reported = [seq for seq, _ in ended.unacked]
@@ -182,7 +182,7 @@ class TwoEngines(RuleBasedStateMachine):
         pair.expire_orphans()
         for engine, rec in pair.orphans:
             # An orphan was never reached by the client: all it sent comes back.
-            assert isinstance(rec.ended, (ev.SessionLost, ev.SessionClosed)), (engine.state, rec.ended)
+            assert isinstance(rec.ended, (ev.SessionFailed, ev.SessionClosed)), (engine.state, rec.ended)
             assert [p for _, p in rec.ended.unacked] == rec.sent
         client_rec, server_rec = pair.record("client"), pair.record("server")
         undisturbed_close = self.failures_at_close is not None and self._failures() == self.failures_at_close

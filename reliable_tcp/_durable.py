@@ -1,0 +1,128 @@
+"""A durable session's journal as one channel uses it, and the engine it restores.
+
+Shared by ``connect(journal=...)`` and ``listen(journal=...)``. What must be
+on disk before what (docs/durability.md):
+
+- a message is journaled *before* the engine queues it, so a message the
+  disk refused is neither queued nor sent, and one that was sent is durable;
+- the session's secret is durable before the frame that makes the peer use
+  it leaves (ACCEPT on the server, the confirming ACK on the client);
+- what the application committed is durable before the peer is told;
+- acknowledgements are lazily durable: losing the last one only means the
+  peer's copies are sent again and dropped as duplicates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+from .config import SessionConfig
+from .engine import SessionEngine
+from .exceptions import JournalWriteFailed
+from .journal import Journal
+
+__all__ = ["Durable"]
+
+logger = logging.getLogger(__name__)
+
+#: Journal bytes beyond the window's worth before it is compacted.
+_COMPACT_AT = 1 << 20
+
+
+class Durable:
+    """One channel's journal: what it records, and when it waits for the disk."""
+
+    def __init__(self, journal: Journal, config: SessionConfig) -> None:
+        self.journal = journal
+        self._compact_at = _COMPACT_AT + 4 * config.window_bytes
+
+    @staticmethod
+    def durable_config(config: SessionConfig) -> SessionConfig:
+        """A durable session acknowledges only what the application committed."""
+        return dataclasses.replace(config, ack_on_commit=True)
+
+    @classmethod
+    def open(cls, directory: str, config: SessionConfig) -> Durable:
+        """Open (or create) the journal in ``directory``; raises JournalLocked."""
+        return cls(Journal(directory), config)
+
+    @property
+    def directory(self) -> str:
+        """Where the journal lives."""
+        return self.journal.directory
+
+    def restore(self, config: SessionConfig, *, client: bool) -> SessionEngine | None:
+        """The engine the journal describes, or None if it holds no session yet."""
+        state = self.journal.state
+        if not state.session_id:
+            return None
+        return SessionEngine.restore(
+            config,
+            client=client,
+            session_id=state.session_id,
+            secret=state.secret,
+            previous_secret=state.previous_secret,
+            unacked=sorted(state.unacked.items()),
+            next_seq=state.next_seq,
+            committed=state.consumed,
+            now=time.monotonic(),
+        )
+
+    # ---------------------------------------------------------------- writes
+
+    def record_sent(self, first_seq: int, payloads: list[bytes] | tuple[bytes, ...]) -> int:
+        """Journal messages about to be queued; a position for :meth:`wait_durable`.
+
+        Raises JournalWriteFailed (chained to the OSError) when the disk
+        refuses: then nothing of this call is in the journal.
+        """
+        try:
+            return self.journal.record_sent(first_seq, payloads)
+        except OSError as exc:
+            raise JournalWriteFailed(f"could not journal {len(payloads)} message(s): {exc}") from exc
+
+    def wait_durable(self, position: int | None = None) -> None:
+        """Return once everything up to ``position`` is on disk (group commit),
+        compacting now and then so the journal stays bounded."""
+        try:
+            self.journal.sync(position)
+            if self.journal.size() > self._compact_at:
+                self.journal.compact()
+        except OSError as exc:
+            raise JournalWriteFailed(f"could not make the journal durable: {exc}") from exc
+
+    def record_session(self, session_id: bytes, secret: bytes, previous_secret: bytes) -> None:
+        """The session's id and secrets, durable before the peer may use them."""
+        try:
+            position = self.journal.record_session(session_id, secret, previous_secret)
+            self.journal.sync(position)
+        except OSError as exc:
+            raise JournalWriteFailed(f"could not journal the session: {exc}") from exc
+
+    def record_acked(self, upto: int) -> None:
+        """The peer acknowledged up to ``upto`` (lazily durable; a failure is
+        only logged: the journal keeps copies that will be sent again)."""
+        try:
+            self.journal.record_acked(upto)
+        except OSError as exc:
+            logger.warning("journal %s: could not record an acknowledgement: %s", self.directory, exc)
+
+    def record_consumed(self, upto: int) -> None:
+        """The application committed every received message up to ``upto``;
+        durable when this returns."""
+        try:
+            self.journal.sync(self.journal.record_consumed(upto))
+        except OSError as exc:
+            raise JournalWriteFailed(f"could not journal the commit: {exc}") from exc
+
+    def finish(self, *, complete: bool) -> None:
+        """Close the journal; delete it when the session is over with nothing
+        left to resume or report."""
+        try:
+            self.journal.close()
+        except OSError as exc:
+            logger.warning("journal %s: could not close cleanly: %s", self.directory, exc)
+        if complete:
+            self.journal.discard()
