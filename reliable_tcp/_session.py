@@ -478,15 +478,16 @@ class SessionShell:
             probe = link is not None and now >= self._next_probe
             if probe:
                 self._next_probe = now + config.heartbeat_interval
-        alive = False
+        alive_at: float | None = None  # when the peer was last known alive, if later than its last byte
         if judging and link is not None:
-            if link.has_pending_input():
-                alive = True  # bytes wait in the kernel: only our reader is late
-            elif inbox_full:
-                # We stopped reading on purpose; the peer's kernel still
-                # acknowledges our pings if the peer is there at all.
+            if inbox_full:
+                # We stopped reading on purpose, so what waits in the kernel may
+                # be old; but the peer's kernel acknowledges our pings as long
+                # as the peer is there at all.
                 since = link.seconds_since_peer_ack()
-                alive = since is None or since < config.dead_after_seconds
+                alive_at = now if since is None else now - since
+            elif link.has_pending_input():
+                alive_at = now  # bytes wait in the kernel: only our reader is late
         pending_error = link.pending_error() if probe and link is not None else None
         with self._locked:
             if self._ended:
@@ -495,8 +496,8 @@ class SessionShell:
             if link is not None and link is self._link:
                 if pending_error is not None:
                     self._drop_link(link_error_reason(pending_error) or str(pending_error), pending_error, abort=True)
-                elif alive:
-                    self._engine.hold_liveness(now)
+                elif alive_at is not None:
+                    self._engine.hold_liveness(now, alive_at)
             self._engine.handle_timer(now)
             self._absorb(now)
             following = self._engine.next_deadline()

@@ -46,8 +46,10 @@ def configure_socket(sock: socket.socket, config: SessionConfig) -> None:
     _set(sock, socket.IPPROTO_TCP, "TCP_KEEPIDLE", interval)
     _set(sock, socket.IPPROTO_TCP, "TCP_KEEPINTVL", interval)
     _set(sock, socket.IPPROTO_TCP, "TCP_KEEPCNT", misses)
-    # Never below dead_after: a shorter user timeout breaks slow, lossy paths.
-    _set(sock, socket.IPPROTO_TCP, "TCP_USER_TIMEOUT", int(config.dead_after_seconds * 1000))
+    # No TCP_USER_TIMEOUT: Linux applies it to zero-window probing too, so a
+    # peer that is alive but not reading would be cut off as if dead. The
+    # heartbeat deadline detects a dead link instead, and its verdict shuts
+    # the socket down, which also frees a writer blocked on a dead link.
 
 
 def _set(sock: socket.socket, level: int, name: str, value: int) -> None:

@@ -429,11 +429,13 @@ class SessionEngine:
                 now,
             )
 
-    def hold_liveness(self, now: float) -> None:
-        """The shell stopped reading on purpose (its receive queue is full):
-        the silence that follows is ours, so don't count it against the peer."""
+    def hold_liveness(self, now: float, alive_at: float | None = None) -> None:
+        """The shell knows the peer was alive at ``alive_at`` (default: now)
+        although nothing reached the engine: bytes wait in the kernel for a
+        starved reader, or the shell stopped reading on purpose and the
+        peer's kernel still acknowledges. The dead verdict counts from then."""
         if self._state in LIVE_STATES:
-            self._last_received = now
+            self._last_received = max(self._last_received, now if alive_at is None else min(now, alive_at))
 
     def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> None:
         """Bytes arrived on the current connection."""

@@ -32,6 +32,9 @@ def main() -> int:
     parser.add_argument("--heartbeat", type=float, default=0.5)
     parser.add_argument("--resume-window", type=float, default=120.0)
     parser.add_argument("--handshake-timeout", type=float, default=3.0)
+    parser.add_argument("--pause-at", type=int, default=None, help="stop reading after this many deliveries")
+    parser.add_argument("--pause-for", type=float, default=0.0, help="... for this many seconds")
+    parser.add_argument("--queue-bytes", type=int, default=64 * 1024 * 1024, help="max_queued_bytes")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     host, port = args.address.rsplit(":", 1)
@@ -45,6 +48,7 @@ def main() -> int:
         "resume_window": args.resume_window,
         "handshake_timeout": args.handshake_timeout,
         "on_event": on_event,
+        "max_queued_bytes": args.queue_bytes,
     }
     listener = None
     if args.role == "server":
@@ -54,7 +58,10 @@ def main() -> int:
     else:
         channel = reliable_tcp.connect((host, int(port)), timeout=30, **options)
     result: dict[str, Any] = {"sent": 0, "unacked": [], "delivered": [], "lost": None}
-    receiver = threading.Thread(target=_receive, args=(channel, args.count, result, args.role == "server"), daemon=True)
+    pause = (args.pause_at, args.pause_for) if args.pause_at is not None else None
+    receiver = threading.Thread(
+        target=_receive, args=(channel, args.count, result, args.role == "server", pause), daemon=True
+    )
     receiver.start()
     status = 0
     try:
@@ -97,10 +104,22 @@ def main() -> int:
     return status
 
 
-def _receive(channel: reliable_tcp.Channel, count: int, result: dict[str, Any], wait_for_close: bool) -> None:
+def _receive(
+    channel: reliable_tcp.Channel,
+    count: int,
+    result: dict[str, Any],
+    wait_for_close: bool,
+    pause: tuple[int, float] | None,
+) -> None:
     delivered: list[int] = result["delivered"]
     try:
         while len(delivered) < count:
+            if pause is not None and len(delivered) >= pause[0]:
+                # A slow consumer: the application stops reading for a while.
+                print("paused", flush=True)
+                time.sleep(pause[1])  # the stall under test, not a synchronisation
+                print("reading again", flush=True)
+                pause = None
             before = len(delivered)
             for message in channel.recv_many():
                 delivered.append(int(message.split(b"|")[0]))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -83,6 +84,11 @@ class Peer:
         return self.proc.stderr.read().decode() if self.proc.stderr else ""
 
 
+#: Applies a fault to a running stream (given the client and server peers);
+#: returns when it began and when the link was whole again.
+Fault = Callable[["Peer", "Peer"], tuple[float, float]]
+
+
 def delivered_at_least(count: int) -> Callable[[str], bool]:
     return lambda line: line.startswith("delivered ") and int(line.split()[1]) >= count
 
@@ -90,11 +96,14 @@ def delivered_at_least(count: int) -> Callable[[str], bool]:
 def run_stream(
     net: NetPair,
     tmp: Path,
-    fault: Callable[[], tuple[float, float]],
+    fault: Fault,
     *,
     heartbeat: float,
     count: int = 3000,
     rate: float = 300.0,
+    client_extra: list[str] | None = None,
+    server_extra: list[str] | None = None,
+    start_when: Callable[[str], bool] | None = None,
     server_address: str | None = None,
     connect_address: str | None = None,
     resume_window: float = 120.0,
@@ -106,11 +115,13 @@ def run_stream(
     server_address = server_address or f"{net.addr['b']}:{PORT}"
     connect_address = connect_address or server_address
     common = ["--count", str(count), "--rate", str(rate), "--heartbeat", str(heartbeat), "--resume-window", str(resume_window)]
-    server = Peer(net, "b", [*PEER, "server", "--address", server_address, "--out", str(tmp / "b.json"), *common])
+    server = Peer(net, "b", [*PEER, "server", "--address", server_address, "--out", str(tmp / "b.json"), *common,
+                             *(server_extra or [])])
     server.wait_line(lambda line: line == "listening", 20)
-    client = Peer(net, "a", [*PEER, "client", "--address", connect_address, "--out", str(tmp / "a.json"), *common])
-    client.wait_line(delivered_at_least(count // 5), 60)
-    fault_start, link_back = fault()
+    client = Peer(net, "a", [*PEER, "client", "--address", connect_address, "--out", str(tmp / "a.json"), *common,
+                             *(client_extra or [])])
+    client.wait_line(start_when or delivered_at_least(count // 5), 60)
+    fault_start, link_back = fault(client, server)
     codes = (client.finish(finish_timeout), server.finish(finish_timeout))
     a = json.loads((tmp / "a.json").read_text())
     b = json.loads((tmp / "b.json").read_text())
@@ -143,8 +154,8 @@ def record(name: str, heartbeat: float, figures: dict[str, Any], **extra: Any) -
             f.write(json.dumps(line) + "\n")
 
 
-def outage(start: Callable[[], None], stop: Callable[[], None], seconds: float) -> Callable[[], tuple[float, float]]:
-    def fault() -> tuple[float, float]:
+def outage(start: Callable[[], None], stop: Callable[[], None], seconds: float) -> Fault:
+    def fault(*_: Peer) -> tuple[float, float]:
         began = time.monotonic()
         start()
         time.sleep(seconds)  # the outage lasts this long: it is the stimulus, not a synchronisation
@@ -194,7 +205,7 @@ def test_rst_injection(net: NetPair, tmp_path: Path, heartbeat: float) -> None:
 @pytest.mark.parametrize("heartbeat", HEARTBEATS)
 @pytest.mark.timeout(300)
 def test_flapping_link(net: NetPair, tmp_path: Path, heartbeat: float) -> None:
-    def fault() -> tuple[float, float]:
+    def fault(*_: Peer) -> tuple[float, float]:
         began = time.monotonic()
         for _ in range(10):
             net.link("a", False)
@@ -222,7 +233,7 @@ def test_bad_path_for_the_whole_run(net: NetPair, tmp_path: Path, heartbeat: flo
     assert b"rtproxy:" in proxy.stderr.readline()  # it is listening
     net.random_loss(0.05)
 
-    def fault() -> tuple[float, float]:
+    def fault(*_: Peer) -> tuple[float, float]:
         now = time.monotonic()
         return now, now
 
@@ -283,3 +294,82 @@ def test_rtcat_file_across_a_cable_pull(net: NetPair, tmp_path: Path) -> None:
         assert sender.wait(120) == 0, sender.stderr.read().decode() if sender.stderr else ""
         assert listener.wait(60) == 0
     assert hashlib.sha256(out.read_bytes()).hexdigest() == hashlib.sha256(data.read_bytes()).hexdigest()
+
+
+@pytest.mark.timeout(300)
+def test_a_slow_consumer_is_not_a_dead_link(net: NetPair, tmp_path: Path) -> None:
+    """The client's application stops reading for 12 s (8 x dead_after) while
+    the server streams 64 KiB messages at it: windows fill, TCP advertises a
+    zero window, and nobody is disconnected or sends anything twice."""
+
+    def fault(client: Peer, _: Peer) -> tuple[float, float]:
+        client.wait_line(lambda line: line == "reading again", 60)
+        now = time.monotonic()
+        return now, now
+
+    result = run_stream(
+        net, tmp_path, fault, heartbeat=0.5, count=600, rate=2000, start_when=lambda line: line == "paused",
+        client_extra=["--size", "65536", "--pause-at", "50", "--pause-for", "12", "--queue-bytes", str(1 << 20)],
+        server_extra=["--size", "65536"],
+    )
+    for side in ("a", "b"):
+        stats = result[side]["stats"]
+        assert stats["disconnects"] == 0 and stats["retransmitted"] == 0, (side, stats)
+    record("slow consumer: reads nothing for 12 s (dead_after 1.5 s)", 0.5, result["figures"], disconnects=0)
+
+
+@pytest.mark.timeout(300)
+def test_a_dead_link_is_detected_in_time_even_while_the_consumer_is_paused(net: NetPair, tmp_path: Path) -> None:
+    """The same pause, and the cable is pulled in the middle of it: the
+    paused side can't hear its peer (it is not reading), but the peer's
+    kernel stops acknowledging its pings, and that is the verdict."""
+
+    def fault(*_: Peer) -> tuple[float, float]:
+        time.sleep(3)  # well into the pause: the windows are full by now
+        began = time.monotonic()
+        net.blackhole()
+        time.sleep(5)  # the outage itself
+        net.clear_rules()
+        return began, time.monotonic()
+
+    result = run_stream(
+        net, tmp_path, fault, heartbeat=0.5, count=600, rate=2000, start_when=lambda line: line == "paused",
+        client_extra=["--size", "65536", "--pause-at", "50", "--pause-for", "12", "--queue-bytes", str(1 << 20)],
+        server_extra=["--size", "65536"],
+    )
+    began = result["figures"]["detection_s"]
+    for side in ("a", "b"):
+        detected = [t for kind, t, *_ in result[side]["events"] if kind == "disconnected"]
+        assert detected, f"{side} never saw the outage"
+    # dead_after is 1.5 s: both verdicts come within it, plus a heartbeat of slack.
+    assert began is not None and began <= 1.5 + 0.5 + 0.5, result["figures"]
+    a_first = min(t for kind, t, *_ in result["a"]["events"] if kind == "disconnected")
+    b_first = min(t for kind, t, *_ in result["b"]["events"] if kind == "disconnected")
+    assert abs(a_first - b_first) <= 1.0, "the paused side judged the link much later than its peer"
+    record("cable pulled while the consumer is paused", 0.5, result["figures"])
+
+
+@pytest.mark.parametrize("side", ["a", "b"])
+@pytest.mark.timeout(300)
+def test_a_stalled_process_resumes_with_nothing_lost_every_time(net: NetPair, tmp_path: Path, side: str) -> None:
+    """SIGSTOP one peer for 10 s (~7 x dead_after), three times: the other side
+    declares it dead and keeps reconnecting; on waking, the stale attempts in
+    the accept backlog must not take the session over from the live one."""
+
+    def fault(client: Peer, server: Peer) -> tuple[float, float]:
+        target = (client if side == "a" else server).proc
+        began = time.monotonic()
+        for _ in range(3):
+            # `ip netns exec` execs the peer, so the PID is the peer's own.
+            os.kill(target.pid, signal.SIGSTOP)
+            time.sleep(10)  # frozen, like a paused VM
+            os.kill(target.pid, signal.SIGCONT)
+            time.sleep(3)  # awake long enough to resume and stream
+        return began, time.monotonic()
+
+    result = run_stream(net, tmp_path, fault, heartbeat=0.5, count=15000, rate=300, start_when=delivered_at_least(300))
+    a, b = result["a"]["stats"], result["b"]["stats"]
+    assert a["resumes"] >= 3
+    # Every server-side resume is one the client completed: no stale takeover.
+    assert b["resumes"] == a["resumes"], (a, b)
+    record(f"{'client' if side == 'a' else 'server'} process stopped 3 x 10 s", 0.5, result["figures"])
