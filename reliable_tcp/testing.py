@@ -54,6 +54,7 @@ class _Link:
     forwarded: dict[str, int] = field(default_factory=lambda: {"up": 0, "down": 0})
     closed: bool = False
     aborted: bool = False  # how it was closed: RST (True) or FIN
+    side: str = "both"  # which side the fault that closed it was aimed at
 
 
 def _directions(direction: str) -> tuple[str, ...]:
@@ -150,6 +151,7 @@ class FaultProxy:
     def _close_link(self, link: _Link, *, abort: bool, side: str = "both") -> None:
         link.closed = True
         link.aborted = abort
+        link.side = side
         with self._lock:
             self._healed.notify_all()  # pumps held by a blackhole give up
         for name, sock in (("client", link.client), ("server", link.server)):
@@ -204,8 +206,13 @@ class FaultProxy:
             return
         with self._lock:
             if link.closed:
-                # The fault hit while this side was being connected: give it the same end.
-                close_socket(server, abort=link.aborted)
+                # The fault hit while this side was being connected: give it
+                # the same end, if the fault was aimed at it; otherwise it
+                # stays open and silent, half-open like the rest.
+                if link.side in ("both", "server"):
+                    close_socket(server, abort=link.aborted)
+                else:
+                    self._orphans.append(server)
                 return
             link.server = server
         self._start(self._pump, "up", link, "up", link.client, server)

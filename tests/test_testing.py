@@ -163,3 +163,32 @@ def test_bad_arguments() -> None:
             proxy.blackhole("sideways")
         with pytest.raises(ValueError):
             proxy.reset(side="middle")
+
+
+def test_a_one_sided_reset_during_the_proxys_own_connect_spares_the_other_side(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The race behind a flaky run: the fault lands after the proxy connected
+    # to the server but before it recorded that socket. The server's end must
+    # stay open (half-open), not be reset along with the client's.
+    import reliable_tcp.testing as testing
+
+    server = socket.create_server(("127.0.0.1", 0))
+    holder: dict[str, FaultProxy] = {}
+    real = socket.create_connection
+
+    def connect_then_fault(*args: object, **kwargs: object) -> socket.socket:
+        sock = real(*args, **kwargs)  # type: ignore[arg-type]
+        holder["proxy"].reset(side="client")
+        return sock
+
+    with server, FaultProxy(server.getsockname()[:2]) as proxy:
+        holder["proxy"] = proxy
+        monkeypatch.setattr(testing.socket, "create_connection", connect_then_fault)
+        client = real(proxy.address, timeout=5)
+        server.settimeout(5)
+        accepted, _ = server.accept()
+        with client, accepted:
+            with pytest.raises(ConnectionResetError):
+                client.recv(1)
+            accepted.settimeout(0.3 * UNIT)
+            with pytest.raises(TimeoutError):  # half-open: nothing, not a reset
+                accepted.recv(1)
