@@ -373,3 +373,26 @@ def test_a_stalled_process_resumes_with_nothing_lost_every_time(net: NetPair, tm
     # Every server-side resume is one the client completed: no stale takeover.
     assert b["resumes"] == a["resumes"], (a, b)
     record(f"{'client' if side == 'a' else 'server'} process stopped 3 x 10 s", 0.5, result["figures"])
+
+
+@pytest.mark.timeout(120)
+def test_close_and_connect_keep_their_deadlines_with_the_cable_out(net: NetPair, tmp_path: Path) -> None:
+    server = net.spawn("b", [sys.executable, "-c", (
+        "import reliable_tcp as rt, time\n"
+        f"l = rt.listen(('{net.addr['b']}', {PORT}), heartbeat_interval=0.2)\n"
+        "print('listening', flush=True)\n"
+        "time.sleep(60)\n"
+    )], stdout=subprocess.PIPE)
+    assert server.stdout is not None and server.stdout.readline().strip() == b"listening"
+    client = Peer(net, "a", [sys.executable, str(ROOT / "tests" / "netns_deadline_peer.py"), f"{net.addr['b']}:{PORT}"])
+    client.wait_line(lambda line: line == "connected", 30)
+    net.link("a", False)  # the cable stays out: every reconnect SYN goes unanswered
+    client.wait_line(lambda line: line.startswith("{"), 60)
+    result = json.loads(next(line for line in client.lines if line.startswith("{")))
+    assert client.finish(10) == 0, result
+    # Each attempt alone would wait 5 s for its SYN (handshake_timeout); the calls may not.
+    assert result["close_s"] < 1.5 and result["close_error"] == "SessionLost(1)", result
+    assert result["connect_s"] < 1.5 and result["connect_error"] == "TimeoutError", result
+    assert result["threads"] == [], result
+    record("close(1 s) and connect(1 s) with the cable out", 0.2, {"close_s": round(result["close_s"], 3),
+                                                                    "connect_s": round(result["connect_s"], 3)})
