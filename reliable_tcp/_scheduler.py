@@ -3,7 +3,7 @@
 **Timers.** Every channel, connected or detached, server or client, has
 its deadlines fired by one thread, ``rtcp-timers``: it sleeps until the
 earliest deadline of a heap and calls that channel's ``fire_timers(now)``,
-which returns the channel's next deadline. One owner for every timer, and
+which schedules the channel's next deadline. One owner for every timer, and
 no thread per connection for heartbeats (3,000 sessions cost 3,000 threads
 fewer). A channel's ``fire_timers`` takes its lock only briefly and makes
 its socket probes outside it, so one channel can't hold up the others.
@@ -35,10 +35,12 @@ _IDLE_EXIT = 1.0
 
 
 class TimerTarget(Protocol):
-    """Something with deadlines (a channel)."""
+    """Something with deadlines (a channel). It schedules its next deadline
+    itself, under its own lock, so that an end (which cancels) can't race a
+    reschedule and leave a finished target on the heap."""
 
-    def fire_timers(self, now: float) -> float | None:
-        """Do whatever is due at ``now``; return the next deadline, or None."""
+    def fire_timers(self, now: float) -> None:
+        """Do whatever is due at ``now``, and schedule the next deadline."""
 
 
 class Timers:
@@ -58,7 +60,8 @@ class Timers:
         earlier); None cancels."""
         with self._lock:
             if when is None:
-                self._due.pop(target, None)
+                if self._due.pop(target, None) is not None:
+                    self._changed.notify()  # the thread may be waiting for exactly that deadline
                 return
             current = self._due.get(target)
             if current is not None and current <= when:
@@ -109,12 +112,9 @@ class Timers:
         while (due := self._next_due()) is not None:
             target, now = due
             try:
-                following = target.fire_timers(now)
+                target.fire_timers(now)
             except Exception:  # a bug in one channel must not stop everyone's timers
                 logger.exception("timer of %r failed", target)
-                continue
-            if following is not None:
-                self.schedule(target, following)
 
 
 class Callbacks:

@@ -459,18 +459,18 @@ class SessionShell:
 
     # ---------------------------------------------------------------- timers
 
-    def fire_timers(self, now: float) -> float | None:
+    def fire_timers(self, now: float) -> None:
         """TimerTarget: fire what is due (heartbeats, acks, dead and expiry
-        verdicts); return the next deadline. Probes run outside the lock."""
+        verdicts) and schedule the next deadline. Probes run outside the lock."""
         with self._lock:
             self._timer_due = None
             if self._ended:
-                return None
+                return
             engine = self._engine
             due = engine.next_deadline()
             if due is None or due > now:
-                self._timer_due = due
-                return due
+                self._reschedule()
+                return
             link = self._link
             config = self._config
             judging = link is not None and engine.state in LIVE_STATES and engine.silence(now) >= config.dead_after_seconds
@@ -491,7 +491,7 @@ class SessionShell:
         pending_error = link.pending_error() if probe and link is not None else None
         with self._locked:
             if self._ended:
-                return None
+                return
             now = time.monotonic()
             if link is not None and link is self._link:
                 if pending_error is not None:
@@ -499,7 +499,4 @@ class SessionShell:
                 elif alive_at is not None:
                     self._engine.hold_liveness(now, alive_at)
             self._engine.handle_timer(now)
-            self._absorb(now)
-            following = self._engine.next_deadline()
-            self._timer_due = following
-            return following
+            self._absorb(now)  # schedules the next deadline
