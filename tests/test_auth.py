@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
 import subprocess
@@ -13,7 +14,7 @@ import pytest
 import reliable_tcp as rt
 from helpers import fast_options, wait_for
 from reliable_tcp import frames as f
-from reliable_tcp.auth import load_psk
+from reliable_tcp.auth import load_psk, parse_psk
 from reliable_tcp.testing import FaultProxy
 
 KEY = b"k" * 32
@@ -68,15 +69,39 @@ def test_the_key_never_crosses_the_wire_and_a_recorded_handshake_is_useless() ->
 def test_load_psk_from_file_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "key.hex").write_text(KEY.hex() + "\n")
     assert load_psk(path=str(tmp_path / "key.hex")) == KEY
-    monkeypatch.setenv("RTCP_TEST_KEY", "raw-key-material-long-enough")
+    (tmp_path / "key.prefixed").write_text("hex:" + KEY.hex())
+    assert load_psk(path=str(tmp_path / "key.prefixed")) == KEY
+    monkeypatch.setenv("RTCP_TEST_KEY", "base64:" + base64.b64encode(b"raw-key-material-long-enough").decode())
     assert load_psk(env="RTCP_TEST_KEY") == b"raw-key-material-long-enough"
     with pytest.raises(ValueError, match="at least"):
-        monkeypatch.setenv("RTCP_TEST_KEY", "short")
+        monkeypatch.setenv("RTCP_TEST_KEY", "00" * 15)
         load_psk(env="RTCP_TEST_KEY")
-    with pytest.raises(ValueError):
-        load_psk()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "raw-key-material-long-enough",  # was read as raw bytes: now neither format, a clear error
+        "abc",  # an odd number of hex digits
+        "base64:not base64!",
+        "0123456789abcdef0123456789abcdeg",
+    ],
+)
+def test_a_key_in_neither_format_is_refused_clearly(text: str) -> None:
+    with pytest.raises(ValueError, match="neither accepted format"):
+        parse_psk(text.encode())
+
+
+def test_a_hex_only_key_is_never_halved_silently() -> None:
+    # Thirty-two hex characters are a 16-byte key, always: there is no raw reading any more.
+    assert parse_psk(b"deadbeef" * 4) == bytes.fromhex("deadbeef" * 4)
+
+
+def test_a_short_key_is_refused_by_the_configuration() -> None:
     with pytest.raises(ValueError):
         rt.SessionConfig(psk=b"short")
+    with pytest.raises(ValueError):
+        load_psk()
 
 
 def test_rtcat_with_a_key_file(tmp_path: Path) -> None:
