@@ -18,6 +18,8 @@ from __future__ import annotations
 import enum
 
 __all__ = [
+    "frame_table",
+    "event_table",
     "SessionState",
     "SessionInput",
     "TRANSITIONS",
@@ -173,5 +175,57 @@ def diagram() -> str:
     return "\n".join(lines)
 
 
+_FRAME_COLUMNS = [
+    (I.RECV_HELLO, "HELLO"),
+    (I.RECV_CHALLENGE, "CHALLENGE"),
+    (I.RECV_PROOF, "PROOF"),
+    (I.RECV_ACCEPT, "ACCEPT"),
+    (I.RECV_REJECT, "REJECT"),
+    (I.RECV_REJECT_RETRY, "REJECT busy/timeout"),
+    (I.RECV_DATA, "DATA"),
+    (I.RECV_ACK, "ACK"),
+    (I.RECV_PING, "PING"),
+    (I.RECV_PONG, "PONG"),
+    (I.RECV_CLOSE, "CLOSE"),
+    (I.RECV_CLOSE_ACK, "CLOSE_ACK"),
+]
+_CLIENT_CONNECTED = [S.CONNECTING, S.RESUMING, S.OPEN, S.CLOSING, S.CLOSE_ACKED, S.PEER_CLOSED]
+_SERVER_CONNECTED = [S.OPEN, S.CLOSING, S.CLOSE_ACKED, S.PEER_CLOSED]
+_EVENT_COLUMNS = [
+    (I.CONNECTION_MADE, "new connection (client)"),
+    (I.ATTACHED, "HELLO accepted (server)"),
+    (I.TRANSPORT_LOST, "connection lost"),
+    (I.PEER_DEAD, "silence / handshake timeout"),
+    (I.RESUME_EXPIRED, "resume window over"),
+    (I.STALLED, "stalled"),
+    (I.CLOSE_CALLED, "close()"),
+    (I.ABORT_CALLED, "abort()"),
+]
+
+
+def frame_table(client: bool) -> str:
+    """Which frame is legal in which state of one role, and where it leads
+    (a Markdown table for docs/protocol.md). ``—`` is a protocol violation."""
+    columns = [name for _, name in _FRAME_COLUMNS]
+    lines = ["| state | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for state in _CLIENT_CONNECTED if client else _SERVER_CONNECTED:
+        cells = [target.value if (target := next_state(state, event)) is not None else "—" for event, _ in _FRAME_COLUMNS]
+        lines.append(f"| {state.value} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def event_table() -> str:
+    """Where each local call, transport or timer verdict leads, per state
+    (a Markdown table). ``·`` is an input that can't happen there."""
+    columns = [name for _, name in _EVENT_COLUMNS]
+    lines = ["| state | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for state in SessionState:
+        if state in TERMINAL_STATES:
+            continue
+        cells = [target.value if (target := next_state(state, event)) is not None else "·" for event, _ in _EVENT_COLUMNS]
+        lines.append(f"| {state.value} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":  # pragma: no cover - documentation helper
-    print(diagram())
+    print(frame_table(client=True), frame_table(client=False), event_table(), diagram(), sep="\n\n")

@@ -25,11 +25,13 @@ def data_frames(draw: st.DrawFn) -> f.Data:
 nonces = st.binary(min_size=f.NONCE_SIZE, max_size=f.NONCE_SIZE)
 macs = st.binary(min_size=f.MAC_SIZE, max_size=f.MAC_SIZE)
 
+limits = st.none() | st.integers(1, f.MAX_MESSAGE_SIZE_LIMIT)
+
 any_frame = st.one_of(
-    st.builds(f.Hello, st.booleans(), ids, ids, u64, st.none() | nonces),
+    st.builds(f.Hello, st.booleans(), ids, ids, u64, st.none() | nonces, limits),
     st.builds(f.Challenge, nonces, macs),
     st.builds(f.Proof, macs),
-    st.builds(f.Accept, st.booleans(), ids, ids, u64),
+    st.builds(f.Accept, st.booleans(), ids, ids, u64, limits),
     st.builds(f.Reject, st.sampled_from(f.RejectReason), st.text(max_size=40)),
     data_frames(),
     st.builds(f.Ack, u64),

@@ -264,3 +264,13 @@ def test_a_connection_that_moves_a_message_resets_the_stall_count() -> None:
         pair.advance(config.ack_delay)
         pair.deliver_to_client(10_000)
         assert pair.client.state is S.OPEN and pair.client.unacked_count == 0, round_
+
+
+def test_protocol_document_shows_the_current_tables() -> None:
+    from pathlib import Path
+
+    from reliable_tcp.state import event_table, frame_table
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
+    for table in (frame_table(client=True), frame_table(client=False), event_table()):
+        assert table in doc
