@@ -28,6 +28,7 @@ __all__ = ["Link", "LinkOwner"]
 
 logger = logging.getLogger(__name__)
 
+_RECV_START = 16 * 1024
 _RECV_BUFFER = 256 * 1024
 _TCP_INFO_LAST_ACK_RECV = struct.Struct("I")  # tcp_info.tcpi_last_ack_recv, milliseconds
 _TCP_INFO_LAST_ACK_RECV_OFFSET = 56
@@ -105,8 +106,11 @@ class Link:
                 self.close(abort=False)
 
     def _read(self) -> None:
-        buffer = bytearray(_RECV_BUFFER)
-        with memoryview(buffer) as view:
+        # The buffer starts small (idle sessions are most sessions) and
+        # doubles whenever a read fills it, up to _RECV_BUFFER.
+        buffer = bytearray(_RECV_START)
+        view = memoryview(buffer)
+        try:
             while not self.closed:
                 try:
                     count = self.sock.recv_into(buffer)
@@ -129,6 +133,12 @@ class Link:
                         return
                 if self.closed or not self._owner.link_received(self, data, now):
                     return
+                if count == len(buffer) and count < _RECV_BUFFER:
+                    view.release()
+                    buffer = bytearray(2 * count)
+                    view = memoryview(buffer)
+        finally:
+            view.release()
 
     def _write(self) -> None:
         while True:
