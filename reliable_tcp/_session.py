@@ -267,6 +267,8 @@ class SessionShell:
 
     def _reschedule(self) -> None:
         """Tell the timer thread when we next have work, if that is sooner. Lock held."""
+        if self._ended:
+            return  # cancelled for good; the engine may not know (a crash ended the channel)
         due = self._engine.next_deadline()
         if due is not None and (self._timer_due is None or due < self._timer_due):
             self._timer_due = due

@@ -12,7 +12,7 @@ import pytest
 
 from hypothesis import HealthCheck, settings
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "support"))
 
 # "dev" keeps the edit-test loop quick; "ci" (selected by .ci/run) explores more.
 settings.register_profile("dev", max_examples=100, deadline=None)

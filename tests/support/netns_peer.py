@@ -1,7 +1,7 @@
 """One end of a numbered two-way stream, run as its own process (inside a test host).
 
-    python tests/netns_peer.py server --address 10.x.y.2:7000 --count 3000 --out b.json
-    python tests/netns_peer.py client --address 10.x.y.2:7000 --count 3000 --out a.json
+    python tests/support/netns_peer.py server --address 10.x.y.2:7000 --count 3000 --out b.json
+    python tests/support/netns_peer.py client --address 10.x.y.2:7000 --count 3000 --out a.json
 
 Each side sends ``count`` numbered messages at ``rate`` per second while
 receiving the other's, then the client closes. The JSON result lists what

@@ -107,7 +107,7 @@ def test_a_short_key_is_refused_by_the_configuration() -> None:
 def test_rtcat_with_a_key_file(tmp_path: Path) -> None:
     key = tmp_path / "key"
     key.write_bytes(os.urandom(32).hex().encode())
-    rtcat = [sys.executable, str(Path(__file__).resolve().parent.parent / "tools" / "rtcat"), "--heartbeat", "0.2"]
+    rtcat = [sys.executable, str(Path(__file__).resolve().parents[2] / "tools" / "rtcat"), "--heartbeat", "0.2"]
     with socket.create_server(("127.0.0.1", 0)) as probe:
         port = str(probe.getsockname()[1])
     listener = subprocess.Popen([*rtcat, "-l", "127.0.0.1", port, "--psk-file", str(key)],

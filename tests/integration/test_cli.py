@@ -17,7 +17,7 @@ import pytest
 from helpers import UNIT, wait_for
 from reliable_tcp.testing import FaultProxy
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RTCAT = [sys.executable, str(ROOT / "tools" / "rtcat")]
 FAST = ["--heartbeat", str(0.1 * UNIT), "--dead-after", str(0.4 * UNIT)]
 

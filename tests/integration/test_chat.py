@@ -10,7 +10,7 @@ import reliable_tcp as rt
 from helpers import fast_options, wait_for
 from reliable_tcp.testing import FaultProxy
 
-spec = importlib.util.spec_from_file_location("chat", Path(__file__).resolve().parent.parent / "tools" / "chat.py")
+spec = importlib.util.spec_from_file_location("chat", Path(__file__).resolve().parents[2] / "tools" / "chat.py")
 assert spec is not None and spec.loader is not None
 chat = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(chat)

@@ -122,7 +122,7 @@ def test_rtcat_over_tls(pki: Path, tmp_path: Path) -> None:
     import socket
     import sys
 
-    rtcat = [sys.executable, str(Path(__file__).resolve().parent.parent / "tools" / "rtcat"), "--heartbeat", "0.2"]
+    rtcat = [sys.executable, str(Path(__file__).resolve().parents[2] / "tools" / "rtcat"), "--heartbeat", "0.2"]
     with socket.create_server(("127.0.0.1", 0)) as probe:
         port = str(probe.getsockname()[1])
     data = os.urandom(300_000)

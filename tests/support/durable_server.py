@@ -1,6 +1,6 @@
 """A journaled listener process for the kill -9 tests.
 
-    python tests/durable_server.py --port PORT --journal DIR --out FILE
+    python tests/support/durable_server.py --port PORT --journal DIR --out FILE
 
 Accepts sessions (new or restored from the journal after a restart) and
 appends every message of each to FILE, asking for the next one to commit

@@ -1,6 +1,6 @@
 """Inside a test host: how long close() and connect() take while the cable is out.
 
-    python tests/netns_deadline_peer.py 10.x.y.2:7000
+    python tests/support/netns_deadline_peer.py 10.x.y.2:7000
 
 Connects, prints ``connected``, waits for the link to be declared dead (the
 test pulls the cable then), then times ``close(timeout=1)`` and a fresh

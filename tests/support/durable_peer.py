@@ -1,7 +1,7 @@
 """A journaled client process for the kill -9 tests.
 
-    python tests/durable_peer.py send --address HOST:PORT --journal DIR --count N
-    python tests/durable_peer.py recv --address HOST:PORT --journal DIR --count N --out FILE
+    python tests/support/durable_peer.py send --address HOST:PORT --journal DIR --count N
+    python tests/support/durable_peer.py recv --address HOST:PORT --journal DIR --count N --out FILE
 
 ``send`` numbers its messages by sequence (message n is seq n + 1) and
 continues, after a restart, from the journal's last durable send. ``recv``

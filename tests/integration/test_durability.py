@@ -17,8 +17,8 @@ import pytest
 import reliable_tcp as rt
 from helpers import Worker, fast_options, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
-PEER = [sys.executable, str(ROOT / "tests" / "durable_peer.py")]
+ROOT = Path(__file__).resolve().parents[2]
+PEER = [sys.executable, str(ROOT / "tests" / "support" / "durable_peer.py")]
 OPTIONS = fast_options(heartbeat_interval=0.2, resume_window=60.0)
 
 
@@ -144,7 +144,7 @@ def test_listener_killed_and_restarted_brings_its_sessions_back(tmp_path: Path) 
     out = tmp_path / "received"
     with socket.create_server(("127.0.0.1", 0)) as probe:
         port = probe.getsockname()[1]
-    server_argv = [sys.executable, str(ROOT / "tests" / "durable_server.py"), "--port", str(port),
+    server_argv = [sys.executable, str(ROOT / "tests" / "support" / "durable_server.py"), "--port", str(port),
                    "--journal", journal, "--out", str(out)]
     server = Peer(server_argv)
     client = rt.connect(("127.0.0.1", port), timeout=30, **OPTIONS)

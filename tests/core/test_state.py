@@ -271,6 +271,6 @@ def test_protocol_document_shows_the_current_tables() -> None:
 
     from reliable_tcp.state import event_table, frame_table
 
-    doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
     for table in (frame_table(client=True), frame_table(client=False), event_table()):
         assert table in doc

@@ -12,7 +12,7 @@ import pytest
 from reliable_tcp import conformance
 from reliable_tcp import frames as f
 
-VECTORS = Path(__file__).resolve().parent.parent / "docs" / "vectors"
+VECTORS = Path(__file__).resolve().parents[2] / "docs" / "vectors"
 
 
 def load(name: str) -> list[dict[str, Any]]:

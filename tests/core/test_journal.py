@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from reliable_tcp.exceptions import JournalLocked
 from reliable_tcp.journal import Journal, JournalState
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def snapshot(state: JournalState) -> tuple[object, ...]:

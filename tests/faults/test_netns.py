@@ -35,7 +35,7 @@ if _REASON is not None:
     pytestmark.append(pytest.mark.skip(reason=_REASON))
 
 HEARTBEATS = [float(h) for h in os.environ.get("RTCP_NETNS_HEARTBEATS", "0.5").split(",")]
-PEER = [sys.executable, str(ROOT / "tests" / "netns_peer.py")]
+PEER = [sys.executable, str(ROOT / "tests" / "support" / "netns_peer.py")]
 PORT = 7000
 
 
@@ -384,7 +384,7 @@ def test_close_and_connect_keep_their_deadlines_with_the_cable_out(net: NetPair,
         "time.sleep(60)\n"
     )], stdout=subprocess.PIPE)
     assert server.stdout is not None and server.stdout.readline().strip() == b"listening"
-    client = Peer(net, "a", [sys.executable, str(ROOT / "tests" / "netns_deadline_peer.py"), f"{net.addr['b']}:{PORT}"])
+    client = Peer(net, "a", [sys.executable, str(ROOT / "tests" / "support" / "netns_deadline_peer.py"), f"{net.addr['b']}:{PORT}"])
     client.wait_line(lambda line: line == "connected", 30)
     net.link("a", False)  # the cable stays out: every reconnect SYN goes unanswered
     client.wait_line(lambda line: line.startswith("{"), 60)
