@@ -93,7 +93,9 @@ def _rtcat_parser() -> argparse.ArgumentParser:
         "--output", metavar="FILE", help="with -l: write to FILE instead of stdout; with --journal, exactly once across restarts"
     )
     auth = parser.add_argument_group("pre-shared key (never on the command line)")
-    auth.add_argument("--psk-file", metavar="FILE", help="read the pre-shared key from FILE (hex digits, or base64: and base64; >= 16 bytes)")
+    auth.add_argument(
+        "--psk-file", metavar="FILE", help="read the pre-shared key from FILE (hex digits, or base64: and base64; >= 16 bytes)"
+    )
     auth.add_argument("--psk-env", metavar="VAR", help="read the pre-shared key from environment variable VAR")
     parser.add_argument("address", nargs="+", metavar="HOST PORT", help="HOST PORT to connect to; with -l: [HOST] PORT")
     return parser

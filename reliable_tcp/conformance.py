@@ -51,7 +51,7 @@ class Tokens:
 def describe(frame: f.Frame) -> dict[str, Any]:
     """A frame's fields as JSON values (bytes as hex, enums by name)."""
     fields: dict[str, Any] = {"type": _TYPE_NAMES[type(frame)]}
-    for field in dataclasses.fields(frame):  # type: ignore[arg-type]
+    for field in dataclasses.fields(frame):
         value = getattr(frame, field.name)
         if isinstance(value, bytes):
             value = value.hex()
