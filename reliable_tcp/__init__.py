@@ -31,6 +31,7 @@ from .exceptions import (
     UsageError,
     WindowFull,
 )
+from .journals import JournalInfo, list_journals, remove_journal
 from .listener import Listener, listen
 from .options import ChannelOptions, ListenOptions, ShellOptions
 from .status import ChannelEvent, ChannelState, ChannelStatistics, ListenerStatistics
@@ -52,6 +53,7 @@ __all__ = [
     "FrameTooLarge",
     "InvalidState",
     "JournalError",
+    "JournalInfo",
     "JournalLocked",
     "JournalWriteFailed",
     "ListenOptions",
@@ -70,6 +72,8 @@ __all__ = [
     "UsageError",
     "WindowFull",
     "connect",
+    "list_journals",
     "listen",
     "load_psk",
+    "remove_journal",
 ]

@@ -9,7 +9,10 @@ on disk before what (docs/durability.md):
   it leaves (ACCEPT on the server, the confirming ACK on the client);
 - what the application committed is durable before the peer is told;
 - acknowledgements are lazily durable: losing the last one only means the
-  peer's copies are sent again and dropped as duplicates.
+  peer's copies are sent again and dropped as duplicates;
+- how the session ended is recorded when it ends, so a restart never
+  resumes a finished session: a closed one is deleted, a lost one is
+  reported once (its unacknowledged messages) and then retired.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import time
 from .config import SessionConfig
 from .engine import SessionEngine
 from .exceptions import JournalWriteFailed
-from .journal import Journal
+from .journal import Journal, Outcome
 
 __all__ = ["Durable"]
 
@@ -88,10 +91,15 @@ class Durable:
         compacting now and then so the journal stays bounded."""
         try:
             self.journal.sync(position)
-            if self.journal.size() > self._compact_at:
-                self.journal.compact()
         except OSError as exc:
-            raise JournalWriteFailed(f"could not make the journal durable: {exc}") from exc
+            error = JournalWriteFailed(f"queued, but the journal could not make it durable: {exc}")
+            error.queued = True
+            raise error from exc
+        if self.journal.size() > self._compact_at:
+            try:
+                self.journal.compact()
+            except OSError as exc:  # the old log is intact; try again later
+                logger.warning("journal %s: could not compact: %s", self.directory, exc)
 
     def record_session(self, session_id: bytes, secret: bytes, previous_secret: bytes) -> None:
         """The session's id and secrets, durable before the peer may use them."""
@@ -106,23 +114,49 @@ class Durable:
         only logged: the journal keeps copies that will be sent again)."""
         try:
             self.journal.record_acked(upto)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: the journal was closed meanwhile
             logger.warning("journal %s: could not record an acknowledgement: %s", self.directory, exc)
 
     def record_consumed(self, upto: int) -> None:
         """The application committed every received message up to ``upto``;
-        durable when this returns."""
+        durable when this returns (raises JournalWriteFailed otherwise)."""
         try:
             self.journal.sync(self.journal.record_consumed(upto))
         except OSError as exc:
             raise JournalWriteFailed(f"could not journal the commit: {exc}") from exc
 
-    def finish(self, *, complete: bool) -> None:
-        """Close the journal; delete it when the session is over with nothing
-        left to resume or report."""
+    @property
+    def ended(self) -> tuple[Outcome, str] | None:
+        """How the journaled session ended before (an END record), or None."""
+        state = self.journal.state
+        return None if state.ended is None else (state.ended, state.end_reason)
+
+    def record_end(self, kind: str, reason: str) -> None:
+        """The session ended (``kind``: the channel's "closed", "aborted",
+        "lost" or "broken"): a restart must not resume it."""
+        outcome = {"closed": Outcome.CLOSED, "aborted": Outcome.ABORTED}.get(kind, Outcome.LOST)
+        try:
+            self.journal.sync(self.journal.record_end(outcome, reason))
+        except (OSError, ValueError) as exc:  # ValueError: the journal was closed meanwhile
+            logger.warning("journal %s: could not record the end of the session: %s", self.directory, exc)
+
+    def finish(self, kind: str, *, reported: bool) -> None:
+        """Close the journal after the session ended as ``kind``. A complete
+        close deletes it; an abort, or a loss its owner has been told of
+        (``reported``), retires it; a loss nobody was told of stays, to be
+        reported by the next process that opens it."""
+        try:
+            if kind == "closed":
+                self.journal.close(discard=True)
+            else:
+                self.journal.close(retire=kind == "aborted" or reported)
+        except OSError as exc:
+            logger.warning("journal %s: could not close cleanly: %s", self.directory, exc)
+
+    def release(self) -> None:
+        """Close the journal of a session that has not ended (the process
+        stops; a restart resumes it)."""
         try:
             self.journal.close()
         except OSError as exc:
             logger.warning("journal %s: could not close cleanly: %s", self.directory, exc)
-        if complete:
-            self.journal.discard()

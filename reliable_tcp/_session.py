@@ -205,13 +205,23 @@ class SessionShell:
         else:
             logger.warning("%s: %s (%d unacknowledged)", self._name, reason, len(unacked))
             self._notify("failed", reason)
+        if self._durable is not None:
+            # Recorded at once: a restart after this moment must not resume it.
+            self._after.append(functools.partial(self._durable.record_end, kind, reason))
         if self._on_end is not None:
             on_end = self._on_end
             self._after.append(lambda: on_end(self))
 
-    def _teardown(self, deadline: Deadline, *, linger: bool) -> None:
+    def _end_restored(self, reason: str, unacked: Unacked) -> None:
+        """A journal says this session was lost before the restart: end it
+        now, so its owner is told (once) what was never acknowledged."""
+        with self._locked:
+            self._end("lost", reason, unacked, None)
+
+    def _teardown(self, deadline: Deadline, *, linger: bool, reported: bool = True) -> None:
         """Stop the connector and the connections, join every thread, close
-        the journal."""
+        the journal (``reported``: the owner has been told how it ended, so
+        a lost session's journal can be retired)."""
         with self._locked:
             self._stopping = True
             connector = self._connector
@@ -239,12 +249,15 @@ class SessionShell:
             stopped = each.join(deadline.earlier(_FINAL_FLUSH)) and stopped
         if not stopped:
             logger.error("%s: a thread did not stop in time", self._name)
-        with self._lock:
+        with self._journal_order, self._lock:  # not while a session record is being written
             self._links = [each for each in self._links if any(t.is_alive() for t in each.threads)]
             durable, self._durable = self._durable, None
-            complete = self._ended and self._end_kind == "closed"
+            ended, kind = self._ended, self._end_kind
         if durable is not None:
-            durable.finish(complete=complete)
+            if ended:
+                durable.finish(kind, reported=reported)
+            else:
+                durable.release()
 
     # -------------------------------------------------------- locking help
 
@@ -322,19 +335,17 @@ class SessionShell:
 
     def _persist_session(self) -> None:
         """Journal the session's current id and secrets, then release the output."""
-        durable = self._durable
-        if durable is None:
-            return
-        with self._journal_order:  # the newest secret is the last one written
+        with self._journal_order:  # the newest secret is the last one written; no finish meanwhile
             with self._lock:
+                durable = self._durable
                 engine = self._engine
                 snapshot = (engine.session_id, engine.secret, engine.previous_secret)
-            try:
-                durable.record_session(*snapshot)
-            except ReliableTCPError as exc:
-                with self._locked:
-                    self._end("broken", f"the journal refused the session record: {exc}", self._engine.unacked(), exc)
-                return
+            if durable is not None:
+                try:
+                    durable.record_session(*snapshot)
+                except ReliableTCPError as exc:
+                    with self._locked:
+                        self._end("broken", f"the journal refused the session record: {exc}", self._engine.unacked(), exc)
         with self._lock:
             self._output_held = False
             self._writable.notify_all()
@@ -439,7 +450,7 @@ class SessionShell:
             while True:
                 if link is not self._link:
                     return None
-                if not self._output_held and engine.has_output():
+                if (self._ended or not self._output_held) and engine.has_output():
                     return engine.data_to_send(time.monotonic())
                 if link.tls_pending:
                     return b""

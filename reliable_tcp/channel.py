@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from ._deadline import Deadline
 from ._session import SessionShell, Unacked
-from .exceptions import ChannelClosed, UsageError
+from .exceptions import ChannelClosed, JournalWriteFailed, UsageError
 from .state import TERMINAL_STATES, SessionState
 from .status import ChannelState, ChannelStatistics, channel_state_of
 
@@ -207,7 +207,14 @@ class Channel(SessionShell):
             if upto <= self._engine.committed:
                 return
         if self._durable is not None:
-            self._durable.record_consumed(upto)  # durable before the peer is told
+            try:
+                self._durable.record_consumed(upto)  # durable before the peer is told
+            except JournalWriteFailed as exc:
+                # Not fatal: the commit point stays where it was, so the peer
+                # keeps these messages (a restart now would deliver them
+                # again); the next commit tries again.
+                logger.warning("%s: commit not journaled, retried at the next one: %s", self._name, exc)
+                return
         with self._locked:
             now = time.monotonic()
             if self._engine.state not in TERMINAL_STATES:
@@ -257,7 +264,7 @@ class Channel(SessionShell):
                 self._engine.close(now)
                 self._absorb(now)
 
-    def _finish_close(self, deadline: Deadline) -> None:
+    def _finish_close(self, deadline: Deadline, *, reported: bool = True) -> None:
         """Wait for the close handshake within ``deadline``, then release
         everything (the listener's door, after :meth:`_begin_close`)."""
         with self._locked:
@@ -267,7 +274,7 @@ class Channel(SessionShell):
                 self._drop_link("close timed out", None, abort=False)
                 if not self._ended:
                     self._end("closed", "close timed out", self._engine.unacked(), None)
-        self._teardown(deadline, linger=True)
+        self._teardown(deadline, linger=True, reported=reported)
 
     def abort(self) -> Unacked:
         """End the session at once, without the close handshake; return the

@@ -130,6 +130,8 @@ def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
 def rtcat_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``rtcat``; returns the exit status."""
     args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["journal"]:
+        return _journal_main(args_list[1:])
     if args_list[:1] == ["demo"]:
         from . import demo
 
@@ -183,6 +185,42 @@ def rtcat_main(argv: Sequence[str] | None = None) -> int:
         session.abort()
         print("rtcat: interrupted", file=sys.stderr)
         return EXIT_INTERRUPT
+
+
+def _journal_main(argv: list[str]) -> int:
+    """``rtcat journal ls DIR`` and ``rtcat journal rm DIR [SESSION | --all]``."""
+    from .exceptions import JournalLocked
+    from .journals import list_journals, remove_journal
+
+    parser = argparse.ArgumentParser(prog="rtcat journal", description="list or remove the sessions a journal directory holds")
+    commands = parser.add_subparsers(dest="command", required=True)
+    ls = commands.add_parser("ls", help="list the sessions (state, unacknowledged messages and bytes, age)")
+    ls.add_argument("directory")
+    rm = commands.add_parser("rm", help="remove one session's journal, or all of them; refused while in use")
+    rm.add_argument("directory")
+    rm.add_argument("session", nargs="?", help="session id (a unique prefix is enough)")
+    rm.add_argument("--all", action="store_true", help="remove every journal and retired log in DIR")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "ls":
+            infos = list_journals(args.directory)
+            print(f"{'SESSION':32}  {'STATUS':14}  {'UNACKED':>8}  {'BYTES':>10}  {'AGE':>8}  PATH")
+            for info in infos:
+                print(f"{info.session_id or '-':32}  {info.status:14}  {info.unacked_messages:>8}  {info.unacked_bytes:>10}  "
+                      f"{info.age_seconds:>7.0f}s  {info.path}")
+            return EXIT_OK
+        if not args.all and not args.session:
+            print("rtcat journal rm: name a SESSION, or give --all", file=sys.stderr)
+            return EXIT_USAGE
+        for path in remove_journal(args.directory, args.session, everything=args.all):
+            print(f"removed {path}")
+        return EXIT_OK
+    except JournalLocked as exc:
+        print(f"rtcat journal: {exc}; stop that process first", file=sys.stderr)
+        return EXIT_CONNECT
+    except (OSError, ValueError) as exc:
+        print(f"rtcat journal: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def _address(args: argparse.Namespace) -> tuple[str, int]:
@@ -352,7 +390,9 @@ class _Session:
                     if self.args.journal:
                         written_seq, length = seq, out.tell()
                         tmp = sidecar + ".tmp"
-                        with open(tmp, "w") as f:
+                        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                        os.fchmod(fd, 0o600)  # it holds where the transfer stands: private, like the journal
+                        with open(fd, "w") as f:
                             f.write(f"{written_seq} {length}\n")
                             f.flush()
                             os.fsync(f.fileno())

@@ -17,7 +17,8 @@ from ._session import Connecting
 from .channel import Channel
 from .config import SessionConfig
 from .engine import SessionEngine
-from .exceptions import AuthenticationFailed, RejectedByPeer, TLSHandshakeError
+from .exceptions import AuthenticationFailed, RejectedByPeer, SessionLost, TLSHandshakeError
+from .journal import Outcome
 from .options import ChannelOptions, ShellOptions, resolve_options
 from .tls import TLSLayer
 
@@ -188,6 +189,23 @@ class ClientChannel(Channel):
         raise error
 
 
+def _open_journal(directory: str, config: SessionConfig) -> tuple[Durable, SessionEngine | None]:
+    """The journal and the session it holds. A session that ended before
+    the restart is never resumed: a lost one with messages unacknowledged
+    is reported once (SessionLost) and its journal retired; any other
+    finished one is set aside and a new session begins."""
+    durable = Durable.open(directory, config)
+    engine = durable.restore(config, client=True)
+    ended = durable.ended
+    if ended is None:
+        return durable, engine
+    unacked = engine.unacked() if engine is not None else ()
+    durable.finish("closed" if ended[0] is Outcome.CLOSED else "aborted", reported=True)
+    if ended[0] is Outcome.LOST and unacked:
+        raise SessionLost(f"{ended[1]} (before the restart)", unacked)
+    return Durable.open(directory, config), None
+
+
 def connect(
     address: tuple[str, int],
     *,
@@ -217,15 +235,14 @@ def connect(
     engine = None
     if journal is not None:
         resolved = Durable.durable_config(resolved)
-        durable = Durable.open(journal, resolved)
-        engine = durable.restore(resolved, client=True)
+        durable, engine = _open_journal(journal, resolved)
     try:
         channel = ClientChannel(
             engine or SessionEngine(resolved, client=True), shell_options, durable=durable, restored=engine is not None
         )
     except BaseException:
         if durable is not None:
-            durable.finish(complete=False)
+            durable.release()
         raise
     target = (address[0], int(address[1]))
     connector = Connector(channel, target, resolved, shell_options, channel.name)

@@ -157,9 +157,15 @@ class JournalLocked(JournalError):
 class JournalWriteFailed(JournalError):
     """A journal record could not be written whole (disk full, I/O error).
 
-    Nothing of the failed call took effect: a message that could not be
-    journaled was neither queued nor sent. ``__cause__`` is the OSError.
+    ``__cause__`` is the OSError. Usually nothing of the failed call took
+    effect: a message that could not be journaled was neither queued nor
+    sent, and the journal is as it was (``queued`` is False). Only when the
+    record was written but the final ``fsync`` failed is the message queued
+    anyway (``queued`` is True): it will be delivered, but a crash now could
+    lose it.
     """
+
+    queued: bool = False
 
 
 class ChannelClosed(ReliableTCPError):

@@ -27,6 +27,7 @@ from typing import Any, Unpack
 
 from ._deadline import Deadline
 from ._durable import Durable
+from .journal import Outcome, secure_directory
 from ._transport import close_socket, configure_socket
 from .channel import Channel
 from .config import SessionConfig
@@ -108,20 +109,27 @@ class Listener:
 
     def _restore_sessions(self, directory: str) -> None:
         """Bring back every journaled session after a restart: each waits for
-        its client's resume and is offered again by accept()."""
-        os.makedirs(directory, exist_ok=True)
+        its client's resume and is offered again by accept(). A session that
+        had ended is never resumed: a closed one is deleted, a lost one is
+        offered already ended, so its owner learns once what was never
+        acknowledged, then its journal is retired."""
+        secure_directory(directory)
         for name in sorted(os.listdir(directory)):
             path = os.path.join(directory, name)
             if not os.path.isdir(path):
                 continue
             durable = Durable.open(path, self._config)
             engine = durable.restore(self._config, client=False)
-            if engine is None:
-                durable.finish(complete=True)
+            ended = durable.ended
+            if engine is None or (ended is not None and (ended[0] is not Outcome.LOST or not engine.unacked_count)):
+                durable.finish("closed" if ended is None or ended[0] is Outcome.CLOSED else "aborted", reported=True)
                 continue
-            self._registry.adopt(engine)
             channel = Channel(engine, self._shell, durable=durable, restored=True, on_end=self._session_ended)
-            self._channels[engine.session_id] = channel
+            if ended is not None:
+                channel._end_restored(f"{ended[1]} (before the restart)", engine.unacked())
+            else:
+                self._registry.adopt(engine)
+                self._channels[engine.session_id] = channel
             self._offered.append(channel)
             logger.info("restored session %s from %s", engine.session_id.hex()[:8], path)
 
@@ -362,7 +370,9 @@ class Listener:
         for channel in channels:
             channel._begin_close()
         for channel in channels:
-            channel._finish_close(deadline)
+            # Not the owner's report: a lost session's journal stays, to be
+            # reported after a restart (the owner's own calls report it now).
+            channel._finish_close(deadline, reported=False)
         with self._lock:
             threads = list(self._threads)
         for thread in threads:

@@ -9,10 +9,10 @@ import reliable_tcp
 EXPECTED = {
     "AuthenticationFailed", "Backoff", "Channel", "ChannelBroken", "ChannelClosed", "ChannelEvent", "ChannelOptions",
     "ChannelState", "ChannelStatistics", "CorruptFrame", "FrameError", "FrameTooLarge", "InvalidState", "JournalError",
-    "JournalLocked", "JournalWriteFailed", "ListenOptions", "Listener", "ListenerStatistics", "MessageTooLarge",
+    "JournalInfo", "JournalLocked", "JournalWriteFailed", "ListenOptions", "Listener", "ListenerStatistics", "MessageTooLarge",
     "ProtocolError", "RejectedByPeer", "ReliableTCPError", "SequenceClaimError", "SessionConfig", "SessionLost",
-    "ShellOptions", "TLSHandshakeError", "UnsupportedVersion", "UsageError", "WindowFull", "connect", "listen",
-    "load_psk",
+    "ShellOptions", "TLSHandshakeError", "UnsupportedVersion", "UsageError", "WindowFull", "connect", "list_journals", "listen",
+    "load_psk", "remove_journal",
 }
 
 

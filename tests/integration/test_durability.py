@@ -206,24 +206,3 @@ def test_rtcat_file_transfer_survives_killing_both_sides(tmp_path: Path) -> None
                     proc.kill()
                     proc.wait()
     assert hashlib.sha256(out.read_bytes()).hexdigest() == hashlib.sha256(data.read_bytes()).hexdigest()
-
-
-def test_a_restored_session_the_server_forgot_reports_the_journaled_messages(tmp_path: Path) -> None:
-    from reliable_tcp.testing import FaultProxy
-
-    journal = str(tmp_path / "journal")
-    with rt.listen(("127.0.0.1", 0), **OPTIONS) as listener, FaultProxy(listener.address) as proxy:
-        client = rt.connect(proxy.address, journal=journal, **OPTIONS)
-        server = listener.accept(timeout=5)
-        client.send(b"delivered")
-        assert server.recv(timeout=5) == b"delivered"
-        client.flush(timeout=5)
-        proxy.blackhole()
-        client.send(b"kept-1")
-        client.send(b"kept-2")
-        client.abort()  # as if the process died: the journal stays
-        server.abort()  # and the server forgets the session
-        proxy.heal()
-        with pytest.raises(rt.SessionLost) as info:
-            rt.connect(proxy.address, journal=journal, timeout=10, **OPTIONS)
-        assert info.value.unacked == ((2, b"kept-1"), (3, b"kept-2"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 
 import reliable_tcp
 
@@ -39,9 +40,11 @@ def main() -> int:
     return 0
 
 
-def write_until_closed(channel: reliable_tcp.Channel, path: str) -> None:
+def write_until_closed(channel: reliable_tcp.Channel, path: str, hang_at_end: bool = False) -> None:
     """Append each message to ``path`` as a line, asking for the next one to
-    commit it, until the peer closes; then commit the last and close."""
+    commit it, until the peer closes; then commit the last and close.
+    ``hang_at_end``: stop right after the peer's close, before our own
+    close() (the test kills the process there)."""
     with open(path, "ab") as out:
         while True:
             try:
@@ -52,6 +55,9 @@ def write_until_closed(channel: reliable_tcp.Channel, path: str) -> None:
             out.flush()
             print(f"got {int(message)}", flush=True)
     channel.commit()
+    if hang_at_end:
+        print("peer closed", flush=True)
+        threading.Event().wait()  # until killed
     channel.close(timeout=30)
 
 

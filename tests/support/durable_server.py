@@ -24,13 +24,14 @@ def main() -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--journal", required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--hang-at-end", action="store_true", help="stop after the peer closes, before close()")
     args = parser.parse_args()
     options = {"heartbeat_interval": 0.2, "resume_window": 60.0, "handshake_timeout": 2.0}
     with reliable_tcp.listen(("127.0.0.1", args.port), journal=args.journal, **options) as listener:
         print("listening", flush=True)
         channel = listener.accept()
         print(f"session restored={channel.restored}", flush=True)
-        write_until_closed(channel, args.out)
+        write_until_closed(channel, args.out, args.hang_at_end)
     return 0
 
 

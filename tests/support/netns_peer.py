@@ -60,7 +60,7 @@ def main() -> int:
     result: dict[str, Any] = {"sent": 0, "unacked": [], "delivered": [], "lost": None}
     pause = (args.pause_at, args.pause_for) if args.pause_at is not None else None
     receiver = threading.Thread(
-        target=_receive, args=(channel, args.count, result, args.role == "server", pause), daemon=True
+        target=_receive, args=(channel, args.count, result, args.role == "server", pause, events), daemon=True
     )
     receiver.start()
     status = 0
@@ -110,6 +110,7 @@ def _receive(
     result: dict[str, Any],
     wait_for_close: bool,
     pause: tuple[int, float] | None,
+    events: list[tuple[str, float, str, int]],
 ) -> None:
     delivered: list[int] = result["delivered"]
     try:
@@ -117,7 +118,9 @@ def _receive(
             if pause is not None and len(delivered) >= pause[0]:
                 # A slow consumer: the application stops reading for a while.
                 print("paused", flush=True)
+                events.append(("paused", time.monotonic(), "", 0))
                 time.sleep(pause[1])  # the stall under test, not a synchronisation
+                events.append(("reading again", time.monotonic(), "", 0))
                 print("reading again", flush=True)
                 pause = None
             before = len(delivered)

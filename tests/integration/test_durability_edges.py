@@ -1,0 +1,367 @@
+"""Durable sessions where real disks and operators are involved: full disks,
+short writes, the lock, sessions that ended, permissions, managing journals."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import reliable_tcp as rt
+from helpers import fast_options, wait_for
+from reliable_tcp.journal import Journal, Outcome
+from reliable_tcp.testing import FaultProxy
+
+ROOT = Path(__file__).resolve().parents[2]
+OPTIONS = fast_options(heartbeat_interval=0.2, resume_window=60.0)
+
+
+@pytest.fixture
+def listener() -> Iterator[rt.Listener]:
+    with rt.listen(("127.0.0.1", 0), **OPTIONS) as lst:
+        yield lst
+
+
+def drain(channel: rt.Channel, count: int) -> list[bytes]:
+    return [channel.recv(timeout=10) for _ in range(count)]
+
+
+# ------------------------------------------------------------ full disks
+
+
+class ShortWrites:
+    """A journal file that writes at most ``limit`` bytes in all, then fails
+    like a full disk (a short write first, then ENOSPC)."""
+
+    def __init__(self, real: object, limit: int) -> None:
+        self.real = real
+        self.room = limit
+
+    def write(self, data: memoryview) -> int:
+        if self.room <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        part = bytes(data[: self.room])
+        self.room -= len(part)
+        return self.real.write(part)  # type: ignore[attr-defined, no-any-return]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.real, name)
+
+
+def test_a_short_write_is_rolled_back_and_the_message_neither_queued_nor_sent(tmp_path: Path, listener: rt.Listener) -> None:
+    journal = str(tmp_path / "j")
+    client = rt.connect(listener.address, journal=journal, **OPTIONS)
+    server = listener.accept(timeout=5)
+    client.send(b"before")
+    store = client._durable.journal  # type: ignore[union-attr]  # the injection needs the file
+    size = store.size()
+    store._file = ShortWrites(store._file, 10)  # the next record gets 10 bytes, then the disk is full
+    with pytest.raises(rt.JournalWriteFailed) as info:
+        client.send(b"x" * 100)
+    assert isinstance(info.value.__cause__, OSError) and info.value.__cause__.errno == errno.ENOSPC
+    assert not info.value.queued
+    assert store.size() == size and os.path.getsize(os.path.join(journal, "log")) == size  # rolled back
+    assert client.statistics().messages_sent == 1  # nothing queued
+    store._file = store._file.real  # space again: the session goes on
+    client.send(b"after")
+    assert drain(server, 2) == [b"before", b"after"]
+    client.close()
+    server.close()
+
+
+def test_failed_ack_and_commit_records_are_logged_and_retried_never_fatal(
+    tmp_path: Path, listener: rt.Listener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = rt.connect(listener.address, journal=str(tmp_path / "j"), **OPTIONS)
+    server = listener.accept(timeout=5)
+    store = client._durable.journal  # type: ignore[union-attr]
+    real_acked, real_consumed = store.record_acked, store.record_consumed
+    failing = {"on": True}
+
+    def acked(upto: int) -> int:
+        if failing["on"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_acked(upto)  # type: ignore[no-any-return]
+
+    def consumed(upto: int) -> int:
+        if failing["on"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_consumed(upto)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(store, "record_acked", acked)
+    monkeypatch.setattr(store, "record_consumed", consumed)
+    client.send(b"acked while the disk is full")
+    client.flush(timeout=5)  # the ack record failed: logged, the session is healthy
+    server.send(b"one")
+    server.send(b"two")
+    assert client.recv(timeout=5) == b"one"
+    assert client.recv(timeout=5) == b"two"  # its commit of "one" failed: not fatal
+    assert client.last_committed_seq == 0  # so the peer still keeps them
+    failing["on"] = False
+    client.commit()  # retried: now it holds
+    assert client.last_committed_seq == 2
+    assert client.state is rt.ChannelState.CONNECTED
+    client.close()
+    server.close()
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A real 256 KiB tmpfs (needs root; skips cleanly otherwise)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True, timeout=30)
+    if result.returncode != 0:
+        pytest.skip(f"can't mount a tmpfs here: {result.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=30)
+
+
+def test_a_full_disk_refuses_whole_messages_and_the_session_recovers(tiny_filesystem: Path, listener: rt.Listener) -> None:
+    filler = tiny_filesystem / "filler"
+    filler.write_bytes(bytes(64 * 1024))  # removed later: the space that comes back
+    journal = str(tiny_filesystem / "j")
+    client = rt.connect(listener.address, journal=journal, **fast_options(heartbeat_interval=0.2, window_bytes=1 << 20))
+    server = listener.accept(timeout=5)
+    payload = os.urandom(20_000)
+    returned = 0
+    with pytest.raises(rt.JournalWriteFailed) as info:
+        while True:  # fill the 256 KiB disk
+            client.send(b"%06d" % returned + payload)
+            returned += 1
+    assert isinstance(info.value.__cause__, OSError) and not info.value.queued
+    assert returned >= 5
+    assert client.statistics().messages_sent == returned  # the refused one was never queued
+    got = drain(server, returned)
+    assert [int(m[:6]) for m in got] == list(range(returned))  # and never sent
+    # Whatever send() returned for is in the journal, whole.
+    store = client._durable.journal  # type: ignore[union-attr]
+    store.sync()
+    from reliable_tcp.journal import read_state
+
+    state, good, size = read_state(os.path.join(journal, "log"))
+    assert good == size and state.next_seq == returned + 1
+    # Space comes back: sends work again, on the same session.
+    filler.unlink()
+    client.send(b"after")
+    assert server.recv(timeout=5) == b"after"
+    client.close()
+    server.close()
+
+
+# --------------------------------------------------------------- the lock
+
+
+def test_the_lock_is_held_until_the_files_are_gone(tmp_path: Path) -> None:
+    """Two processes open, write and close-with-delete the same journal over
+    and over; each checks, while it holds the lock, that the path still
+    names the files it holds. Closing used to release the lock first and
+    delete after, so the other could write "durable" records into a deleted file."""
+    script = (
+        "import os, sys, time\n"
+        "from reliable_tcp.journal import Journal\n"
+        "from reliable_tcp.exceptions import JournalLocked\n"
+        "d, until = sys.argv[1], time.monotonic() + float(sys.argv[2])\n"
+        "held = bad = 0\n"
+        "while time.monotonic() < until:\n"
+        "    try:\n"
+        "        j = Journal(d, fsync=False)\n"
+        "    except (JournalLocked, FileNotFoundError):\n"
+        "        continue\n"
+        "    held += 1\n"
+        "    j.record_sent(j.state.next_seq, [b'x'])\n"
+        "    log, lock = os.path.join(d, 'log'), os.path.join(d, 'lock')\n"
+        "    try:\n"
+        "        if os.stat(log).st_ino != os.fstat(j._file.fileno()).st_ino: bad += 1\n"
+        "        if os.stat(lock).st_ino != os.fstat(j._lock_fd).st_ino: bad += 1\n"
+        "    except FileNotFoundError:\n"
+        "        bad += 1\n"
+        "    j.close(discard=True)\n"
+        "print(held, bad)\n"
+    )
+    directory = str(tmp_path / "shared")
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, directory, "3"], stdout=subprocess.PIPE, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+        for _ in range(3)
+    ]
+    results = [tuple(map(int, proc.communicate(timeout=60)[0].split())) for proc in procs]
+    assert all(held > 0 for held, _ in results), results
+    assert sum(bad for _, bad in results) == 0, results
+
+
+# ----------------------------------------------------- sessions that ended
+
+
+_LOSING_LISTENER = (
+    "import sys, time, reliable_tcp as rt\n"
+    "from reliable_tcp.testing import FaultProxy\n"
+    "options = dict(heartbeat_interval=0.2, resume_window=1.0, handshake_timeout=1.0)\n"
+    "lst = rt.listen(('127.0.0.1', 0), journal=sys.argv[1], **options)\n"
+    "proxy = FaultProxy(lst.address)\n"
+    "client = rt.connect(proxy.address, **options)\n"
+    "server = lst.accept(timeout=5)\n"
+    "proxy.blackhole()\n"
+    "for i in range(3):\n"
+    "    server.send(b'%d' % i)\n"
+    "while server.state is not rt.ChannelState.FAILED:\n"
+    "    time.sleep(0.05)\n"
+    "print('lost', flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+
+def test_a_lost_listener_session_is_reported_once_then_retired(tmp_path: Path) -> None:
+    journal = str(tmp_path / "sessions")
+    options = fast_options(heartbeat_interval=0.2, resume_window=1.0)
+    first = subprocess.Popen([sys.executable, "-c", _LOSING_LISTENER, journal], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert first.stdout is not None and first.stdout.readline().strip() == "lost"
+    finally:
+        first.kill()  # the process dies before its owner called close()
+        first.wait(10)
+    # The restart reports it once: an ended session, offered with what was never acknowledged.
+    with rt.listen(("127.0.0.1", 0), journal=journal, **options) as second:
+        restored = second.accept(timeout=5)
+        assert restored.restored and second.session_count == 0  # not resumable, not counted
+        with pytest.raises(rt.SessionLost) as info:
+            restored.recv(timeout=1)
+        assert [payload for _, payload in info.value.unacked] == [b"0", b"1", b"2"]
+        assert "before the restart" in str(info.value)
+        with pytest.raises(rt.SessionLost):
+            restored.close()  # the owner has now been told: the journal is retired
+    with rt.listen(("127.0.0.1", 0), journal=journal, **options) as third, pytest.raises(TimeoutError):
+        third.accept(timeout=0.5)  # never again
+    assert [info.status for info in rt.list_journals(journal)] == ["retired"]
+
+
+def test_a_finished_session_is_never_offered_again(tmp_path: Path, listener: rt.Listener) -> None:
+    journal = str(tmp_path / "sessions")
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    argv = [sys.executable, str(ROOT / "tests" / "support" / "durable_server.py"), "--port", str(port),
+            "--journal", journal, "--out", str(tmp_path / "out")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    server = subprocess.Popen([*argv, "--hang-at-end"], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "listening"
+        client = rt.connect(("127.0.0.1", port), **OPTIONS)
+        for i in range(5):
+            client.send(b"%d" % i)
+        client.close()  # a complete close
+        lines = [server.stdout.readline().strip() for _ in range(7)]
+        assert lines[-1] == "peer closed", lines
+    finally:
+        server.kill()  # after recv() raised ChannelClosed, before its own close()
+        server.wait(10)
+    restarted = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert restarted.stdout is not None and restarted.stdout.readline().strip() == "listening"
+        wait_for(lambda: not any(i.status != "retired" for i in rt.list_journals(journal)), 5, "the journal to go")
+        assert rt.list_journals(journal) == []  # a closed session's journal is deleted, not offered
+    finally:
+        restarted.kill()
+        restarted.wait(10)
+
+
+def test_a_sender_whose_server_forgot_the_session_is_told_once(tmp_path: Path) -> None:
+    journal = str(tmp_path / "journal")
+    with rt.listen(("127.0.0.1", 0), **OPTIONS) as lst, FaultProxy(lst.address) as proxy:
+        argv = [sys.executable, str(ROOT / "tests" / "support" / "durable_peer.py"), "send",
+                "--address", f"{proxy.address[0]}:{proxy.address[1]}", "--journal", journal, "--count", "100000"]
+        sender = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        try:
+            server = lst.accept(timeout=10)
+            got = drain(server, 50)
+            proxy.blackhole()
+        finally:
+            sender.kill()  # kill -9: the journal stays as it was
+            sender.wait(10)
+        while True:  # whatever had arrived before the cut
+            try:
+                got.append(server.recv(timeout=0.5))
+            except TimeoutError:
+                break
+        server.abort()  # and the server forgets the session
+        proxy.heal()
+        with pytest.raises(rt.SessionLost) as info:
+            rt.connect(proxy.address, journal=journal, timeout=10, **OPTIONS)
+        unacked = [int(payload) for _, payload in info.value.unacked]
+        assert unacked and unacked == list(range(unacked[0], unacked[0] + len(unacked)))
+        # Everything before the first unacknowledged one was delivered (some after it may have been too).
+        assert [int(m) for m in got] == list(range(len(got))) and unacked[0] <= len(got)
+        # Told once: the next start is a new session, not the same error again.
+        fresh = rt.connect(proxy.address, journal=journal, timeout=10, **OPTIONS)
+        assert fresh.last_sent_seq == 0
+        fresh.abort()
+        wait_for(lambda: lst.session_count == 0, 5, "the aborted new session to be forgotten")
+
+
+# ------------------------------------------------------------ permissions
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000])
+def test_journals_are_private_whatever_the_umask(tmp_path: Path, umask: int, listener: rt.Listener) -> None:
+    old = os.umask(umask)
+    try:
+        journal = tmp_path / "nested" / "journal"
+        client = rt.connect(listener.address, journal=str(journal), **OPTIONS)
+        server = listener.accept(timeout=5)
+        client.send(b"secret payload")
+        for path in (journal, journal.parent):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
+        for name in ("log", "lock"):
+            assert stat.S_IMODE((journal / name).stat().st_mode) == 0o600, name
+        client.abort()
+        server.abort()
+    finally:
+        os.umask(old)
+
+
+def test_an_existing_directory_open_to_others_is_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    os.chmod(wide, 0o755)
+    Journal(str(wide)).close()
+    assert any("readable by others" in record.getMessage() for record in caplog.records)
+    assert stat.S_IMODE((wide / "log").stat().st_mode) == 0o600
+
+
+# --------------------------------------------------------------- managing
+
+
+def test_journals_can_be_listed_and_removed_and_not_while_in_use(tmp_path: Path, listener: rt.Listener) -> None:
+    journal = str(tmp_path / "journal")
+    client = rt.connect(listener.address, journal=journal, **OPTIONS)
+    server = listener.accept(timeout=5)
+    client.send(b"one")
+    (info,) = rt.list_journals(journal)
+    assert info.status == "in use" and info.session_id == client.session_id
+    with pytest.raises(rt.JournalLocked):
+        rt.remove_journal(journal, client.session_id[:6])
+    rtcat = [sys.executable, str(ROOT / "tools" / "rtcat"), "journal"]
+    busy = subprocess.run([*rtcat, "rm", journal, "--all"], capture_output=True, text=True, timeout=30)
+    assert busy.returncode == 1 and "in use" in busy.stderr
+    client.abort()
+    server.abort()
+    listed = subprocess.run([*rtcat, "ls", journal], capture_output=True, text=True, timeout=30)
+    assert listed.returncode == 0 and "retired" in listed.stdout, listed
+    ended = Journal(journal)  # an ended, unreported journal too
+    ended.record_end(Outcome.LOST, "test")
+    ended.close()
+    removed = subprocess.run([*rtcat, "rm", journal, "--all"], capture_output=True, text=True, timeout=30)
+    assert removed.returncode == 0, removed.stderr
+    assert not os.path.exists(journal) or rt.list_journals(journal) == []
