@@ -31,7 +31,6 @@ logger = logging.getLogger(__name__)
 _RECV_START = 16 * 1024
 _RECV_BUFFER = 256 * 1024
 _TCP_INFO_U32 = struct.Struct("I")
-_TCP_INFO_UNACKED_OFFSET = 24  # tcp_info.tcpi_unacked: segments sent and not acknowledged
 _TCP_INFO_LAST_ACK_RECV_OFFSET = 56  # tcp_info.tcpi_last_ack_recv: milliseconds since the last ACK
 
 
@@ -186,10 +185,13 @@ class Link:
         return None if self.closed else probe_pending_error(self.sock)
 
     def seconds_since_peer_ack(self) -> float | None:
-        """How long the peer's kernel has left data of ours unacknowledged
-        (Linux TCP_INFO): 0 when nothing is outstanding, None where unknown.
-        It keeps acknowledging our pings while our own reader is paused, so
-        this tells a live peer from a dead link."""
+        """How long ago the peer's kernel last acknowledged anything (Linux
+        TCP_INFO ``tcpi_last_ack_recv``), or None where unknown. It keeps
+        acknowledging our pings (and probing our zero window) while our own
+        reader is paused, so this tells a live peer from a dead link.
+
+        (``tcpi_unacked`` can't serve: a segment that a local firewall rule
+        or a downed interface refuses is never in flight, so it stays 0.)"""
         option = getattr(socket, "TCP_INFO", None)
         if option is None or self.closed:
             return None
@@ -199,8 +201,5 @@ class Link:
             return None
         if len(info) < _TCP_INFO_LAST_ACK_RECV_OFFSET + 4:
             return None
-        (unacked,) = _TCP_INFO_U32.unpack_from(info, _TCP_INFO_UNACKED_OFFSET)
-        if not unacked:
-            return 0.0  # nothing of ours is waiting for an acknowledgement: no evidence of death
         (millis,) = _TCP_INFO_U32.unpack_from(info, _TCP_INFO_LAST_ACK_RECV_OFFSET)
         return float(millis) / 1000.0
