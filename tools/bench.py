@@ -158,6 +158,28 @@ def rt_receiver(port_queue: Any, result_queue: Any, count: int, size: int) -> No
     result_queue.put({"side": "receiver", "elapsed": elapsed, "messages": got, **_usage()})
 
 
+def rt_receiver_single(port_queue: Any, result_queue: Any, count: int, size: int) -> None:
+    """One recv() per message: how applications read."""
+    import reliable_tcp
+
+    with reliable_tcp.listen(("127.0.0.1", 0)) as listener:
+        port_queue.put(listener.address[1])
+        channel = listener.accept()
+        recv = channel.recv
+        recv()
+        start = time.perf_counter()
+        for _ in range(count - 1):
+            recv()
+        elapsed = time.perf_counter() - start
+        try:
+            for _ in channel:
+                pass
+        except reliable_tcp.ReliableTCPError:
+            pass
+        channel.close()
+    result_queue.put({"side": "receiver", "elapsed": elapsed, "messages": count - 1, **_usage()})
+
+
 def rt_sender(port: int, result_queue: Any, count: int, size: int) -> None:
     import reliable_tcp
 
@@ -451,7 +473,7 @@ def _gather(result_queue: Any, procs: tuple[Any, ...], *, timeout: float, join: 
 ONEWAY: dict[str, tuple[Callable[..., None], Callable[..., None]]] = {
     "raw TCP (batched)": (raw_receiver, raw_sender),
     "reliable_tcp send_many": (rt_receiver, rt_sender),
-    "reliable_tcp send": (rt_receiver, rt_sender_single),
+    "reliable_tcp send": (rt_receiver_single, rt_sender_single),  # one send() and one recv() per message
     "pyzmq PUSH/PULL": (zmq_receiver, zmq_sender),
     "paho-mqtt QoS 1": (mqtt_receiver, mqtt_sender),
 }
@@ -548,8 +570,6 @@ def main() -> int:
                 count = _count_for(size, seconds)
                 if name.startswith("paho"):
                     count = min(count, 20_000 if not args.quick else 5_000)
-                if name == "reliable_tcp send" and size > 1024:
-                    continue
                 runs = []
                 for _ in range(repeat):
                     pair = _run_pair(server, client, count, size, **kwargs)

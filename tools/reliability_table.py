@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Turn the JSON lines written by the namespace suite into the table of docs/reliability.md.
 
-    RTCP_NETNS_HEARTBEATS=3,0.5 RTCP_RELIABILITY_LOG=/tmp/rel.jsonl python -m pytest tests/test_netns.py
+    RTCP_NETNS_HEARTBEATS=3,0.5 RTCP_RELIABILITY_LOG=/tmp/rel.jsonl python -m pytest tests/faults/test_netns.py
     python tools/reliability_table.py /tmp/rel.jsonl
 """
 
@@ -28,9 +28,12 @@ def main() -> int:
         result = r.get("outcome", "pass: lost 0, dup 0, reordered 0")
         if "throughput_msgs_per_s" in r:
             result += f"; {r['throughput_msgs_per_s']} msg/s"
+        for key, label in (("disconnects", "disconnects"), ("close_s", "close took"), ("connect_s", "connect took")):
+            if key in r:
+                result += f"; {label} {r[key]}{' s' if key.endswith('_s') else ''}"
         print(
-            f"| {r['scenario']} | {r['heartbeat']} s | {result} | {cell(r['detection_s'], ' s')} | "
-            f"{cell(r['resume_s'], ' s')} | {r['replayed']} | {r['resumes']} |"
+            f"| {r['scenario']} | {r['heartbeat']} s | {result} | {cell(r.get('detection_s'), ' s')} | "
+            f"{cell(r.get('resume_s'), ' s')} | {cell(r.get('replayed'))} | {cell(r.get('resumes'))} |"
         )
     return 0
 
