@@ -35,6 +35,7 @@ class Inbox:
         self._bytes = 0
         self._taken = 0
         self._end: Callable[[], BaseException] | None = None
+        self._reader_waiting = False  # the connection's reader waits for room
 
     @property
     def taken(self) -> int:
@@ -75,27 +76,38 @@ class Inbox:
         every :meth:`interrupt`) or the queue ends."""
         with self._lock:
             while self.full and self._end is None and not stop():
+                self._reader_waiting = True
                 self._room.wait()
+                self._reader_waiting = False
 
-    def get(self, deadline: Deadline) -> bytes:
+    def get(self, timeout: float | None = None) -> bytes:
         """The next message; raises the end error, or TimeoutError."""
         with self._lock:
-            self._wait_readable(deadline)
-            message = self._messages.popleft()
-            self._taken_locked([message])
+            messages = self._messages
+            if not messages:
+                self._wait_readable(Deadline(timeout))
+            message = messages.popleft()
+            self._bytes -= len(message)
+            self._taken += 1
+            if self._reader_waiting and not self.full:
+                self._room.notify_all()
             return message
 
-    def get_many(self, max_messages: int, deadline: Deadline) -> list[bytes]:
+    def get_many(self, max_messages: int, timeout: float | None = None) -> list[bytes]:
         """Up to ``max_messages`` messages (at least one), in order."""
         with self._lock:
-            self._wait_readable(deadline)
             messages = self._messages
+            if not messages:
+                self._wait_readable(Deadline(timeout))
             if len(messages) <= max_messages:
                 out = list(messages)
                 messages.clear()
             else:
                 out = [messages.popleft() for _ in range(max_messages)]
-            self._taken_locked(out)
+            self._bytes -= sum(map(len, out))
+            self._taken += len(out)
+            if self._reader_waiting and not self.full:
+                self._room.notify_all()
             return out
 
     def _wait_readable(self, deadline: Deadline) -> None:
@@ -104,11 +116,3 @@ class Inbox:
         if not self._messages:
             assert self._end is not None
             raise self._end()
-
-    def _taken_locked(self, messages: list[bytes]) -> None:
-        """``messages`` were just taken off the queue."""
-        was_full = len(self._messages) + len(messages) >= self.max_messages or self._bytes >= self.max_bytes
-        self._bytes -= sum(map(len, messages))
-        self._taken += len(messages)
-        if was_full and not self.full:
-            self._room.notify_all()

@@ -34,6 +34,24 @@ _TCP_INFO_U32 = struct.Struct("I")
 _TCP_INFO_LAST_ACK_RECV_OFFSET = 56  # tcp_info.tcpi_last_ack_recv: milliseconds since the last ACK
 
 
+_IOV_MAX = 1024  # buffers one sendmsg takes (Linux UIO_MAXIOV)
+
+
+def _send_parts(sock: socket.socket, parts: list[bytes]) -> None:
+    """sendall for a list of buffers, without joining them (sendmsg)."""
+    views: list[memoryview | bytes] = list(parts)
+    while views:
+        sent = sock.sendmsg(views[:_IOV_MAX])
+        while sent:
+            first = views[0]
+            if sent >= len(first):
+                sent -= len(first)
+                views.pop(0)
+            else:
+                views[0] = memoryview(first)[sent:]
+                sent = 0
+
+
 class LinkOwner(Protocol):
     """What a link needs from the channel it serves (called without any lock held)."""
 
@@ -42,9 +60,10 @@ class LinkOwner(Protocol):
         session). Returns once the link may read again (the receive queue has
         room); False when the reader should stop."""
 
-    def link_output(self, link: Link) -> bytes | None:
-        """Block until there is something to write and return it; ``None``
-        once nothing more will be written on this link."""
+    def link_output(self, link: Link) -> bytes | list[bytes] | None:
+        """Block until there is something to write and return it (one buffer,
+        or a list to send as they are); ``None`` once nothing more will be
+        written on this link."""
 
     def link_ended(self, link: Link, error: BaseException | None, reason: str, crashed: bool) -> None:
         """The connection failed (``error``), saw the peer's EOF (no error),
@@ -60,6 +79,12 @@ class Link:
         #: The listener's accept order: a later connection of a session wins.
         self.order = order
         self.closed = False
+        #: The writer is waiting for output (set and read under the owner's lock).
+        self.writer_waiting = False
+        #: Another thread is writing directly while the writer is idle (owner's lock).
+        self.direct_writing = False
+        #: Bytes a direct write left over: the writer sends them first (owner's lock).
+        self.pending = b""
         #: The writer put the last byte out and sent FIN (an orderly end).
         self.finished = threading.Event()
         self._owner = owner
@@ -146,11 +171,14 @@ class Link:
             if data is None:
                 break
             if self.tls is not None:
-                data = self.tls.encrypt(data)
+                data = self.tls.encrypt(data if isinstance(data, bytes) else b"".join(data))
             if not data:
                 continue
             try:
-                self.sock.sendall(data)
+                if isinstance(data, bytes):
+                    self.sock.sendall(data)
+                else:
+                    _send_parts(self.sock, data)
             except OSError as exc:
                 self._ended(exc, "")
                 return

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -431,32 +432,72 @@ class SessionShell:
 
     def link_received(self, link: Link, data: bytes | memoryview, now: float) -> bool:
         """LinkOwner: bytes arrived; returns once there is room for more."""
+        direct = None
         with self._locked:
             if link is self._link:
                 if data:
                     self._engine.receive_data(data, now)
                     self._absorb(now)
+                    direct = self._take_direct()
                 if link.tls_pending:
                     self._writable.notify()
+        if direct is not None:
+            self._write_direct(direct)  # an answer (PONG, ACK, a reply) without waking the writer
         # Backpressure: stop reading while the application is behind, so TCP
         # flow control slows the sender instead of our memory growing.
         self._inbox.wait_room(lambda: link.closed)
         return not link.closed
 
-    def link_output(self, link: Link) -> bytes | None:
+    def _take_direct(self) -> Link | None:
+        """Lock held. When the writer is idle (waiting), hand the engine's
+        output to the calling thread instead of waking the writer: a thread
+        hand-off costs more than a non-blocking send. Not with TLS (only the
+        writer encrypts) nor while output is held."""
+        link = self._link
+        if link is None or not link.writer_waiting or link.direct_writing or link.tls is not None or self._output_held:
+            return None
+        if not self._engine.has_output():
+            return None
+        link.pending = self._engine.data_to_send(time.monotonic())
+        link.direct_writing = True
+        return link
+
+    def _write_direct(self, link: Link) -> None:
+        """Outside the lock: write what :meth:`_take_direct` took, without
+        blocking; whatever does not fit is left for the writer."""
+        data = link.pending
+        try:
+            sent = link.sock.send(data, socket.MSG_DONTWAIT)
+        except OSError:
+            sent = 0  # full, or broken: the writer sends it, or meets the same error and reports it
+        with self._lock:
+            link.pending = data[sent:]
+            link.direct_writing = False
+            if link.pending or self._engine.has_output() or self._ended:  # (ended: the writer finishes)
+                link.writer_waiting = False
+                self._writable.notify_all()
+
+    def link_output(self, link: Link) -> bytes | list[bytes] | None:
         """LinkOwner: the writer's next bytes; None once nothing more goes out."""
         with self._lock:
             engine = self._engine
             while True:
                 if link is not self._link:
                     return None
-                if (self._ended or not self._output_held) and engine.has_output():
-                    return engine.data_to_send(time.monotonic())
-                if link.tls_pending:
+                if link.direct_writing:
+                    pass  # another thread is writing directly: wait for it
+                elif link.pending:
+                    data, link.pending = link.pending, b""  # what a direct write could not finish
+                    return data
+                elif (self._ended or not self._output_held) and engine.has_output():
+                    return engine.data_to_send_parts(time.monotonic())
+                elif link.tls_pending:
                     return b""
-                if self._ended:
+                elif self._ended:
                     return None  # the last frame is out
+                link.writer_waiting = True  # a send must wake it; otherwise it finds the output itself
                 self._writable.wait()
+                link.writer_waiting = False
 
     def link_ended(self, link: Link, error: BaseException | None, reason: str, crashed: bool) -> None:
         """LinkOwner: the connection failed, saw EOF, or a thread crashed."""

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from ._deadline import Deadline
 from ._session import SessionShell, Unacked
-from .exceptions import ChannelClosed, JournalWriteFailed, UsageError
+from .exceptions import ChannelClosed, JournalWriteFailed, UsageError, WindowFull
 from .state import TERMINAL_STATES, SessionState
 from .status import ChannelState, ChannelStatistics, channel_state_of
 
@@ -103,10 +103,37 @@ class Channel(SessionShell):
         ChannelClosed once closing or closed, SessionLost once the session
         is lost, and with a journal JournalWriteFailed (nothing queued).
         """
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise UsageError(f"send takes bytes, not {type(data).__name__}")
-        payload = bytes(data)
-        return self._queue([payload], Deadline(timeout))
+        if type(data) is not bytes:
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise UsageError(f"send takes bytes, not {type(data).__name__}")
+            data = bytes(data)
+        if self._durable is None:
+            # The common case, in one short hold of the lock: room in the
+            # window, nothing ended. Everything else (waiting, errors, a
+            # journal) takes the general path below.
+            direct = None
+            with self._lock:
+                if self._closing or self._ended:
+                    seq = 0
+                else:
+                    try:
+                        seq = self._engine.send_message(data, 0.0)
+                    except WindowFull:
+                        seq = 0  # wait for room below
+                    link = self._link
+                    if seq and link is not None and link.writer_waiting:
+                        if self._engine.unacked_count == 1:
+                            # Nothing else in flight (a request, a reply): write it
+                            # from this thread rather than wake the writer.
+                            direct = self._take_direct()
+                        if direct is None:
+                            link.writer_waiting = False  # one wake-up is enough; the writer takes everything
+                            self._writable.notify()
+            if direct is not None:
+                self._write_direct(direct)
+            if seq:
+                return seq
+        return self._queue([data], Deadline(timeout))
 
     def send_many(self, messages: Iterable[bytes], timeout: float | None = None) -> int:
         """Queue several messages in order, taking the lock once per window's
@@ -174,13 +201,13 @@ class Channel(SessionShell):
         SessionLost once the session is lost (after its last message)."""
         if self._durable is not None and self._shell.auto_commit:
             self.commit()  # the application came back for more: it is done with the last one
-        return self._inbox.get(Deadline(timeout))
+        return self._inbox.get(timeout)
 
     def recv_many(self, max_messages: int = 1024, timeout: float | None = None) -> list[bytes]:
         """Up to ``max_messages`` messages at once (at least one), in order."""
         if self._durable is not None and self._shell.auto_commit:
             self.commit()
-        return self._inbox.get_many(max_messages, Deadline(timeout))
+        return self._inbox.get_many(max_messages, timeout)
 
     def __iter__(self) -> Channel:
         return self

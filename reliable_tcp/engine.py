@@ -91,6 +91,8 @@ _FRAME_TARGETS: dict[SessionState, dict[type, SessionState]] = {
     for state in SessionState
 }
 _HANDSHAKE_STATES = (S.CONNECTING, S.RESUMING)
+#: Where a message may be queued (it goes out once the session is connected).
+_SENDABLE_STATES = frozenset({S.IDLE, S.CONNECTING, S.RESUMING, S.OPEN, S.DETACHED})
 #: What a REJECT received means, for the reason a session ends with.
 _REJECT_MEANING = {
     RejectReason.SESSION_UNKNOWN: "the peer does not know this session (expired, ended, or a wrong secret)",
@@ -154,6 +156,7 @@ class SessionEngine:
         self._announced_limit = None if config.max_message_size == DEFAULT_MAX_MESSAGE_SIZE else config.max_message_size
         self._peer_max_message = DEFAULT_MAX_MESSAGE_SIZE  # until the peer's handshake says otherwise
         self._data_frame_budget = min(config.data_frame_target, max_frame_body(DEFAULT_MAX_MESSAGE_SIZE))
+        self._sendable_limit = min(config.max_message_size, DEFAULT_MAX_MESSAGE_SIZE)  # max_sendable_size, kept
         # Timers (monotonic seconds supplied by the caller).
         self._connected_at = 0.0
         self._last_received = 0.0
@@ -383,6 +386,7 @@ class SessionEngine:
         messages can never reach it (the session is failed)."""
         limit = DEFAULT_MAX_MESSAGE_SIZE if announced is None else announced
         self._peer_max_message = limit
+        self._sendable_limit = min(self.config.max_message_size, limit)
         self._data_frame_budget = max(1, min(self.config.data_frame_target, max_frame_body(limit)))
         largest = self._window.largest()
         if largest > limit:
@@ -725,13 +729,17 @@ class SessionEngine:
         peer's ``max_message_size``), or ChannelClosed / ChannelBroken once
         the session has ended or is closing.
         """
-        self.check_message_size(len(payload))
-        self.check_sendable()
+        # The one-message-per-call path applications use most: each check
+        # runs in full only when the quick test says something is off.
+        size = len(payload)
+        if size > self._sendable_limit:
+            self.check_message_size(size)
+        if self._state not in _SENDABLE_STATES or self._peer_last_seq is not None:
+            self.check_sendable()
         seq = self._window.push(payload)
-        if seq > MAX_SEQ:  # pragma: no cover - 2**64 messages
-            raise ChannelBroken("sequence numbers exhausted")
-        self.counters.messages_sent += 1
-        self.counters.bytes_sent += len(payload)
+        counters = self.counters
+        counters.messages_sent += 1
+        counters.bytes_sent += size
         return seq
 
     def send_messages(self, payloads: list[bytes] | tuple[bytes, ...], now: float) -> tuple[int, int]:
@@ -835,16 +843,22 @@ class SessionEngine:
         carrying the current cumulative ack; a separate ACK goes out only
         when no DATA does.
         """
+        parts = self.data_to_send_parts(now)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def data_to_send_parts(self, now: float | None = None) -> list[bytes]:
+        """:meth:`data_to_send` as a list of buffers, in order, for a writer
+        that sends them without joining (large messages are not copied)."""
         if self._state in LIVE_STATES:
             self._flush_data()
             if self._ack_now:
                 self._output.append(encode(Ack(self._acked_upto())))
                 self._ack_sent()
-        if not self._output:
-            return b""
+        out = self._output
+        if not out:
+            return out
         if now is not None:
             self._last_output = now
-        out = self._output[0] if len(self._output) == 1 else b"".join(self._output)
         self._output = []
         return out
 

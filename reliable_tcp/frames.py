@@ -59,6 +59,7 @@ __all__ = [
     "encode",
     "encode_data",
     "encode_data_parts",
+    "ZERO_COPY_SIZE",
     "FrameDecoder",
 ]
 
@@ -279,18 +280,42 @@ def encode_data(first_seq: int, ack: int, messages: list[bytes] | tuple[bytes, .
     return b"".join(encode_data_parts(first_seq, ack, messages))
 
 
-def encode_data_parts(first_seq: int, ack: int, messages: list[bytes] | tuple[bytes, ...]) -> tuple[bytes, bytes]:
-    """:func:`encode_data` as (header, body), for joining with other frames."""
+#: Messages at least this large are not copied into their frame: they go
+#: out as buffers of their own (a writer can hand them to sendmsg as they are).
+ZERO_COPY_SIZE = 16 * 1024
+
+
+def encode_data_parts(first_seq: int, ack: int, messages: list[bytes] | tuple[bytes, ...]) -> list[bytes]:
+    """:func:`encode_data` as a list of buffers whose concatenation is the
+    frame: small messages are joined, large ones left as they are."""
     if not messages:
         raise ValueError("a DATA frame carries at least one message")
     _check_u64(first_seq, "first_seq")
     _check_u64(first_seq + len(messages) - 1, "last seq")
     _check_u64(ack, "ack")
-    # One join for the whole run, the per-message work done by C iterators:
-    # length prefix, message, length prefix, message, ...
-    prefixes = map(_U32.pack, map(len, messages))
-    body = _DATA_HEAD.pack(first_seq, ack, len(messages)) + b"".join(chain.from_iterable(zip(prefixes, messages, strict=True)))
-    return _frame_parts(FrameType.DATA, body)
+    head = _DATA_HEAD.pack(first_seq, ack, len(messages))
+    if max(map(len, messages)) < ZERO_COPY_SIZE:
+        # One join for the whole run, the per-message work done by C
+        # iterators: length prefix, message, length prefix, message, ...
+        prefixes = map(_U32.pack, map(len, messages))
+        return list(_frame_parts(FrameType.DATA, head + b"".join(chain.from_iterable(zip(prefixes, messages, strict=True)))))
+    pieces = [head]
+    small: list[bytes] = []
+    for message in messages:
+        if len(message) >= ZERO_COPY_SIZE:
+            small.append(_U32.pack(len(message)))
+            pieces.append(b"".join(small))
+            pieces.append(message)
+            small = []
+        else:
+            small += (_U32.pack(len(message)), message)
+    if small:
+        pieces.append(b"".join(small))
+    header = _HEADER.pack(MAGIC, PROTOCOL_VERSION, FrameType.DATA, sum(map(len, pieces)))
+    crc = zlib.crc32(header)
+    for piece in pieces:
+        crc = zlib.crc32(piece, crc)
+    return [header + _CRC.pack(crc), *pieces]
 
 
 def encode(frame: Frame) -> bytes:
@@ -473,37 +498,49 @@ class FrameDecoder:
         """
         if self._failed is not None:
             raise self._failed
-        self._buffer += data
         try:
-            return self._drain()
+            if self._buffer:
+                buffer = self._buffer
+                buffer += data
+                frames, used = self._drain(buffer)
+                if used:
+                    del buffer[:used]
+                return frames
+            # Nothing held back: decode straight from the caller's bytes and
+            # keep only an incomplete tail (whole frames are never copied here).
+            frames, used = self._drain(data)
+            if used < len(data):
+                self._buffer += data[used:]
+            return frames
         except FrameError as exc:
             self._failed = exc
             # A new buffer: the traceback may still hold views of the old one.
             self._buffer = bytearray()
             raise
 
-    def _drain(self) -> list[Frame]:
+    def _drain(self, source: bytes | bytearray | memoryview) -> tuple[list[Frame], int]:
+        """Every whole frame at the start of ``source``, and how many bytes they took."""
         frames: list[Frame] = []
-        buffer = self._buffer
         offset = 0
-        # Bodies are read through a view of the buffer: the CRC runs over it
-        # in place and each message is copied out once, straight from it.
-        with memoryview(buffer) as view:
+        size = len(source)
+        # Bodies are read through a view: the CRC runs over it in place and
+        # each message is copied out once, straight from it.
+        with memoryview(source) as view:
             while True:
-                available = len(buffer) - offset
+                available = size - offset
                 # Magic, version and length are judged as soon as their bytes arrive
                 # (the slower check only runs when something is off or missing).
-                if available < 3 or buffer[offset : offset + 3] != _PREFIX:
-                    self._check_prefix(buffer[offset : offset + 3])
+                if available < 3 or view[offset : offset + 3] != _PREFIX:
+                    self._check_prefix(bytes(view[offset : offset + 3]))
                 if available < _HEADER.size:
                     break
-                _, _, frame_type, length = _HEADER.unpack_from(buffer, offset)
+                _, _, frame_type, length = _HEADER.unpack_from(view, offset)
                 if length > self.max_frame_size:
                     raise FrameTooLarge(length, self.max_frame_size)
                 end = offset + HEADER_SIZE + length
-                if end > len(buffer):
+                if end > size:
                     break
-                (crc,) = _CRC.unpack_from(buffer, offset + _HEADER.size)
+                (crc,) = _CRC.unpack_from(view, offset + _HEADER.size)
                 body = view[offset + HEADER_SIZE : end]
                 actual = zlib.crc32(body, zlib.crc32(view[offset : offset + _HEADER.size]))
                 if actual != crc:
@@ -511,12 +548,10 @@ class FrameDecoder:
                 frames.append(_decode_body(frame_type, body))
                 body.release()
                 offset = end
-        if offset:
-            del buffer[:offset]
-        return frames
+        return frames, offset
 
     @staticmethod
-    def _check_prefix(prefix: bytearray) -> None:
+    def _check_prefix(prefix: bytes) -> None:
         n = len(prefix)
         if (n and prefix[0] != MAGIC[0]) or (n > 1 and prefix[1] != MAGIC[1]):
             raise CorruptFrame(f"bad magic {bytes(prefix[:2])!r}; not a reliable_tcp peer")

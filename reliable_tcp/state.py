@@ -47,6 +47,10 @@ class SessionState(enum.Enum):
     LOST = "lost"  # terminal: refused, aborted by the peer, expired, or stalled
     FAILED = "failed"  # terminal: protocol violation
 
+    # Members are singletons: hash by identity, in C, not by name in Python
+    # (state sets are consulted on every frame and every send).
+    __hash__ = object.__hash__
+
 
 class SessionInput(enum.Enum):
     """What can happen to a session: frames received, transport and timer
@@ -72,6 +76,8 @@ class SessionInput(enum.Enum):
     STALLED = "stalled"  # too many connections in a row ended without progress
     CLOSE_CALLED = "close called"
     ABORT_CALLED = "abort called"
+
+    __hash__ = object.__hash__  # as SessionState
 
 
 S = SessionState

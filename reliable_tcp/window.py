@@ -76,12 +76,14 @@ class SendWindow:
 
     def push(self, payload: bytes) -> int:
         """Hold ``payload`` for sending; return its sequence number."""
-        if not self.has_room(len(payload)):
-            raise WindowFull(f"retransmit window full ({self.count} messages, {self.bytes} bytes)")
-        seq = self.next_seq
-        self._messages.append(payload)
-        self.bytes += len(payload)
-        return seq
+        messages = self._messages
+        count = len(messages) - self._head
+        size = len(payload)
+        if count >= self.max_messages or (count and self.bytes + size > self.max_bytes):  # has_room, inline
+            raise WindowFull(f"retransmit window full ({count} messages, {self.bytes} bytes)")
+        messages.append(payload)
+        self.bytes += size
+        return self.base + count
 
     def push_many(self, payloads: list[bytes] | tuple[bytes, ...]) -> int:
         """Hold every payload (the caller checked :meth:`room_for`); return the first's sequence number."""

@@ -7,7 +7,6 @@ import threading
 import pytest
 
 from helpers import Worker, wait_for
-from reliable_tcp._deadline import Deadline
 from reliable_tcp._inbox import Inbox
 
 
@@ -24,7 +23,7 @@ def test_full_by_count_or_bytes_and_room_wakes_the_reader() -> None:
     worker = Worker(reader, "room")
     worker.start()
     assert not waited.wait(0.1)
-    assert inbox.get(Deadline(1)) == b"a"  # 4 -> 3: room again
+    assert inbox.get(1) == b"a"  # 4 -> 3: room again
     worker.result(5)
     inbox.put([b"x" * 100], 100)
     assert inbox.full  # by bytes now
@@ -33,8 +32,8 @@ def test_full_by_count_or_bytes_and_room_wakes_the_reader() -> None:
 def test_get_many_takes_at_most_what_was_asked_in_order() -> None:
     inbox = Inbox(100, 1000)
     inbox.put([b"1", b"2", b"3"], 3)
-    assert inbox.get_many(2, Deadline(1)) == [b"1", b"2"]
-    assert inbox.get_many(5, Deadline(1)) == [b"3"]
+    assert inbox.get_many(2, 1) == [b"1", b"2"]
+    assert inbox.get_many(5, 1) == [b"3"]
     assert inbox.taken == 3
 
 
@@ -42,11 +41,11 @@ def test_after_the_end_queued_messages_come_first_then_fresh_errors() -> None:
     inbox = Inbox(100, 1000)
     inbox.put([b"last"], 4)
     inbox.end(lambda: EOFError("the end"))
-    assert inbox.get(Deadline(1)) == b"last"
+    assert inbox.get(1) == b"last"
     errors = []
     for _ in range(2):
         with pytest.raises(EOFError) as info:
-            inbox.get(Deadline(1))
+            inbox.get(1)
         errors.append(info.value)
     assert errors[0] is not errors[1]
 
@@ -54,7 +53,7 @@ def test_after_the_end_queued_messages_come_first_then_fresh_errors() -> None:
 def test_timeout_and_interrupt() -> None:
     inbox = Inbox(1, 1000)
     with pytest.raises(TimeoutError):
-        inbox.get(Deadline(0.05))
+        inbox.get(0.05)
     inbox.put([b"a"], 1)
     stop = threading.Event()
     worker = Worker(lambda: inbox.wait_room(stop.is_set), "interrupted")
