@@ -361,9 +361,11 @@ def many_server(port_queue: Any, result_queue: Any, sessions: int, seconds: floa
             reader.join(600)
         elapsed = time.perf_counter() - start
         done.set()
+        disconnects = sum(channel.statistics().disconnects for channel in channels)
         result_queue.put({
             "side": "receiver", "threads": threads, "idle_cpu_s_per_s": (after["cpu"] - before["cpu"]) / seconds,
-            "idle_rss_mb": before["rss_mb"], "messages": sum(got), "elapsed": elapsed, **_usage(),
+            "idle_rss_mb": before["rss_mb"], "messages": sum(got), "elapsed": elapsed, "disconnects": disconnects,
+            **_usage(),
         })
 
 
@@ -377,18 +379,21 @@ def many_clients(port: int, port_queue: Any, result_queue: Any, sessions: int, p
     assert port_queue.get(timeout=600) == "go"
     payload = b"x" * 64
 
-    def send(channel: Any) -> None:
+    disconnects = [0] * len(channels)
+
+    def send(index: int, channel: Any) -> None:
         batch = [payload] * 256
         for _ in range(per_session // 256):
             channel.send_many(batch)
+        disconnects[index] = channel.statistics().disconnects
         channel.close(timeout=120)
 
-    senders = [threading.Thread(target=send, args=(c,), daemon=True) for c in channels]
+    senders = [threading.Thread(target=send, args=(i, c), daemon=True) for i, c in enumerate(channels)]
     for sender in senders:
         sender.start()
     for sender in senders:
         sender.join(600)
-    result_queue.put({"side": "sender", **_usage()})
+    result_queue.put({"side": "sender", "disconnects": sum(disconnects), **_usage()})
 
 
 def run_many(sessions: int, idle_seconds: float, per_session: int) -> dict[str, Any]:
@@ -401,13 +406,15 @@ def run_many(sessions: int, idle_seconds: float, per_session: int) -> dict[str, 
     client.start()
     client_queue.put(port_queue.get(timeout=300))  # "ready"
     client_queue.put(port_queue.get(timeout=600))  # "go"
-    rx = _gather(result_queue, (server, client), timeout=900, join=60)["receiver"]
+    both = _gather(result_queue, (server, client), timeout=900, join=60)
+    rx, tx = both["receiver"], both["sender"]
     return {
         "sessions": sessions,
         "server_threads": rx["threads"],
         "idle_cpu_percent": 100 * rx["idle_cpu_s_per_s"],
         "idle_rss_mb": rx["idle_rss_mb"],
         "aggregate_msgs_per_s": rx["messages"] / rx["elapsed"],
+        "disconnects": rx["disconnects"] + tx["disconnects"],
     }
 
 
@@ -603,11 +610,17 @@ def main() -> int:
                   flush=True)
         if not wanted or "many" in wanted:
             sessions = 200 if args.quick else 1000
-            many = run_many(sessions, 5.0 if args.quick else 10.0, 2560 if args.quick else 10240)
+            runs = [run_many(sessions, 5.0 if args.quick else 10.0, 2560 if args.quick else 10240) for _ in range(repeat)]
+            many = dict(runs[-1])
+            many["aggregate_msgs_per_s"] = _median_spread([r["aggregate_msgs_per_s"] for r in runs])
+            many["disconnects"] = sum(r["disconnects"] for r in runs)
+            many["runs"] = len(runs)
             results["many_sessions"] = many
+            m, lo, hi = many["aggregate_msgs_per_s"]
             print(f"  many sessions: {many['sessions']} idle sessions, server {many['server_threads']} threads, "
                   f"{many['idle_cpu_percent']:.1f}% CPU idle, {many['idle_rss_mb']:.0f} MB RSS; "
-                  f"all sending at once: {many['aggregate_msgs_per_s']:,.0f} msg/s", flush=True)
+                  f"all sending at once: {m:,.0f} msg/s ({lo:,.0f}-{hi:,.0f} over {len(runs)} runs), "
+                  f"{many['disconnects']} disconnects", flush=True)
         if not wanted or "recovery" in wanted:
             recovery = run_recovery(50_000 if args.quick else 200_000)
             results["recovery"] = recovery
@@ -617,6 +630,7 @@ def main() -> int:
         if broker is not None:
             broker.stop()
     _print_table(results)
+    _print_targets(results)
     if args.chart:
         _write_chart(results, args.chart)
         print(f"chart written to {args.chart}")
@@ -624,6 +638,45 @@ def main() -> int:
         json.dump(results, f, indent=2)
     print(f"\nresults written to {args.json}")
     return 0
+
+
+def _ratio(results: dict[str, Any], name: str, size: int, base: str, key: str = "msgs_per_s") -> float | None:
+    oneway = results["oneway"]
+    try:
+        return float(oneway[name][str(size)][key][0] / oneway[base][str(size)][key][0])
+    except KeyError:
+        return None
+
+
+def _print_targets(results: dict[str, Any]) -> None:
+    """The targets of the plain API (issue 15), each a ratio from this run, marked PASS or short."""
+    rows: list[tuple[str, float | None, str, bool | None]] = []
+
+    def add(label: str, value: float | None, goal: str, ok: bool | None) -> None:
+        rows.append((label, value, goal, ok))
+
+    for size in (64, 1024):
+        value = _ratio(results, "reliable_tcp send", size, "pyzmq PUSH/PULL")
+        add(f"send()+recv() per message, {size} B, x pyzmq", value, ">= 1.0", None if value is None else value >= 1.0)
+    value = _ratio(results, "reliable_tcp send", 65536, "raw TCP (batched)", "mb_per_s")
+    add("send() 64 KiB, x raw TCP MB/s", value, ">= 0.6", None if value is None else value >= 0.6)
+    latency = results["latency"]
+    if "reliable_tcp send" in latency and "raw TCP (batched)" in latency:
+        for key, goal in (("p50_us", 2.0), ("p99_us", 3.0)):
+            value = latency["reliable_tcp send"][key][0] / latency["raw TCP (batched)"][key][0]
+            add(f"64 B round trip {key[:3]}, x raw TCP", value, f"<= {goal}", value <= goal)
+    many = results.get("many_sessions")
+    if many:
+        m, lo, hi = many["aggregate_msgs_per_s"]
+        spread = (hi - lo) / m if m else float("nan")
+        add(f"{many['sessions']} sessions sending at once, spread over {many['runs']} runs", spread, "<= 0.25", spread <= 0.25)
+        add("  ... disconnects during those runs", float(many["disconnects"]), "== 0", many["disconnects"] == 0)
+    print("\ntargets (ratios from this run)")
+    for label, value, goal, ok in rows:
+        shown = "-" if value is None else f"{value:.2f}"
+        mark = "n/a" if ok is None else ("PASS" if ok else "short")
+        print(f"  {label:<52} {shown:>7}  goal {goal:<7} {mark}")
+    results["targets"] = [{"target": l, "value": v, "goal": g, "pass": o} for l, v, g, o in rows]
 
 
 def _print_table(results: dict[str, Any]) -> None:
