@@ -15,13 +15,12 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-import struct
 import threading
 import time
 from typing import Protocol
 
 from ._deadline import Deadline
-from ._transport import close_socket, has_pending_input, probe_pending_error
+from ._transport import close_socket, has_pending_input, probe_pending_error, seconds_since_peer_ack
 from .tls import TLSLayer
 
 __all__ = ["Link", "LinkOwner"]
@@ -30,8 +29,6 @@ logger = logging.getLogger(__name__)
 
 _RECV_START = 16 * 1024
 _RECV_BUFFER = 256 * 1024
-_TCP_INFO_U32 = struct.Struct("I")
-_TCP_INFO_LAST_ACK_RECV_OFFSET = 56  # tcp_info.tcpi_last_ack_recv: milliseconds since the last ACK
 
 
 _IOV_MAX = 1024  # buffers one sendmsg takes (Linux UIO_MAXIOV)
@@ -213,21 +210,6 @@ class Link:
         return None if self.closed else probe_pending_error(self.sock)
 
     def seconds_since_peer_ack(self) -> float | None:
-        """How long ago the peer's kernel last acknowledged anything (Linux
-        TCP_INFO ``tcpi_last_ack_recv``), or None where unknown. It keeps
-        acknowledging our pings (and probing our zero window) while our own
-        reader is paused, so this tells a live peer from a dead link.
-
-        (``tcpi_unacked`` can't serve: a segment that a local firewall rule
-        or a downed interface refuses is never in flight, so it stays 0.)"""
-        option = getattr(socket, "TCP_INFO", None)
-        if option is None or self.closed:
-            return None
-        try:
-            info = self.sock.getsockopt(socket.IPPROTO_TCP, option, 104)
-        except OSError:
-            return None
-        if len(info) < _TCP_INFO_LAST_ACK_RECV_OFFSET + 4:
-            return None
-        (millis,) = _TCP_INFO_U32.unpack_from(info, _TCP_INFO_LAST_ACK_RECV_OFFSET)
-        return float(millis) / 1000.0
+        """How long ago the peer's kernel last acknowledged anything (see
+        ``_transport.seconds_since_peer_ack``), or None where unknown."""
+        return None if self.closed else seconds_since_peer_ack(self.sock)

@@ -32,17 +32,15 @@ from typing import Any, Protocol
 from . import events as ev
 from ._deadline import Deadline
 from ._durable import Durable
+from ._ending import Ending, Unacked
 from ._inbox import Inbox
 from ._link import Link
 from ._scheduler import CALLBACKS, TIMERS
 from ._transport import link_error_reason
 from .engine import SessionEngine
 from .exceptions import (
-    ChannelBroken,
-    ChannelClosed,
     HandshakeRejected,
     ReliableTCPError,
-    SessionLost,
 )
 from .frames import Hello, RejectReason
 from .options import ShellOptions
@@ -63,7 +61,6 @@ _ABORT_FLUSH = 0.25
 _HANDSHAKE_SHARE = 0.25
 
 _ids = itertools.count(1)
-Unacked = tuple[tuple[int, bytes], ...]
 
 
 class Connecting(Protocol):
@@ -145,10 +142,7 @@ class SessionShell:
         self._stopping = False  # lock: no more connections
         # The end, recorded once (lock).
         self._ended = False
-        self._end_kind = ""  # "closed", "aborted", "lost" or "broken"
-        self._end_reason = ""
-        self._end_unacked: Unacked = ()
-        self._end_cause: BaseException | None = None
+        self._ending: Ending | None = None
         self._close_reported = False  # close() raised the end's SessionLost
         # Counters and timings (lock).
         self._last_cause: BaseException | None = None
@@ -172,43 +166,33 @@ class SessionShell:
     def _end_exception(self) -> ReliableTCPError:
         """A fresh exception for the end, chained to its root cause (the lock
         may or may not be held: the end never changes once recorded)."""
-        kind, reason, unacked = self._end_kind, self._end_reason, self._end_unacked
-        error: ReliableTCPError
-        if kind == "lost":
-            error = SessionLost(reason, unacked)
-        elif kind == "broken":
-            error = ChannelBroken(reason)
-        else:
-            error = ChannelClosed(reason, unacked)
-        error.__cause__ = self._end_cause
-        return error
+        assert self._ending is not None
+        return self._ending.exception()
 
     def _end(self, kind: str, reason: str, unacked: Unacked, cause: BaseException | None) -> None:
         """The session reached its end: record it once, wake everyone. Lock held."""
+        self._record_end(Ending.of(kind, reason, unacked, cause))
+
+    def _record_end(self, ending: Ending) -> None:
         assert self._lock.locked()
         if self._ended:
             return
-        if kind == "closed" and unacked:
-            kind, reason = "lost", f"{reason} before every message was acknowledged"
-        elif kind == "broken" and unacked:
-            kind = "lost"  # SessionLost is a ChannelBroken that also lists what was not acknowledged
         self._ended = True
         self._stopping = True
-        self._end_kind, self._end_reason, self._end_unacked = kind, reason, unacked
-        self._end_cause = cause if cause is not None else (self._last_cause if kind in ("lost", "broken") else None)
+        self._ending = ending = ending.with_cause(self._last_cause)
         self._inbox.end(self._end_exception)
         for condition in (self._sendable, self._writable, self._changed):
             condition.notify_all()
         TIMERS.cancel(self)
         self._timer_due = None
-        if kind in ("closed", "aborted"):
-            self._notify("closed", reason)
+        if ending.failed:
+            logger.warning("%s: %s (%d unacknowledged)", self._name, ending.reason, len(ending.unacked))
+            self._notify("failed", ending.reason)
         else:
-            logger.warning("%s: %s (%d unacknowledged)", self._name, reason, len(unacked))
-            self._notify("failed", reason)
+            self._notify("closed", ending.reason)
         if self._durable is not None:
             # Recorded at once: a restart after this moment must not resume it.
-            self._after.append(functools.partial(self._durable.record_end, kind, reason))
+            self._after.append(functools.partial(self._durable.record_end, ending.kind, ending.reason))
         if self._on_end is not None:
             on_end = self._on_end
             self._after.append(lambda: on_end(self))
@@ -253,7 +237,7 @@ class SessionShell:
         with self._journal_order, self._lock:  # not while a session record is being written
             self._links = [each for each in self._links if any(t.is_alive() for t in each.threads)]
             durable, self._durable = self._durable, None
-            ended, kind = self._ended, self._end_kind
+            ended, kind = self._ended, self._ending.kind if self._ending is not None else ""
         if durable is not None:
             if ended:
                 durable.finish(kind, reported=reported)
@@ -305,13 +289,10 @@ class SessionShell:
                 self._after.append(functools.partial(self._on_confirmed, self))
             elif isinstance(event, ev.TransportFailed):
                 self._drop_link(event.reason, event.error, abort=True)
-            elif isinstance(event, ev.SessionClosed):
-                if event.aborted:
-                    self._end("aborted", "aborted", event.unacked, None)
-                else:
-                    self._end("closed", "closed by peer" if event.by_peer else "closed", event.unacked, None)
-            elif isinstance(event, ev.SessionFailed):
-                self._end("lost", event.reason, event.unacked, event.error)
+            elif isinstance(event, (ev.SessionClosed, ev.SessionFailed)):
+                ending = Ending.of_event(event)
+                assert ending is not None
+                self._record_end(ending)
         if engine.has_output():
             self._writable.notify()
         self._reschedule()

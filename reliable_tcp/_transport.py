@@ -12,10 +12,21 @@ import errno
 import logging
 import socket
 import struct
+from typing import Any
 
 from .config import SessionConfig
 
-__all__ = ["configure_socket", "link_error_reason", "probe_pending_error", "has_pending_input", "close_socket"]
+__all__ = [
+    "configure_socket",
+    "link_error_reason",
+    "probe_pending_error",
+    "has_pending_input",
+    "seconds_since_peer_ack",
+    "close_socket",
+]
+
+_TCP_INFO_U32 = struct.Struct("I")
+_TCP_INFO_LAST_ACK_RECV_OFFSET = 56  # tcp_info.tcpi_last_ack_recv: milliseconds since the last ACK
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +115,27 @@ def has_pending_input(sock: socket.socket) -> bool:
         return False
     except OSError:
         return False  # a broken socket: the reader will report it
+
+
+def seconds_since_peer_ack(sock: Any) -> float | None:
+    """How long ago the peer's kernel last acknowledged anything (Linux
+    TCP_INFO ``tcpi_last_ack_recv``), or None where unknown. It keeps
+    acknowledging our pings (and probing our zero window) while our own
+    reader is paused, so this tells a live peer from a dead link.
+
+    (``tcpi_unacked`` can't serve: a segment that a local firewall rule
+    or a downed interface refuses is never in flight, so it stays 0.)"""
+    option = getattr(socket, "TCP_INFO", None)
+    if option is None:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, option, 104)
+    except (OSError, ValueError):
+        return None
+    if len(info) < _TCP_INFO_LAST_ACK_RECV_OFFSET + 4:
+        return None
+    (millis,) = _TCP_INFO_U32.unpack_from(info, _TCP_INFO_LAST_ACK_RECV_OFFSET)
+    return float(millis) / 1000.0
 
 
 def close_socket(sock: socket.socket, *, abort: bool = False) -> None:

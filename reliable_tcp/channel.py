@@ -263,7 +263,7 @@ class Channel(SessionShell):
         """
         self._close(Deadline(timeout))
         with self._lock:
-            report = self._end_kind == "lost" and bool(self._end_unacked) and not self._close_reported
+            report = self._ending is not None and self._ending.reportable and not self._close_reported
             self._close_reported = True
         if report:
             raise self._end_exception()
@@ -313,7 +313,7 @@ class Channel(SessionShell):
                 now = time.monotonic()
                 self._engine.abort(now)
                 self._absorb(now)
-            unacked = self._end_unacked
+            unacked = self._ending.unacked if self._ending is not None else ()
             link = self._link
         if link is not None:
             link.finished.wait(_ABORT_FLUSH)  # the writer puts the REJECT out

@@ -172,7 +172,7 @@ class ClientChannel(Channel):
             deadline.wait(self._changed, lambda: self._ever_connected or self._ended)
             if self._ever_connected:
                 return
-            cause, last = self._end_cause, self._last_cause
+            cause, last = (self._ending.cause if self._ending is not None else None), self._last_cause
             error: BaseException
             if self.restored and self._ended:
                 error = self._end_exception()  # a session did exist: report what it held

@@ -44,3 +44,31 @@ def no_leaked_threads() -> Iterator[None]:
         time.sleep(0.02)  # polling a condition with a deadline, not synchronising
         leaked = [n for n in _our_threads() if n not in before]
     assert not leaked, f"threads leaked: {leaked}"
+
+
+@pytest.fixture(params=["threads", "asyncio"])
+def front(request: pytest.FixtureRequest) -> Iterator[object]:
+    """Each front end in turn, behind the threaded API's shape (tests/support/fronts.py)."""
+    from fronts import THREADS, AsyncioFront
+
+    if request.param == "threads":
+        yield THREADS
+        return
+    chosen = AsyncioFront()
+    try:
+        yield chosen
+    finally:
+        chosen.close()
+
+
+@pytest.fixture(params=[("threads", "asyncio"), ("asyncio", "threads")], ids=["threads-to-asyncio", "asyncio-to-threads"])
+def mixed_fronts(request: pytest.FixtureRequest) -> Iterator[tuple[object, object]]:
+    """A client of one front end talking to a server of the other."""
+    from fronts import THREADS, AsyncioFront
+
+    loop_front = AsyncioFront()
+    try:
+        client, server = (THREADS if name == "threads" else loop_front for name in request.param)
+        yield client, server
+    finally:
+        loop_front.close()

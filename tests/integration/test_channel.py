@@ -1,4 +1,7 @@
-"""The threaded channel over real loopback TCP, with the fault proxy in between."""
+"""Both front ends' channels over real loopback TCP, with the fault proxy in between.
+
+Each test takes ``front`` (tests/support/fronts.py): it runs once with the
+threaded API and once with the asyncio API behind the same calls."""
 
 from __future__ import annotations
 
@@ -6,25 +9,27 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 import reliable_tcp as rt
+from fronts import Front
 from helpers import UNIT, Worker, fast_options, wait_for
 from reliable_tcp.testing import FaultProxy
 
 
 @pytest.fixture
-def listener() -> Iterator[rt.Listener]:
-    with rt.listen(("127.0.0.1", 0), **fast_options()) as lst:
+def listener(front: Front) -> Iterator[Any]:
+    with front.listen(("127.0.0.1", 0), **fast_options()) as lst:
         yield lst
 
 
 @pytest.fixture
-def proxied(listener: rt.Listener) -> Iterator[tuple[FaultProxy, rt.Channel, rt.Channel]]:
+def proxied(front: Front, listener: Any) -> Iterator[tuple[FaultProxy, Any, Any]]:
     """A client and server channel joined through a fault proxy."""
     with FaultProxy(listener.address) as proxy:
-        client = rt.connect(proxy.address, **fast_options())
+        client = front.connect(proxy.address, **fast_options())
         server = listener.accept(timeout=5)
         try:
             yield proxy, client, server
@@ -33,8 +38,8 @@ def proxied(listener: rt.Listener) -> Iterator[tuple[FaultProxy, rt.Channel, rt.
                 channel.abort()
 
 
-def test_messages_flow_both_ways_and_close_ends_the_stream(listener: rt.Listener) -> None:
-    client = rt.connect(listener.address, **fast_options())
+def test_messages_flow_both_ways_and_close_ends_the_stream(front: Front, listener: Any) -> None:
+    client = front.connect(listener.address, **fast_options())
     server = listener.accept(timeout=5)
     assert client.state is rt.ChannelState.CONNECTED and client.session_id == server.session_id
     assert client.send(b"hello") == 1
@@ -60,8 +65,8 @@ def test_messages_flow_both_ways_and_close_ends_the_stream(listener: rt.Listener
     assert stats.messages_sent == 4 and stats.messages_received == 1 and stats.unacked_messages == 0
 
 
-def test_close_with_data_in_flight_delivers_it_all(listener: rt.Listener) -> None:
-    client = rt.connect(listener.address, **fast_options())
+def test_close_with_data_in_flight_delivers_it_all(front: Front, listener: Any) -> None:
+    client = front.connect(listener.address, **fast_options())
     server = listener.accept(timeout=5)
     for i in range(2000):
         client.send(b"%d" % i)
@@ -71,7 +76,7 @@ def test_close_with_data_in_flight_delivers_it_all(listener: rt.Listener) -> Non
     server.close()
 
 
-def _stream(sender: rt.Channel, receiver: rt.Channel, count: int, tag: bytes) -> tuple[Worker, Worker, list[bytes]]:
+def _stream(sender: Any, receiver: Any, count: int, tag: bytes) -> tuple[Worker, Worker, list[bytes]]:
     received: list[bytes] = []
 
     def send() -> None:
@@ -99,7 +104,7 @@ FAULTS = {
 
 @pytest.mark.parametrize("fault", list(FAULTS))
 @pytest.mark.timeout(120)
-def test_exactly_once_in_order_across_faults(proxied: tuple[FaultProxy, rt.Channel, rt.Channel], fault: str) -> None:
+def test_exactly_once_in_order_across_faults(proxied: tuple[FaultProxy, Any, Any], fault: str) -> None:
     proxy, client, server = proxied
     count, faults = 10_000, 5
     up = _stream(client, server, count, b"u")
@@ -123,7 +128,7 @@ def test_exactly_once_in_order_across_faults(proxied: tuple[FaultProxy, rt.Chann
     assert server.statistics().duplicates_dropped + client.statistics().duplicates_dropped == 0
 
 
-def test_blackholed_link_is_detected_within_dead_after(proxied: tuple[FaultProxy, rt.Channel, rt.Channel]) -> None:
+def test_blackholed_link_is_detected_within_dead_after(proxied: tuple[FaultProxy, Any, Any]) -> None:
     proxy, client, server = proxied
     dead_after = 0.4 * UNIT
     wait_for(lambda: client.statistics().last_rtt is not None, 5, "a heartbeat round trip")
@@ -145,9 +150,9 @@ def test_blackholed_link_is_detected_within_dead_after(proxied: tuple[FaultProxy
     assert recovery is not None and recovery > 0
 
 
-def test_expired_resume_window_raises_session_lost_with_the_unacked_messages(listener: rt.Listener) -> None:
-    with rt.listen(("127.0.0.1", 0), **fast_options(resume_window=1.0 * UNIT)) as short, FaultProxy(short.address) as proxy:
-        client = rt.connect(proxy.address, **fast_options(resume_window=1.0 * UNIT))
+def test_expired_resume_window_raises_session_lost_with_the_unacked_messages(front: Front, listener: Any) -> None:
+    with front.listen(("127.0.0.1", 0), **fast_options(resume_window=1.0 * UNIT)) as short, FaultProxy(short.address) as proxy:
+        client = front.connect(proxy.address, **fast_options(resume_window=1.0 * UNIT))
         server = short.accept(timeout=5)
         client.send(b"delivered")
         assert server.recv(timeout=5) == b"delivered"
@@ -170,10 +175,10 @@ def test_expired_resume_window_raises_session_lost_with_the_unacked_messages(lis
         server.close()
 
 
-def test_backpressure_blocks_send_and_times_out_with_nothing_queued() -> None:
+def test_backpressure_blocks_send_and_times_out_with_nothing_queued(front: Front) -> None:
     options = fast_options(window_messages=8, max_queued_messages=4)
-    with rt.listen(("127.0.0.1", 0), **options) as lst:
-        client = rt.connect(lst.address, **options)
+    with front.listen(("127.0.0.1", 0), **options) as lst:
+        client = front.connect(lst.address, **options)
         server = lst.accept(timeout=5)
         sent = 0
         with pytest.raises(TimeoutError):
@@ -194,16 +199,15 @@ def test_backpressure_blocks_send_and_times_out_with_nothing_queued() -> None:
         server.close()
 
 
-def test_connect_retries_until_the_listener_starts() -> None:
+def test_connect_retries_until_the_listener_starts(front: Front) -> None:
     probe = socket.create_server(("127.0.0.1", 0))
     port = probe.getsockname()[1]
     probe.close()
-    worker = Worker(lambda: rt.connect(("127.0.0.1", port), timeout=20 * UNIT, **fast_options()), "connect")
+    worker = Worker(lambda: front.connect(("127.0.0.1", port), timeout=20 * UNIT, **fast_options()), "connect")
     worker.start()
     time.sleep(0.3 * UNIT)  # let a few attempts be refused first
-    with rt.listen(("127.0.0.1", port), **fast_options()) as lst:
+    with front.listen(("127.0.0.1", port), **fast_options()) as lst:
         client = worker.result()
-        assert isinstance(client, rt.Channel)
         server = lst.accept(timeout=5)
         client.send(b"late start")
         assert server.recv(timeout=5) == b"late start"
@@ -211,23 +215,23 @@ def test_connect_retries_until_the_listener_starts() -> None:
         server.close()
 
 
-def test_connect_gives_up_after_its_timeout() -> None:
+def test_connect_gives_up_after_its_timeout(front: Front) -> None:
     probe = socket.create_server(("127.0.0.1", 0))
     port = probe.getsockname()[1]
     probe.close()
     start = time.monotonic()
     with pytest.raises(TimeoutError) as info:
-        rt.connect(("127.0.0.1", port), timeout=0.5 * UNIT, **fast_options())
+        front.connect(("127.0.0.1", port), timeout=0.5 * UNIT, **fast_options())
     assert time.monotonic() - start < 5 * UNIT
     assert isinstance(info.value.__cause__, ConnectionRefusedError)
 
 
-def test_full_server_rejects_new_sessions_with_a_clear_error() -> None:
-    with rt.listen(("127.0.0.1", 0), max_sessions=1, **fast_options()) as lst:
-        first = rt.connect(lst.address, **fast_options())
+def test_full_server_rejects_new_sessions_with_a_clear_error(front: Front) -> None:
+    with front.listen(("127.0.0.1", 0), max_sessions=1, **fast_options()) as lst:
+        first = front.connect(lst.address, **fast_options())
         # Busy is worth retrying: connect tries until its timeout, then says why.
         with pytest.raises(TimeoutError) as info:
-            rt.connect(lst.address, timeout=1.0 * UNIT, **fast_options())
+            front.connect(lst.address, timeout=1.0 * UNIT, **fast_options())
         assert isinstance(info.value.__cause__, rt.RejectedByPeer) and "SERVER_BUSY" in str(info.value.__cause__)
         server = lst.accept(timeout=5)
         first.send(b"still served")
@@ -237,7 +241,7 @@ def test_full_server_rejects_new_sessions_with_a_clear_error() -> None:
 
 
 def test_state_change_events_are_reported_outside_the_lock(
-    proxied: tuple[FaultProxy, rt.Channel, rt.Channel], listener: rt.Listener
+    front: Front, proxied: tuple[FaultProxy, Any, Any], listener: Any
 ) -> None:
     proxy, _, _ = proxied
     seen: list[rt.ChannelEvent] = []
@@ -252,7 +256,7 @@ def test_state_change_events_are_reported_outside_the_lock(
         with seen_lock:
             seen.append(event)
 
-    channel = rt.connect(proxy.address, on_event=on_event, **fast_options())
+    channel = front.connect(proxy.address, on_event=on_event, **fast_options())
     holder.append(channel)
     server = listener.accept(timeout=5)
     channel.send(b"x")
@@ -265,8 +269,8 @@ def test_state_change_events_are_reported_outside_the_lock(
     assert kinds.index("disconnected") < kinds.index("resumed")
 
 
-def test_message_too_large_and_wrong_type_are_usage_errors(listener: rt.Listener) -> None:
-    client = rt.connect(listener.address, **fast_options(max_message_size=1024))
+def test_message_too_large_and_wrong_type_are_usage_errors(front: Front, listener: Any) -> None:
+    client = front.connect(listener.address, **fast_options(max_message_size=1024))
     server = listener.accept(timeout=5)
     with pytest.raises(rt.MessageTooLarge):
         client.send(b"x" * 1025)
@@ -278,21 +282,21 @@ def test_message_too_large_and_wrong_type_are_usage_errors(listener: rt.Listener
     server.close()
 
 
-def test_recv_timeout_and_unknown_options(listener: rt.Listener) -> None:
-    client = rt.connect(listener.address, **fast_options())
+def test_recv_timeout_and_unknown_options(front: Front, listener: Any) -> None:
+    client = front.connect(listener.address, **fast_options())
     server = listener.accept(timeout=5)
     with pytest.raises(TimeoutError):
         server.recv(timeout=0.05)
     with pytest.raises(TimeoutError):
         listener.accept(timeout=0.05)
     with pytest.raises(TypeError, match="unknown options"):
-        rt.connect(listener.address, heartbeat=3)
+        front.connect(listener.address, heartbeat=3)
     client.close()
     server.close()
 
 
-def test_many_clients_at_once(listener: rt.Listener) -> None:
-    clients = [rt.connect(listener.address, **fast_options()) for _ in range(20)]
+def test_many_clients_at_once(front: Front, listener: Any) -> None:
+    clients = [front.connect(listener.address, **fast_options()) for _ in range(20)]
     servers = {}
     for _ in clients:
         channel = listener.accept(timeout=5)

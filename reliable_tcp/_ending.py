@@ -1,0 +1,78 @@
+"""How a channel's session ended, recorded once, and the exception each call raises for it.
+
+Shared by both front ends (threads and asyncio), so the rules are the same:
+a session that ends with messages unacknowledged is *lost*, however it
+ended, and every call raises a fresh exception chained to one root cause.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import events as ev
+from .exceptions import ChannelBroken, ChannelClosed, ReliableTCPError, SessionLost
+
+__all__ = ["Ending", "Unacked"]
+
+Unacked = tuple[tuple[int, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """The end of a session: ``kind`` is ``closed``, ``aborted``, ``lost``
+    (ended with messages unacknowledged, or refused, expired, failed) or
+    ``broken`` (a local failure with nothing unacknowledged)."""
+
+    kind: str
+    reason: str
+    unacked: Unacked
+    cause: BaseException | None
+
+    @classmethod
+    def of(cls, kind: str, reason: str, unacked: Unacked, cause: BaseException | None) -> Ending:
+        """The end, with the rule applied: closed or broken with messages
+        unacknowledged is lost (SessionLost lists them)."""
+        if kind == "closed" and unacked:
+            kind, reason = "lost", f"{reason} before every message was acknowledged"
+        elif kind == "broken" and unacked:
+            kind = "lost"  # SessionLost is a ChannelBroken that also lists what was not acknowledged
+        return cls(kind, reason, unacked, cause)
+
+    @classmethod
+    def of_event(cls, event: ev.Event) -> Ending | None:
+        """The end an engine event reports, if it is one."""
+        if isinstance(event, ev.SessionClosed):
+            if event.aborted:
+                return cls.of("aborted", "aborted", event.unacked, None)
+            return cls.of("closed", "closed by peer" if event.by_peer else "closed", event.unacked, None)
+        if isinstance(event, ev.SessionFailed):
+            return cls.of("lost", event.reason, event.unacked, event.error)
+        return None
+
+    def with_cause(self, cause: BaseException | None) -> Ending:
+        """This end, chained to ``cause`` when it has none of its own and failed."""
+        if self.cause is not None or cause is None or not self.failed:
+            return self
+        return Ending(self.kind, self.reason, self.unacked, cause)
+
+    @property
+    def failed(self) -> bool:
+        """Lost or broken (not a close or an abort)."""
+        return self.kind in ("lost", "broken")
+
+    @property
+    def reportable(self) -> bool:
+        """Lost with messages the owner must be told about."""
+        return self.kind == "lost" and bool(self.unacked)
+
+    def exception(self) -> ReliableTCPError:
+        """A fresh exception for this end, chained to its root cause."""
+        error: ReliableTCPError
+        if self.kind == "lost":
+            error = SessionLost(self.reason, self.unacked)
+        elif self.kind == "broken":
+            error = ChannelBroken(self.reason)
+        else:
+            error = ChannelClosed(self.reason, self.unacked)
+        error.__cause__ = self.cause
+        return error

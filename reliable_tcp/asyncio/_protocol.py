@@ -1,0 +1,129 @@
+"""One connection on the event loop: an ``asyncio.Protocol`` that hands
+bytes and the connection's end to whoever owns it now.
+
+A connection starts owned by the listener's handshake (server side) or
+directly by a channel (client side); once a HELLO is accepted the
+handshake hands it to the session's channel (``owner`` changes). The
+protocol knows its owner only through :class:`ProtocolOwner`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+import socket
+from typing import Any, Protocol
+
+from .._transport import seconds_since_peer_ack
+
+__all__ = ["LinkProtocol", "ProtocolOwner"]
+
+
+class ProtocolOwner(Protocol):
+    """What a connection needs from its owner (all called on the loop)."""
+
+    def link_data(self, link: LinkProtocol, data: bytes) -> None:
+        """Bytes arrived."""
+
+    def link_lost(self, link: LinkProtocol, error: BaseException | None) -> None:
+        """The connection ended (``error`` None: an orderly EOF or our own close)."""
+
+    def link_writable(self, link: LinkProtocol) -> None:
+        """The transport's buffer drained below its low-water mark again."""
+
+
+class LinkProtocol(asyncio.Protocol):
+    """The transport of one connection, and its flow-control state."""
+
+    def __init__(self, owner: ProtocolOwner, order: int = 0) -> None:
+        self.owner = owner
+        #: The listener's accept order: a later connection of a session wins.
+        self.order = order
+        self.transport: asyncio.Transport | None = None
+        self.write_paused = False  # the transport's buffer is above its high-water mark
+        self.read_paused = False  # we stopped reading (the receive queue is full)
+        self.lost = False
+        self.closed_event = asyncio.Event()
+
+    # ------------------------------------------------------------ asyncio
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.owner.link_data(self, data)
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.closed_event.set()
+        self.owner.link_lost(self, exc)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.owner.link_writable(self)
+
+    # -------------------------------------------------------------- helpers
+
+    def write(self, parts: list[bytes]) -> None:
+        """Hand ``parts`` to the transport (it buffers what the socket won't take now)."""
+        if self.transport is not None and not self.lost:
+            self.transport.writelines(parts)
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.read_paused and not self.lost:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and self.read_paused and not self.lost:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def close(self, *, abort: bool) -> None:
+        """End the connection: in order (buffered bytes, then FIN) or with RST."""
+        if self.transport is None or self.lost:
+            return
+        if abort:
+            self.transport.abort()
+        else:
+            self.transport.close()
+
+    def _socket(self) -> Any:
+        return None if self.transport is None else self.transport.get_extra_info("socket")
+
+    def has_pending_input(self) -> bool:
+        """Bytes (or an EOF) wait in the kernel: the loop, not the peer, is late."""
+        sock = self._socket()
+        if sock is None or self.lost:
+            return False
+        try:
+            readable, _, _ = select.select([sock.fileno()], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return bool(readable)
+
+    def pending_error(self) -> OSError | None:
+        """The error the kernel already holds for this socket (reset, timeout),
+        or None: the zero-byte probe of the threaded front end, read as
+        SO_ERROR because the loop owns the socket's sends."""
+        sock = self._socket()
+        if sock is None or self.lost:
+            return None
+        try:
+            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except OSError as exc:
+            return exc
+        return OSError(code, os.strerror(code)) if code else None
+
+    def seconds_since_peer_ack(self) -> float | None:
+        """See ``_transport.seconds_since_peer_ack``."""
+        sock = self._socket()
+        return None if sock is None or self.lost else seconds_since_peer_ack(sock)

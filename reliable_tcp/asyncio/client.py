@@ -1,0 +1,184 @@
+"""The connecting side on the event loop: ``connect()`` and the reconnect task."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import ssl
+from collections.abc import Generator
+from typing import Any, Unpack
+
+from .._durable import Durable
+from .._ending import Ending
+from .._transport import configure_socket
+from ..backoff import is_retryable
+from ..client import _open_journal
+from ..config import SessionConfig
+from ..engine import SessionEngine
+from ..exceptions import AuthenticationFailed, ChannelBroken, RejectedByPeer, TLSHandshakeError
+from ..options import ChannelOptions, ShellOptions, resolve_options
+from ._protocol import LinkProtocol
+from .channel import Channel
+
+__all__ = ["connect", "ClientChannel"]
+
+
+class ClientChannel(Channel):
+    """A channel on the connecting side: it keeps itself connected."""
+
+    def _start_connecting(self, address: tuple[str, int]) -> None:
+        self._address = address
+        self._background(self._connect_loop())
+
+    async def _connect_loop(self) -> None:
+        shell, config = self._shell, self._config
+        rng = random.Random()
+        delays = shell.backoff.delays(rng)
+        first = True
+        connections = self._engine.counters.handshakes
+        while not self._stopping:
+            while self._link is not None and not self._stopping:
+                await self._changed.wait(None)
+            if self._stopping:
+                return
+            if self._engine.counters.handshakes != connections:
+                connections = self._engine.counters.handshakes
+                delays = shell.backoff.delays(rng)  # a working link resets the backoff
+            delay = 0.0 if first else next(delays)
+            first = False
+            if delay:
+                await asyncio.sleep(delay)
+            host, port = self._address
+            try:
+                async with asyncio.timeout(min(config.handshake_timeout, shell.connect_timeout)):
+                    _, link = await self._loop.create_connection(
+                        lambda: LinkProtocol(_Pending()),
+                        host,
+                        port,
+                        ssl=shell.ssl_context,
+                        server_hostname=(shell.server_hostname or host) if shell.ssl_context is not None else None,
+                    )
+            except (OSError, TimeoutError) as exc:
+                self._connect_failed(exc)
+                continue
+            assert link.transport is not None
+            sock = link.transport.get_extra_info("socket")
+            if sock is not None:
+                configure_socket(sock, config)
+            self._open_link(link)
+
+    def _connect_failed(self, exc: BaseException) -> None:
+        self._last_cause = exc
+        self._changed.fire()
+        if isinstance(exc, ssl.SSLError):
+            error: BaseException = TLSHandshakeError(f"TLS handshake failed: {exc}")
+            error.__cause__ = exc
+        elif not is_retryable(exc):
+            error = exc
+        else:
+            return
+        if self._ending is None:
+            now = self._loop.time()
+            self._engine.close(now)
+            self._engine.events_received()
+            self._record_end(Ending.of("broken", f"can't connect to {self._address}: {exc}", self._engine.unacked(), error))
+
+    async def _wait_first_handshake(self, timeout: float) -> None:
+        deadline = self._loop.time() + timeout
+        while not self._ever_connected and self._ending is None:
+            if not await self._changed.wait(deadline):
+                break
+        if self._ever_connected:
+            return
+        ending = self._ending
+        error: BaseException
+        if self.restored and ending is not None:
+            error = ending.exception()
+        elif ending is not None and isinstance(ending.cause, RejectedByPeer):
+            error = RejectedByPeer(ending.cause.reason, ending.cause.text)
+        elif ending is not None and isinstance(ending.cause, AuthenticationFailed):
+            error = AuthenticationFailed(str(ending.cause))
+        elif ending is not None and isinstance(ending.cause, TLSHandshakeError):
+            error = TLSHandshakeError(str(ending.cause))
+            error.__cause__ = ending.cause.__cause__
+        elif ending is not None:
+            error = ending.exception()
+            if not isinstance(error, ChannelBroken):
+                error = ChannelBroken(str(error))
+        else:
+            error = TimeoutError(f"could not open a session with {self._address} in time")
+            error.__cause__ = self._last_cause
+        self.abort()
+        await self._teardown(None, reported=True)
+        raise error
+
+
+class _Pending:
+    """The owner of a connection until the channel takes it."""
+
+    def link_data(self, link: LinkProtocol, data: bytes) -> None:  # pragma: no cover - the client speaks first
+        pass
+
+    def link_lost(self, link: LinkProtocol, error: BaseException | None) -> None:
+        pass
+
+    def link_writable(self, link: LinkProtocol) -> None:
+        pass
+
+
+class _Connecting:
+    """What :func:`connect` returns: await it, or use it with ``async with``."""
+
+    def __init__(self, coroutine: Any) -> None:
+        self._coroutine = coroutine
+        self._channel: Channel | None = None
+
+    def __await__(self) -> Generator[Any, None, Channel]:
+        return self._coroutine.__await__()  # type: ignore[no-any-return]
+
+    async def __aenter__(self) -> Channel:
+        self._channel = await self._coroutine
+        return self._channel
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._channel is not None
+        await self._channel.close()
+
+
+def connect(
+    address: tuple[str, int],
+    *,
+    timeout: float | None = None,
+    journal: str | None = None,
+    config: SessionConfig | None = None,
+    shell: ShellOptions | None = None,
+    **options: Unpack[ChannelOptions],
+) -> _Connecting:
+    """Open a session with the listener at ``address`` (``await`` it, or
+    ``async with`` it); the same options and promises as
+    :func:`reliable_tcp.connect`."""
+    return _Connecting(_connect(address, timeout=timeout, journal=journal, config=config, shell=shell, options=options))
+
+
+async def _connect(
+    address: tuple[str, int],
+    *,
+    timeout: float | None,
+    journal: str | None,
+    config: SessionConfig | None,
+    shell: ShellOptions | None,
+    options: Any,
+) -> Channel:
+    resolved, shell_options, _ = resolve_options(options, config, shell)
+    durable = None
+    engine = None
+    loop = asyncio.get_running_loop()
+    if journal is not None:
+        resolved = Durable.durable_config(resolved)
+        durable, engine = await loop.run_in_executor(None, _open_journal, journal, resolved)
+    channel = ClientChannel(
+        engine or SessionEngine(resolved, client=True), shell_options, durable=durable, restored=engine is not None
+    )
+    channel._start_connecting((address[0], int(address[1])))
+    await channel._wait_first_handshake(shell_options.connect_timeout if timeout is None else timeout)
+    return channel
