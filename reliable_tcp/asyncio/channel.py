@@ -12,18 +12,24 @@ session's end maps to them (``_ending.Ending``), the journal
 (``_durable.Durable``, its fsyncs run in the loop's executor with group
 commit), the socket probes, the statistics.
 
-Cancellation: a coroutine cancelled while it waits has done nothing.
-``send`` queues its message only after the wait, in one step, so a
-cancelled ``send`` queued nothing (with a journal, a cancellation that
-arrives while the queued message is being made durable is held back until
-it is: then ``send`` returns normally); ``recv`` takes a message only after
-the wait, so a cancelled ``recv`` took nothing; ``flush`` and ``close``
-change nothing by being cancelled but what they already started.
+Cancellation: a coroutine cancelled while it waits has done nothing it
+does not say. ``send`` queues its message only after the wait, in one
+step; the ``CancelledError`` (or the ``TimeoutError`` of an enclosing
+``asyncio.timeout()``, through its ``__cause__``) carries ``queued``:
+0 means the message was not queued and will never be sent, 1 that it was
+and will be delivered (with a journal, a cancellation that arrives while
+the queued message is being made durable is held back until it is, then
+raised with ``queued`` = 1). A cancelled ``send_many`` may have queued a
+prefix: ``queued`` says how long. No ``queued`` at all means the task was
+cancelled before ``send`` ever ran: nothing was queued. ``recv`` takes a message only after the
+wait, so a cancelled ``recv`` took nothing; ``flush``, ``accept`` and
+``close`` change nothing by being cancelled but what they already started.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 from collections import deque
@@ -217,41 +223,47 @@ class Channel:
         queued = 0
         seq = 0
         position = None
-        while queued < len(pending):
-            batch = pending[queued:] if queued else pending
-            while not (self._closing or self._ending is not None or engine.can_send(len(batch[0]))):
-                await self._changed.wait(None)
-            self._raise_if_closed()
-            engine.check_sendable()
-            if self._durable is not None:
-                batch = batch[: engine.room_for(batch)]
-                position = self._durable.record_sent(engine.next_seq, batch)  # journaled exactly when queued
-            first, count = engine.send_messages(batch, self._loop.time())
-            queued += count
-            seq = first + count - 1
-            self._flush_soon()
-        if self._durable is not None and position is not None:
-            await self._made_durable(position)
+        try:
+            while queued < len(pending):
+                batch = pending[queued:] if queued else pending
+                while not (self._closing or self._ending is not None or engine.can_send(len(batch[0]))):
+                    await self._changed.wait(None)
+                self._raise_if_closed()
+                engine.check_sendable()
+                if self._durable is not None:
+                    batch = batch[: engine.room_for(batch)]
+                    position = self._durable.record_sent(engine.next_seq, batch)  # journaled exactly when queued
+                first, count = engine.send_messages(batch, self._loop.time())
+                queued += count
+                seq = first + count - 1
+                self._flush_soon()
+            if self._durable is not None and position is not None:
+                await self._made_durable(position)
+        except asyncio.CancelledError as exc:
+            # The caller can tell what a cancelled send did: ``queued`` is how
+            # many of its messages were queued (and will be delivered).
+            exc.queued = queued  # type: ignore[attr-defined]
+            raise
         return seq
 
     async def _made_durable(self, position: int) -> None:
-        """Wait for the fsync off the loop; a cancellation meanwhile waits too
-        (the message is queued: the caller must learn it was sent)."""
+        """Wait for the fsync off the loop. A cancellation meanwhile is held
+        back until the queued messages are durable, then raised: what was
+        queued stays queued, and the caller learns how much from ``queued``."""
         assert self._durable is not None
         work = asyncio.ensure_future(self._loop.run_in_executor(None, self._durable.wait_durable, position))
-        cancelled = False
-        while True:
+        cancelled: asyncio.CancelledError | None = None
+        while not work.done():
             try:
                 await asyncio.shield(work)
-                break
-            except asyncio.CancelledError:
+            except asyncio.CancelledError as exc:
                 if work.cancelled():
                     raise
-                cancelled = True  # held back until the message is durable
-        if cancelled:
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
+                cancelled = exc
+        if cancelled is not None:
+            if work.exception() is not None:
+                logger.warning("%s: a cancelled send was not made durable: %s", self._name, work.exception())
+            raise cancelled
         work.result()
 
     async def flush(self) -> None:
@@ -408,6 +420,18 @@ class Channel:
             self._background(self._loop.run_in_executor(None, self._durable.record_end, ending.kind, ending.reason))
         if self._on_end is not None:
             self._loop.call_soon(self._on_end, self)
+        # The connection goes with the session, whoever ended it: the last
+        # frames (a REJECT, a CLOSE_ACK) leave first, then FIN; RST if the
+        # peer does not take them in time.
+        self._loop.call_soon(self._release_link)
+
+    def _release_link(self) -> None:
+        link = self._link
+        if link is None or link.lost:
+            return
+        self._flush()
+        link.close(abort=False)
+        self._loop.call_later(_FINAL_FLUSH, functools.partial(link.close, abort=True))
 
     def _end_restored(self, reason: str, unacked: Unacked) -> None:
         """A journal says this session was lost before the restart."""

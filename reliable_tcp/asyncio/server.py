@@ -349,7 +349,12 @@ async def _listen(
 
 
 class Server:
-    """A listener whose every new session runs ``handler(channel)`` as a task."""
+    """A listener whose every new session runs ``handler(channel)`` as a task.
+
+    When the handler returns, its channel is closed gracefully; when it
+    raises, the channel is aborted and the error logged. ``close()`` ends
+    every session, then waits for the handlers (cancelling those still
+    running at its timeout)."""
 
     def __init__(self, listener: Listener, handler: Callable[[Channel], Awaitable[None]]) -> None:
         self.listener = listener
@@ -373,11 +378,22 @@ class Server:
             task.add_done_callback(self._tasks.discard)
 
     async def _run(self, channel: Channel) -> None:
+        # The session lives as long as its handler: a handler that returns
+        # closes it gracefully (what it sent is delivered first), one that
+        # fails aborts it, and the owner of anything lost is told in the log.
         try:
             await self._handler(channel)
+        except asyncio.CancelledError:
+            channel.abort()
+            raise
         except Exception:
             logger.exception("handler for %r failed", channel)
             channel.abort()
+            return
+        try:
+            await channel.close()
+        except ReliableTCPError as exc:
+            logger.warning("%r ended badly after its handler returned: %s", channel, exc)
 
     async def serve_forever(self) -> None:
         """Serve until cancelled or closed."""
@@ -388,7 +404,11 @@ class Server:
         await self.listener.close(timeout)
         self._acceptor.cancel()
         if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout)
+            _, late = await asyncio.wait(set(self._tasks), timeout=timeout)
+            for task in late:  # a handler that ignores its ended channel does not hold close up
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=1.0)
 
     async def __aenter__(self) -> Server:
         return self

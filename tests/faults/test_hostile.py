@@ -3,6 +3,7 @@
 Every attack must end with a typed verdict on our side (a REJECT with its
 reason where the protocol allows one) and a closed connection, while the
 legitimate session sees zero anomalies and the listener keeps serving.
+Each test runs against both front ends' listeners (``front``).
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 import reliable_tcp as rt
+from fronts import Front
 from helpers import UNIT, Worker, fast_options, wait_for
 from reliable_tcp import frames as f
 from reliable_tcp.checker import check_stream
@@ -26,8 +29,8 @@ OPTIONS = fast_options(handshake_timeout=1.0 * UNIT, resume_window=3.0 * UNIT)
 class LegitStream:
     """A well-behaved client streaming numbered messages both ways in the background."""
 
-    def __init__(self, listener: rt.Listener) -> None:
-        self.client = rt.connect(listener.address, **OPTIONS)
+    def __init__(self, front: Front, listener: Any) -> None:
+        self.client = front.connect(listener.address, **OPTIONS)
         self.server = listener.accept(timeout=5)
         self.stop = threading.Event()
         self.sent = {"up": 0, "down": 0}
@@ -41,14 +44,14 @@ class LegitStream:
         for worker in self.workers:
             worker.start()
 
-    def _send(self, channel: rt.Channel, direction: str) -> None:
+    def _send(self, channel: Any, direction: str) -> None:
         while not self.stop.is_set():
             n = self.sent[direction]
             channel.send_many([b"%d" % i for i in range(n, n + 50)])
             self.sent[direction] = n + 50
             self.stop.wait(0.005)  # a steady trickle, not a flood
 
-    def _recv(self, channel: rt.Channel, direction: str) -> None:
+    def _recv(self, channel: Any, direction: str) -> None:
         try:
             while True:
                 self.got[direction].extend(int(m) for m in channel.recv_many())
@@ -73,9 +76,9 @@ class LegitStream:
 
 
 @pytest.fixture
-def served() -> Iterator[tuple[rt.Listener, LegitStream]]:
-    with rt.listen(("127.0.0.1", 0), **OPTIONS) as listener:
-        legit = LegitStream(listener)
+def served(front: Front) -> Iterator[tuple[Any, LegitStream]]:
+    with front.listen(("127.0.0.1", 0), **OPTIONS) as listener:
+        legit = LegitStream(front, listener)
         try:
             yield listener, legit
             legit.finish()
@@ -85,7 +88,7 @@ def served() -> Iterator[tuple[rt.Listener, LegitStream]]:
             legit.server.abort()
 
 
-def raw(listener: rt.Listener) -> socket.socket:
+def raw(listener: Any) -> socket.socket:
     sock = socket.create_connection(listener.address, timeout=10 * UNIT)
     return sock
 
@@ -114,7 +117,7 @@ def rejection(data: bytes) -> f.RejectReason:
     return rejects[-1].reason
 
 
-def opened(listener: rt.Listener) -> tuple[socket.socket, f.Accept]:
+def opened(listener: Any) -> tuple[socket.socket, f.Accept]:
     """A raw connection that completed a real handshake."""
     sock = raw(listener)
     sock.sendall(f.encode(f.Hello(False, bytes(16), bytes(16), 1)))
@@ -144,7 +147,7 @@ def opened(listener: rt.Listener) -> tuple[socket.socket, f.Accept]:
          "data-before-handshake"],
 )
 def test_garbage_first_bytes_are_refused(
-    served: tuple[rt.Listener, LegitStream], payload: bytes, reason: f.RejectReason | None
+    served: tuple[Any, LegitStream], payload: bytes, reason: f.RejectReason | None
 ) -> None:
     listener, _ = served
     sock = raw(listener)
@@ -155,7 +158,7 @@ def test_garbage_first_bytes_are_refused(
     assert listener.session_count == 1  # only the legitimate session
 
 
-def test_wrong_checksum_is_refused(served: tuple[rt.Listener, LegitStream]) -> None:
+def test_wrong_checksum_is_refused(served: tuple[Any, LegitStream]) -> None:
     listener, _ = served
     hello = bytearray(f.encode(f.Hello(False, bytes(16), bytes(16), 1)))
     hello[20] ^= 0x01
@@ -165,7 +168,7 @@ def test_wrong_checksum_is_refused(served: tuple[rt.Listener, LegitStream]) -> N
 
 
 @pytest.mark.parametrize("partial", [b"", b"RT\x01", f.encode(f.Hello(False, bytes(16), bytes(16), 1))[:30]])
-def test_silent_or_truncated_handshakes_time_out(served: tuple[rt.Listener, LegitStream], partial: bytes) -> None:
+def test_silent_or_truncated_handshakes_time_out(served: tuple[Any, LegitStream], partial: bytes) -> None:
     listener, _ = served
     sock = raw(listener)
     sock.sendall(partial)
@@ -175,7 +178,7 @@ def test_silent_or_truncated_handshakes_time_out(served: tuple[rt.Listener, Legi
     assert rejection(data) is f.RejectReason.HANDSHAKE_TIMEOUT
 
 
-def test_slowloris_one_byte_per_tick_is_cut_at_the_handshake_timeout(served: tuple[rt.Listener, LegitStream]) -> None:
+def test_slowloris_one_byte_per_tick_is_cut_at_the_handshake_timeout(served: tuple[Any, LegitStream]) -> None:
     listener, _ = served
     sock = raw(listener)
     hello = f.encode(f.Hello(False, bytes(16), bytes(16), 1))
@@ -202,7 +205,7 @@ def test_slowloris_one_byte_per_tick_is_cut_at_the_handshake_timeout(served: tup
     ],
     ids=["ack-never-sent", "seq-jump", "duplicate-handshake", "accept-from-client", "bad-close"],
 )
-def test_protocol_violations_inside_a_session(served: tuple[rt.Listener, LegitStream], frame: f.Frame) -> None:
+def test_protocol_violations_inside_a_session(served: tuple[Any, LegitStream], frame: f.Frame) -> None:
     listener, _ = served
     sock, _ = opened(listener)
     victim = listener.accept(timeout=5)
@@ -216,7 +219,7 @@ def test_protocol_violations_inside_a_session(served: tuple[rt.Listener, LegitSt
     assert listener.statistics().sessions_failed == 1
 
 
-def test_corrupt_bytes_inside_a_session_drop_only_that_connection(served: tuple[rt.Listener, LegitStream]) -> None:
+def test_corrupt_bytes_inside_a_session_drop_only_that_connection(served: tuple[Any, LegitStream]) -> None:
     listener, _ = served
     sock, _ = opened(listener)
     victim = listener.accept(timeout=5)
@@ -227,7 +230,7 @@ def test_corrupt_bytes_inside_a_session_drop_only_that_connection(served: tuple[
     victim.abort()
 
 
-def test_resume_with_a_wrong_secret_reveals_nothing(served: tuple[rt.Listener, LegitStream]) -> None:
+def test_resume_with_a_wrong_secret_reveals_nothing(served: tuple[Any, LegitStream]) -> None:
     listener, legit = served
     session_id = bytes.fromhex(legit.client.session_id)
     answers = []
@@ -242,7 +245,7 @@ def test_resume_with_a_wrong_secret_reveals_nothing(served: tuple[rt.Listener, L
     assert rejection(answers[0]) is f.RejectReason.SESSION_UNKNOWN
 
 
-def test_replayed_resume_handshake_is_refused(served: tuple[rt.Listener, LegitStream]) -> None:
+def test_replayed_resume_handshake_is_refused(served: tuple[Any, LegitStream]) -> None:
     listener, _ = served
     with rt.listen(("127.0.0.1", 0), **OPTIONS) as other:
         from reliable_tcp.testing import FaultProxy
@@ -264,7 +267,7 @@ def test_replayed_resume_handshake_is_refused(served: tuple[rt.Listener, LegitSt
             server.close()
 
 
-def test_a_peer_that_stops_reading_is_dropped_and_memory_stays_bounded(served: tuple[rt.Listener, LegitStream]) -> None:
+def test_a_peer_that_stops_reading_is_dropped_and_memory_stays_bounded(served: tuple[Any, LegitStream]) -> None:
     listener, _ = served
     sock, _ = opened(listener)
     victim = listener.accept(timeout=5)
@@ -280,7 +283,7 @@ def test_a_peer_that_stops_reading_is_dropped_and_memory_stays_bounded(served: t
     sock.close()
 
 
-def test_flood_of_tiny_frames_is_cut_off_and_does_not_starve_others(served: tuple[rt.Listener, LegitStream]) -> None:
+def test_flood_of_tiny_frames_is_cut_off_and_does_not_starve_others(served: tuple[Any, LegitStream]) -> None:
     listener, legit = served
     sock, _ = opened(listener)
     victim = listener.accept(timeout=5)

@@ -128,6 +128,37 @@ def test_exactly_once_in_order_across_faults(proxied: tuple[FaultProxy, Any, Any
     assert server.statistics().duplicates_dropped + client.statistics().duplicates_dropped == 0
 
 
+@pytest.mark.parametrize("fault", ["reset", "blackhole", "close"])
+@pytest.mark.timeout(120)
+def test_mixed_fronts_exactly_once_across_faults(mixed_fronts: tuple[Any, Any], fault: str) -> None:
+    """A threaded client with an asyncio server, and the reverse: one wire protocol."""
+    client_front, server_front = mixed_fronts
+    count, faults = 4000, 3
+    with server_front.listen(("127.0.0.1", 0), **fast_options()) as lst, FaultProxy(lst.address) as proxy:
+        client = client_front.connect(proxy.address, **fast_options())
+        server = lst.accept(timeout=5)
+        try:
+            up = _stream(client, server, count, b"u")
+            down = _stream(server, client, count, b"d")
+            for n in range(1, faults + 1):
+                target = n * count // (faults + 2)
+                wait_for(lambda: len(up[2]) >= target and len(down[2]) >= target, 60, "progress")  # noqa: B023
+                resumes = client.statistics().resumes
+                FAULTS[fault](proxy)
+                wait_for(lambda: client.statistics().resumes > resumes, 30, f"resume after {fault} #{n}")  # noqa: B023
+            for worker in (*up[:2], *down[:2]):
+                worker.result()
+            assert up[2] == [b"u%d" % i for i in range(count)]
+            assert down[2] == [b"d%d" % i for i in range(count)]
+            client.close(timeout=10)
+            with pytest.raises(rt.ChannelClosed):
+                server.recv(timeout=5)
+            server.close()
+        finally:
+            client.abort()
+            server.abort()
+
+
 def test_blackholed_link_is_detected_within_dead_after(proxied: tuple[FaultProxy, Any, Any]) -> None:
     proxy, client, server = proxied
     dead_after = 0.4 * UNIT

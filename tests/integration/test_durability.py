@@ -21,6 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 PEER = [sys.executable, str(ROOT / "tests" / "support" / "durable_peer.py")]
 OPTIONS = fast_options(heartbeat_interval=0.2, resume_window=60.0)
 
+#: The killed process runs each front end in turn; the survivor is threaded.
+peer_fronts = pytest.mark.parametrize("peer_front", ["threads", "asyncio"])
+
 
 class Peer:
     def __init__(self, argv: list[str]) -> None:
@@ -58,8 +61,9 @@ class Peer:
             raise AssertionError(self.proc.stderr.read().decode() if self.proc.stderr else "") from None
 
 
+@peer_fronts
 @pytest.mark.timeout(240)
-def test_sender_killed_and_restarted_loses_and_repeats_nothing(tmp_path: Path) -> None:
+def test_sender_killed_and_restarted_loses_and_repeats_nothing(tmp_path: Path, peer_front: str) -> None:
     count, kills = 3000, 5
     rng = random.Random(7)
     journal = str(tmp_path / "journal")
@@ -79,7 +83,7 @@ def test_sender_killed_and_restarted_loses_and_repeats_nothing(tmp_path: Path) -
 
         receiver = Worker(receive, "durable-receiver")
         receiver.start()
-        argv = [*PEER, "send", "--address", address, "--journal", journal, "--count", str(count)]
+        argv = [*PEER, "send", "--address", address, "--journal", journal, "--count", str(count), "--front", peer_front]
         target = 0
         for _ in range(kills):
             peer = Peer(argv)
@@ -94,8 +98,9 @@ def test_sender_killed_and_restarted_loses_and_repeats_nothing(tmp_path: Path) -
         holder[0].close()
 
 
+@peer_fronts
 @pytest.mark.timeout(240)
-def test_receiver_killed_and_restarted_redelivers_only_what_it_had_not_committed(tmp_path: Path) -> None:
+def test_receiver_killed_and_restarted_redelivers_only_what_it_had_not_committed(tmp_path: Path, peer_front: str) -> None:
     count, kills = 3000, 5
     rng = random.Random(11)
     journal = str(tmp_path / "journal")
@@ -113,7 +118,8 @@ def test_receiver_killed_and_restarted_redelivers_only_what_it_had_not_committed
 
         sender = Worker(send, "durable-sender")
         sender.start()
-        argv = [*PEER, "recv", "--address", address, "--journal", journal, "--count", str(count), "--out", str(out)]
+        argv = [*PEER, "recv", "--address", address, "--journal", journal, "--count", str(count), "--out", str(out),
+                "--front", peer_front]
         progress = 0
         for _ in range(kills):
             peer = Peer(argv)
@@ -134,8 +140,9 @@ def test_receiver_killed_and_restarted_redelivers_only_what_it_had_not_committed
     assert all(b >= a or a - b <= 1 for a, b in zip(lines, lines[1:], strict=False))
 
 
+@peer_fronts
 @pytest.mark.timeout(240)
-def test_listener_killed_and_restarted_brings_its_sessions_back(tmp_path: Path) -> None:
+def test_listener_killed_and_restarted_brings_its_sessions_back(tmp_path: Path, peer_front: str) -> None:
     import socket
 
     count, kills = 2000, 3
@@ -145,7 +152,7 @@ def test_listener_killed_and_restarted_brings_its_sessions_back(tmp_path: Path) 
     with socket.create_server(("127.0.0.1", 0)) as probe:
         port = probe.getsockname()[1]
     server_argv = [sys.executable, str(ROOT / "tests" / "support" / "durable_server.py"), "--port", str(port),
-                   "--journal", journal, "--out", str(out)]
+                   "--journal", journal, "--out", str(out), "--front", peer_front]
     server = Peer(server_argv)
     client = rt.connect(("127.0.0.1", port), timeout=30, **OPTIONS)
     sending = Worker(lambda: [client.send(b"%d" % n, timeout=120) for n in range(count)], "durable-client")
