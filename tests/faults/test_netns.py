@@ -398,3 +398,54 @@ def test_close_and_connect_keep_their_deadlines_with_the_cable_out(net: NetPair,
     assert result["threads"] == [], result
     record("close(1 s) and connect(1 s) with the cable out", 0.2, {"close_s": round(result["close_s"], 3),
                                                                     "connect_s": round(result["connect_s"], 3)})
+
+
+#: The asyncio front end over the same real faults: both peers on the event
+#: loop, and each mixed pair (client front, server front).
+ASYNCIO_PAIRS = {
+    "asyncio-both": (["--front", "asyncio"], ["--front", "asyncio"]),
+    "asyncio-client": (["--front", "asyncio"], []),
+    "asyncio-server": ([], ["--front", "asyncio"]),
+}
+
+
+@pytest.mark.parametrize("pair", list(ASYNCIO_PAIRS))
+@pytest.mark.timeout(300)
+def test_asyncio_cable_pull(net: NetPair, tmp_path: Path, pair: str) -> None:
+    client_extra, server_extra = ASYNCIO_PAIRS[pair]
+    fault = outage(lambda: net.link("a", False), lambda: net.link("a", True), 5)
+    result = run_stream(net, tmp_path, fault, heartbeat=0.5, client_extra=client_extra, server_extra=server_extra)
+    assert result["figures"]["resumes"] >= 1
+    # dead_after is 3 heartbeats (1.5 s): a busy loop must not delay the verdict much beyond it.
+    assert result["figures"]["detection_s"] is not None and result["figures"]["detection_s"] <= 1.5 + 0.5 + 0.5
+    record(f"cable pull 5 s ({pair})", 0.5, result["figures"])
+
+
+@pytest.mark.timeout(300)
+def test_asyncio_rst_injection(net: NetPair, tmp_path: Path) -> None:
+    client_extra, server_extra = ASYNCIO_PAIRS["asyncio-both"]
+    fault = outage(net.inject_resets, net.clear_rules, 5)
+    result = run_stream(net, tmp_path, fault, heartbeat=0.5, client_extra=client_extra, server_extra=server_extra)
+    assert result["figures"]["resumes"] >= 1
+    record("RST injection 5 s (asyncio-both)", 0.5, result["figures"])
+
+
+@pytest.mark.timeout(300)
+def test_asyncio_slow_consumer_is_not_a_dead_link(net: NetPair, tmp_path: Path) -> None:
+    """As test_a_slow_consumer_is_not_a_dead_link, with both peers on the loop."""
+
+    def fault(client: Peer, _: Peer) -> tuple[float, float]:
+        client.wait_line(lambda line: line == "reading again", 60)
+        now = time.monotonic()
+        return now, now
+
+    result = run_stream(
+        net, tmp_path, fault, heartbeat=0.5, count=600, rate=2000, start_when=lambda line: line == "paused",
+        client_extra=["--size", "65536", "--pause-at", "50", "--pause-for", "8", "--queue-bytes", str(1 << 20),
+                      "--front", "asyncio"],
+        server_extra=["--size", "65536", "--front", "asyncio"],
+    )
+    for side in ("a", "b"):
+        stats = result[side]["stats"]
+        assert stats["disconnects"] == 0 and stats["retransmitted"] == 0, (side, stats)
+    record("slow consumer: reads nothing for 8 s (asyncio-both)", 0.5, result["figures"], disconnects=0)
