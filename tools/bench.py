@@ -36,6 +36,9 @@ from collections.abc import Callable
 from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import bench_asyncio as aio  # noqa: E402  (the asyncio front end's parts, beside these)
 
 SIZES = (64, 1024, 65536)
 _LEN = struct.Struct(">I")
@@ -396,13 +399,16 @@ def many_clients(port: int, port_queue: Any, result_queue: Any, sessions: int, p
     result_queue.put({"side": "sender", "disconnects": sum(disconnects), **_usage()})
 
 
-def run_many(sessions: int, idle_seconds: float, per_session: int) -> dict[str, Any]:
+def run_many(
+    sessions: int, idle_seconds: float, per_session: int, server_part: Callable[..., None] = many_server,
+    client_part: Callable[..., None] = many_clients,
+) -> dict[str, Any]:
     context = mp.get_context("spawn")
     port_queue, client_queue, result_queue = context.Queue(), context.Queue(), context.Queue()
-    server = context.Process(target=many_server, args=(port_queue, result_queue, sessions, idle_seconds))
+    server = context.Process(target=server_part, args=(port_queue, result_queue, sessions, idle_seconds))
     server.start()
     port = port_queue.get(timeout=30)
-    client = context.Process(target=many_clients, args=(port, client_queue, result_queue, sessions, per_session))
+    client = context.Process(target=client_part, args=(port, client_queue, result_queue, sessions, per_session))
     client.start()
     client_queue.put(port_queue.get(timeout=300))  # "ready"
     client_queue.put(port_queue.get(timeout=600))  # "go"
@@ -483,10 +489,14 @@ ONEWAY: dict[str, tuple[Callable[..., None], Callable[..., None]]] = {
     "reliable_tcp send": (rt_receiver_single, rt_sender_single),  # one send() and one recv() per message
     "pyzmq PUSH/PULL": (zmq_receiver, zmq_sender),
     "paho-mqtt QoS 1": (mqtt_receiver, mqtt_sender),
+    "asyncio streams (raw)": (aio.streams_receiver, aio.streams_sender),  # one write+drain per message
+    "reliable_tcp.asyncio send": (aio.aio_receiver, aio.aio_sender),  # one await send()/recv() per message
 }
 PINGPONG = {
     "raw TCP (batched)": (raw_echo_server, raw_ping_client),
     "reliable_tcp send": (rt_echo_server, rt_ping_client),
+    "asyncio streams (raw)": (aio.streams_echo_server, aio.streams_ping_client),
+    "reliable_tcp.asyncio send": (aio.aio_echo_server, aio.aio_ping_client),
 }
 
 
@@ -621,6 +631,29 @@ def main() -> int:
                   f"{many['idle_cpu_percent']:.1f}% CPU idle, {many['idle_rss_mb']:.0f} MB RSS; "
                   f"all sending at once: {m:,.0f} msg/s ({lo:,.0f}-{hi:,.0f} over {len(runs)} runs), "
                   f"{many['disconnects']} disconnects", flush=True)
+        if not wanted or "asyncio-many" in wanted:
+            sessions = 1000 if args.quick else 10_000
+            runs = [run_many(sessions, 5.0 if args.quick else 10.0, 512, aio.aio_many_server, aio.aio_many_clients)
+                    for _ in range(1 if args.quick else 3)]
+            many = dict(runs[-1])
+            many["idle_rss_mb"] = max(r["idle_rss_mb"] for r in runs)
+            many["idle_cpu_percent"] = max(r["idle_cpu_percent"] for r in runs)
+            many["aggregate_msgs_per_s"] = _median_spread([r["aggregate_msgs_per_s"] for r in runs])
+            many["disconnects"] = sum(r["disconnects"] for r in runs)
+            many["runs"] = len(runs)
+            results["asyncio_many_sessions"] = many
+            m, lo, hi = many["aggregate_msgs_per_s"]
+            print(f"  asyncio many sessions: {many['sessions']} idle sessions, server {many['server_threads']} threads, "
+                  f"{many['idle_cpu_percent']:.1f}% CPU idle, {many['idle_rss_mb']:.0f} MB RSS (worst of {len(runs)} runs); "
+                  f"all sending at once: {m:,.0f} msg/s ({lo:,.0f}-{hi:,.0f}), {many['disconnects']} disconnects",
+                  flush=True)
+        if not wanted or "asyncio-detection" in wanted:
+            detection = aio.detection_under_load(50 if args.quick else 200, 3 if args.quick else 5)
+            results["asyncio_detection"] = detection
+            worst = max(detection["detections_s"])
+            print(f"  asyncio dead-link detection with {detection['busy_sessions']} busy sessions on the loop: "
+                  f"worst {worst:.2f} s of {len(detection['detections_s'])} (dead_after {detection['dead_after_s']} s)",
+                  flush=True)
         if not wanted or "recovery" in wanted:
             recovery = run_recovery(50_000 if args.quick else 200_000)
             results["recovery"] = recovery
@@ -671,6 +704,24 @@ def _print_targets(results: dict[str, Any]) -> None:
         spread = (hi - lo) / m if m else float("nan")
         add(f"{many['sessions']} sessions sending at once, spread over {many['runs']} runs", spread, "<= 0.25", spread <= 0.25)
         add("  ... disconnects during those runs", float(many["disconnects"]), "== 0", many["disconnects"] == 0)
+    for size in (64, 1024, 65536):
+        value = _ratio(results, "reliable_tcp.asyncio send", size, "asyncio streams (raw)")
+        add(f"asyncio send()+recv() {size} B, x raw asyncio streams", value, "report", None)
+        value = _ratio(results, "reliable_tcp.asyncio send", size, "reliable_tcp send")
+        add(f"asyncio send()+recv() {size} B, x threaded send()", value, "report", None)
+    if "reliable_tcp.asyncio send" in latency and "asyncio streams (raw)" in latency:
+        value = latency["reliable_tcp.asyncio send"]["p50_us"][0] / latency["asyncio streams (raw)"]["p50_us"][0]
+        add("asyncio 64 B round trip p50, x raw asyncio streams", value, "report", None)
+    amany = results.get("asyncio_many_sessions")
+    if amany:
+        add(f"asyncio {amany['sessions']} idle sessions, RSS MB", amany["idle_rss_mb"], "< 1024", amany["idle_rss_mb"] < 1024)
+        add("  ... idle CPU, % of a core", amany["idle_cpu_percent"], "< 10", amany["idle_cpu_percent"] < 10)
+        add("  ... disconnects while all send at once", float(amany["disconnects"]), "== 0", amany["disconnects"] == 0)
+    detection = results.get("asyncio_detection")
+    if detection:
+        worst = max(detection["detections_s"])
+        goal = detection["dead_after_s"] + 0.5
+        add("asyncio detection on a busy loop, worst s", worst, f"<= {goal}", worst <= goal)
     print("\ntargets (ratios from this run)")
     for label, value, goal, ok in rows:
         shown = "-" if value is None else f"{value:.2f}"

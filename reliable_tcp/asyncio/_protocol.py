@@ -45,12 +45,17 @@ class LinkProtocol(asyncio.Protocol):
         self.read_paused = False  # we stopped reading (the receive queue is full)
         self.lost = False
         self.closed_event = asyncio.Event()
+        #: Set before the transport exists: reset the connection as soon as it does
+        #: (the listener is full or closing; the transport comes after the factory returns).
+        self.refuse_when_made = False
 
     # ------------------------------------------------------------ asyncio
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        if self.refuse_when_made:
+            transport.abort()
 
     def data_received(self, data: bytes) -> None:
         self.owner.link_data(self, data)

@@ -192,7 +192,8 @@ class Listener:
         link = LinkProtocol(_Refused(), order=next(self._order))
         if self._closed or len(self._pending) >= self._max_pending:
             self._rejected += 1
-            asyncio.get_running_loop().call_soon(functools.partial(link.close, abort=True))
+            logger.warning("too many pending handshakes; dropped")
+            link.refuse_when_made = True
             return link
         self._pending.add(link)
         link.owner = _Handshake(self, link)
