@@ -58,6 +58,8 @@ def _seconds(text: str) -> float:
 def _rtcat_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rtcat",
+        usage="rtcat [options] HOST PORT\n       rtcat -l [options] [HOST] PORT\n"
+        "       rtcat demo [options]\n       rtcat journal {ls,rm} DIR ...",
         description="netcat over reliable_tcp: every byte arrives once, in order, across pulled cables and resets.",
         epilog="Run 'rtcat demo' to watch it survive faults. Exit codes: 0 ok, 1 no session, 2 usage, "
         "3 session lost, 4 stdout closed, 130 interrupted.",
@@ -187,6 +189,28 @@ def rtcat_main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPT
 
 
+#: A session that opens within this long is not announced (scripts stay quiet).
+_QUIET_CONNECT = 0.25
+#: While connect retries, how often to say so again.
+_WAITING_REMINDER = 5.0
+
+
+def _say_while_waiting(connected: threading.Event, host: str, port: int, timeout: float) -> None:
+    """Tell the user on stderr what connect is waiting for, and until when,
+    as long as it retries (netcat fails at once; rtcat retries on purpose)."""
+    if connected.wait(_QUIET_CONNECT):
+        return
+    give_up = time.monotonic() + timeout - _QUIET_CONNECT
+    until = time.strftime("%H:%M:%S", time.localtime(time.time() + timeout - _QUIET_CONNECT))
+    print(f"rtcat: waiting for a session with {host}:{port}, retrying until {until} "
+          f"(--connect-timeout {timeout:g} s)", file=sys.stderr, flush=True)
+    while not connected.wait(_WAITING_REMINDER):
+        left = give_up - time.monotonic()
+        if left > 0:
+            print(f"rtcat: still no session with {host}:{port}; retrying for {left:.0f} s more",
+                  file=sys.stderr, flush=True)
+
+
 def _journal_main(argv: list[str]) -> int:
     """``rtcat journal ls DIR`` and ``rtcat journal rm DIR [SESSION | --all]``."""
     from .exceptions import JournalLocked
@@ -266,11 +290,19 @@ class _Session:
     # ------------------------------------------------------------ modes
 
     def connect(self, host: str, port: int, options: dict[str, Any], timeout: float) -> int:
+        connected = threading.Event()
+        waiting = threading.Thread(
+            target=_say_while_waiting, args=(connected, host, port, timeout), name="rtcat-waiting", daemon=True
+        )
+        waiting.start()
         try:
             self.channel = connect((host, port), timeout=timeout, **options)
         except (OSError, ReliableTCPError) as exc:
             print(f"rtcat: can't open a session with {host}:{port}: {exc}", file=sys.stderr)
             return EXIT_CONNECT
+        finally:
+            connected.set()
+            waiting.join()
         receiver = threading.Thread(target=self._receive, name="rtcat-receive", daemon=True)
         receiver.start()
         status = self._send_stdin()

@@ -142,6 +142,7 @@ class Channel:
         self._disconnected_at: float | None = None
         self._last_recovery: float | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._closer: asyncio.Future[None] | None = None
         self._reschedule()
 
     # -------------------------------------------------------------- queries
@@ -330,8 +331,11 @@ class Channel:
     # --------------------------------------------------------------- ending
 
     async def close(self, timeout: float | None = 10.0) -> None:
-        """Graceful close within ``timeout``, as :meth:`reliable_tcp.Channel.close`."""
-        await self._close(timeout)
+        """Graceful close within ``timeout``, as :meth:`reliable_tcp.Channel.close`.
+        Cancelling it stops the wait, not the close: that goes on in the background."""
+        if self._closer is None:
+            self._closer = asyncio.ensure_future(self._close(timeout))
+        await asyncio.shield(self._closer)
         if self._ending is not None and self._ending.reportable and not self._close_reported:
             self._close_reported = True
             raise self._ending.exception()

@@ -238,3 +238,21 @@ def test_async_with_and_async_for() -> None:
             await server.close()
 
     run(test)
+
+
+def test_a_cancelled_close_still_closes() -> None:
+    async def test() -> None:
+        listener, client, server = await pair()
+        await client.send_many([b"x%d" % i for i in range(100)])
+        closing = asyncio.ensure_future(client.close())
+        await asyncio.sleep(0)
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        assert [m async for m in server] == [b"x%d" % i for i in range(100)]  # delivered, then the clean close
+        await until(lambda: client.state is rt.ChannelState.CLOSED, "the close to finish in the background")
+        await client.close()  # idempotent, and returns at once
+        await server.close()
+        await listener.close()
+
+    run(test)

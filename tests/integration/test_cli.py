@@ -219,3 +219,23 @@ def test_demo_tally_is_clean() -> None:
     assert "demo: PASS" in err
     for kind in ("blackhole", "reset", "close"):
         assert f"/{kind}" in err
+
+
+def test_connect_says_what_it_waits_for_while_it_retries(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    started = time.monotonic()
+    done = subprocess.run([*RTCAT, "--connect-timeout", "6", "127.0.0.1", str(port)], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert time.monotonic() - started >= 6
+    lines = done.stderr.splitlines()
+    assert lines[0].startswith(f"rtcat: waiting for a session with 127.0.0.1:{port}, retrying until ")
+    assert any(line.startswith(f"rtcat: still no session with 127.0.0.1:{port}") for line in lines)
+    assert lines[-1].startswith(f"rtcat: can't open a session with 127.0.0.1:{port}")
+
+
+def test_python_m_reliable_tcp_is_rtcat() -> None:
+    done = subprocess.run([sys.executable, "-m", "reliable_tcp", "--help"], capture_output=True, text=True,
+                          timeout=30, cwd=ROOT)
+    assert done.returncode == 0
+    assert done.stdout.startswith("usage: rtcat [options] HOST PORT\n       rtcat -l [options] [HOST] PORT")
