@@ -68,6 +68,10 @@ I = SessionInput
 
 _NO_ID = bytes(ID_SIZE)
 _DATA_HEAD_SIZE = 20  # first seq, ack, count
+#: The accepting side pings only after this many heartbeat intervals without
+#: hearing a PING (see SessionEngine._ping_due): more than one, so the
+#: client's next PING always comes first while it is alive.
+ANSWERING_SIDE_SLACK = 1.5
 _INPUT_OF_FRAME = {
     Hello: I.RECV_HELLO,
     Accept: I.RECV_ACCEPT,
@@ -161,6 +165,7 @@ class SessionEngine:
         self._connected_at = 0.0
         self._last_received = 0.0
         self._last_output = 0.0
+        self._heard_ping_at: float | None = None
         self._detached_since: float | None = None
         self._ack_deadline: float | None = None
         self._ack_now = False
@@ -308,6 +313,8 @@ class SessionEngine:
         self._decoder = FrameDecoder(self.config.max_frame_size)
         self._output.clear()
         self._connected_at = self._last_received = self._last_output = now
+        # The server counts the connection's start as a PING heard: the client's first comes before its own.
+        self._heard_ping_at = None if self.client else now
         self._frame_budget, self._budget_time = float(self.config.max_control_frames_per_second), now
         self._progress = False
 
@@ -511,6 +518,7 @@ class SessionEngine:
                 self._frame_carried_nothing_new(now)
         elif isinstance(frame, Ping):
             self._frame_carried_nothing_new(now)
+            self._heard_ping_at = now
             self._output.append(encode(Pong(frame.token)))
         elif isinstance(frame, Pong):
             self._frame_carried_nothing_new(now)
@@ -874,10 +882,7 @@ class SessionEngine:
         state = self._state
         config = self.config
         if state in LIVE_STATES:
-            deadline = min(
-                self._last_received + config.dead_after_seconds,
-                self._last_output + config.heartbeat_interval,
-            )
+            deadline = min(self._last_received + config.dead_after_seconds, self._ping_due())
             if self._ack_deadline is not None:
                 deadline = min(deadline, self._ack_deadline)
             return deadline
@@ -889,6 +894,22 @@ class SessionEngine:
         if state is S.DETACHED and self._detached_since is not None:
             return self._detached_since + config.resume_window
         return None
+
+    def _ping_due(self) -> float:
+        """When this side's next PING is due (protocol section 6).
+
+        A PING is due once nothing was sent for ``heartbeat_interval``. The
+        accepting side also waits until it has heard no PING for
+        ``ANSWERING_SIDE_SLACK`` intervals: while the client pings, the
+        server's PONGs keep both sides hearing each other, and an idle
+        session costs one PING and one PONG per interval instead of two each.
+        A server that stops hearing PINGs (an old client, or its own reader
+        paused) pings again on its own."""
+        interval = self.config.heartbeat_interval
+        due = self._last_output + interval
+        if not self.client and self._heard_ping_at is not None:
+            due = max(due, self._heard_ping_at + ANSWERING_SIDE_SLACK * interval)
+        return due
 
     def handle_timer(self, now: float) -> None:
         """Fire whatever is due at ``now``: acks, pings, dead and expiry verdicts."""
@@ -912,6 +933,6 @@ class SessionEngine:
         if self._ack_deadline is not None and now >= self._ack_deadline:
             self._ack_now = True
             self._ack_deadline = None
-        if now - self._last_output >= config.heartbeat_interval:
+        if now >= self._ping_due():
             self._output.append(encode(Ping(max(0, min(MAX_SEQ, int(now * 1e6))))))
             self._last_output = now

@@ -663,7 +663,10 @@ class Channel:
         engine = self._engine
         now = self._loop.time()
         link = self._link
-        if link is not None and now >= self._next_probe:
+        # The kernel's pending error is read only when it could be hidden: the
+        # loop sees an error on a socket it reads, not on one paused or silent.
+        quiet = link is not None and (link.read_paused or engine.silence(now) >= self._config.heartbeat_interval)
+        if link is not None and quiet and now >= self._next_probe:
             self._next_probe = now + self._config.heartbeat_interval
             error = link.pending_error()
             if error is not None:

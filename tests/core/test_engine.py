@@ -55,6 +55,32 @@ def test_ping_is_due_after_a_quiet_heartbeat_interval_and_pong_measures_rtt() ->
     assert pair.client.counters.last_rtt == pytest.approx(0.25)
 
 
+def test_an_idle_session_costs_one_ping_and_one_pong_per_interval() -> None:
+    """The client pings; the server, hearing its PINGs, only answers them.
+    When the client's PINGs stop arriving, the server pings on its own."""
+    pair = open_pair()
+    pings = {"client": 0, "server": 0}
+    for _ in range(200):  # 20 heartbeat intervals, the link delivering at once
+        pair.advance(0.1)
+        pings["client"] += sum(isinstance(x, f.Ping) for x in frames_in(bytes(pair.to_server)))
+        pings["server"] += sum(isinstance(x, f.Ping) for x in frames_in(bytes(pair.to_client)))
+        pair.deliver_to_server(10_000)
+        pair.deliver_to_client(10_000)
+    assert 17 <= pings["client"] <= 21 and pings["server"] == 0  # one per interval (0.1 s ticks)
+    assert pair.server is not None and pair.server.state is S.OPEN and pair.client.state is S.OPEN
+    # The client's PINGs stop reaching the server (its bytes are held back):
+    # the server pings again within 1.5 intervals of the last PING it heard.
+    pair.to_server.clear()
+    server_pinged = 0.0
+    for step in range(1, 30):
+        pair.advance(0.1)
+        pair.to_server.clear()
+        if any(isinstance(x, f.Ping) for x in frames_in(bytes(pair.to_client))):
+            server_pinged = step * 0.1
+            break
+    assert 0 < server_pinged <= 1.5 + 0.1
+
+
 def test_peer_declared_dead_after_dead_after_of_silence_and_session_survives() -> None:
     pair = open_pair()
     client = pair.client
