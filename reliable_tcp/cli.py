@@ -59,6 +59,11 @@ def _rtcat_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rtcat",
         usage="rtcat [options] HOST PORT\n       rtcat -l [options] [HOST] PORT\n"
+        "       rtcat -L [BIND:]LPORT:HOST:HPORT [options] SERVER PORT\n"
+        "       rtcat -R [BIND:]RPORT:HOST:HPORT [options] SERVER PORT\n"
+        "       rtcat --exec COMMAND [--target HOST:HPORT] [options] SERVER PORT\n"
+        "       rtcat -l [options] [HOST] PORT [--allow HOST:HPORT ...] [--allow-remote [BIND:]RPORT ...] "
+        "[--exec COMMAND]\n"
         "       rtcat demo [options]\n       rtcat journal {ls,rm} DIR ...",
         description="netcat over reliable_tcp: every byte arrives once, in order, across pulled cables and resets.",
         epilog="Run 'rtcat demo' to watch it survive faults. Exit codes: 0 ok, 1 no session, 2 usage, "
@@ -99,6 +104,22 @@ def _rtcat_parser() -> argparse.ArgumentParser:
         "--psk-file", metavar="FILE", help="read the pre-shared key from FILE (hex digits, or base64: and base64; >= 16 bytes)"
     )
     auth.add_argument("--psk-env", metavar="VAR", help="read the pre-shared key from environment variable VAR")
+    tunnels = parser.add_argument_group("tunnels (each tunnelled connection is a session of its own)")
+    tunnels.add_argument("-L", dest="forward_local", action="append", default=[], metavar="[BIND:]LPORT:HOST:HPORT",
+                         help="listen on BIND:LPORT (default 127.0.0.1); the listener at SERVER PORT connects each "
+                         "connection to HOST:HPORT")
+    tunnels.add_argument("-R", dest="forward_remote", action="append", default=[], metavar="[BIND:]RPORT:HOST:HPORT",
+                         help="the listener at SERVER PORT listens on RPORT; each connection there is connected to "
+                         "HOST:HPORT on this side")
+    tunnels.add_argument("--exec", dest="exec_command", metavar="COMMAND",
+                         help="run COMMAND (through /bin/sh) per session, its stdin/stdout the stream")
+    tunnels.add_argument("--target", metavar="HOST:HPORT",
+                         help="with --exec when connecting: the listener connects the command to HOST:HPORT "
+                         "(default: to the listener's own --exec command)")
+    tunnels.add_argument("--allow", action="append", default=[], metavar="HOST:HPORT",
+                         help="with -l: a target the listener may connect tunnels to (none by default)")
+    tunnels.add_argument("--allow-remote", action="append", default=[], metavar="[BIND:]RPORT",
+                         help="with -l: a port the listener may listen on for -R (none by default)")
     parser.add_argument("address", nargs="+", metavar="HOST PORT", help="HOST PORT to connect to; with -l: [HOST] PORT")
     return parser
 
@@ -178,6 +199,8 @@ def rtcat_main(argv: Sequence[str] | None = None) -> int:
     if args.dead_after is not None and args.dead_after <= args.heartbeat:
         print("rtcat: --dead-after must be longer than --heartbeat", file=sys.stderr)
         return EXIT_USAGE
+    if _tunnel_mode(args):
+        return _tunnel_main(args, parser, (host, port), options)
     session = _Session(args)
     try:
         if args.listen:
@@ -185,6 +208,94 @@ def rtcat_main(argv: Sequence[str] | None = None) -> int:
         return session.connect(host, port, options, args.connect_timeout)
     except KeyboardInterrupt:
         session.abort()
+        print("rtcat: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPT
+
+
+def _tunnel_mode(args: argparse.Namespace) -> bool:
+    return bool(args.forward_local or args.forward_remote or args.exec_command or args.allow or args.allow_remote
+                or args.target)
+
+
+def _tunnel_main(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, address: tuple[str, int], options: dict[str, Any]
+) -> int:
+    """-L, -R, --exec, and the listening end of tunnels."""
+    from . import tunnel, tunnel_modes
+
+    def usage(text: str) -> int:
+        parser.print_usage(sys.stderr)
+        print(f"rtcat: {text}", file=sys.stderr)
+        return EXIT_USAGE
+
+    if args.journal or args.input or args.output or args.lines or args.keep_listening:
+        return usage("tunnels take no --journal, --input, --output, --lines or -k")
+    if args.listen and (args.forward_local or args.forward_remote or args.target):
+        return usage("-L, -R and --target are for the connecting side; the listener takes --allow, --allow-remote, --exec")
+    if not args.listen and (args.allow or args.allow_remote):
+        return usage("--allow and --allow-remote are for the listening side (-l)")
+    if not args.listen and args.exec_command and (args.forward_local or args.forward_remote):
+        return usage("--exec does not combine with -L or -R")
+    if args.target and not args.exec_command:
+        return usage("--target goes with --exec")
+    try:
+        local = [tunnel.parse_forward(spec) for spec in args.forward_local]
+        remote = [tunnel.parse_forward(spec) for spec in args.forward_remote]
+        allow = {tunnel.parse_hostport(spec) for spec in args.allow}
+        allow_remote = {tunnel.parse_bind(spec) for spec in args.allow_remote}
+        target = tunnel.parse_hostport(args.target) if args.target else None
+    except ValueError as exc:
+        return usage(str(exc))
+
+    def report(text: str) -> None:
+        if args.verbose:
+            print(f"rtcat: {text}", file=sys.stderr, flush=True)
+
+    try:
+        if args.listen:
+            server = tunnel_modes.TunnelListener(address, options, allow=allow, allow_remote=allow_remote,
+                                                 exec_command=args.exec_command, report=report)
+            report(f"tunnels: listening on {server.address[0]}:{server.address[1]}")
+            try:
+                server.serve_forever()
+            finally:
+                server.close()
+            return EXIT_OK
+        if args.exec_command:
+            result = tunnel_modes.exec_client(args.exec_command, address, options, target=target,
+                                              connect_timeout=args.connect_timeout, report=report)
+            if not result.clean:
+                print(f"rtcat: the stream was reset: {result.reason}", file=sys.stderr)
+            return EXIT_OK if result.clean else EXIT_LOST
+        failures: list[str] = []
+
+        def guarded(forward: Any, bind: tuple[str, int], dest: tuple[str, int]) -> None:
+            try:
+                forward(bind, dest, address, options, connect_timeout=args.connect_timeout, report=report)
+            except tunnel.TunnelRefused as exc:
+                failures.append(f"the listener refused: {exc.reason}")
+            except (OSError, ReliableTCPError) as exc:
+                failures.append(f"{bind[0]}:{bind[1]}: {exc}")
+            if failures:
+                print(f"rtcat: {failures[-1]}", file=sys.stderr, flush=True)
+
+        workers = [threading.Thread(target=guarded, args=(tunnel_modes.forward_local, bind, dest), daemon=True)
+                   for bind, dest in local]
+        workers += [threading.Thread(target=guarded, args=(tunnel_modes.forward_remote, bind, dest), daemon=True)
+                    for bind, dest in remote]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            while worker.is_alive():  # -L runs until interrupted; -R until its control session ends
+                worker.join(0.5)  # in steps, so Ctrl-C is seen
+        return EXIT_CONNECT if failures or remote else EXIT_OK
+    except tunnel.TunnelRefused as exc:
+        print(f"rtcat: the listener refused: {exc.reason}", file=sys.stderr)
+        return EXIT_CONNECT
+    except (OSError, ReliableTCPError) as exc:
+        print(f"rtcat: {exc}", file=sys.stderr)
+        return EXIT_CONNECT
+    except KeyboardInterrupt:
         print("rtcat: interrupted", file=sys.stderr)
         return EXIT_INTERRUPT
 

@@ -51,8 +51,8 @@ class TLSLayer:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TLSHandshakeError("TLS handshake timed out")
-            sock.settimeout(remaining)
             try:
+                sock.settimeout(remaining)  # inside: a listener closing meanwhile closes the socket (EBADF)
                 data = sock.recv(_CHUNK)
             except TimeoutError as exc:
                 raise TLSHandshakeError("TLS handshake timed out") from exc
@@ -65,8 +65,8 @@ class TLSLayer:
     def _flush(self, sock: socket.socket, deadline: float) -> None:
         data = self._outgoing.read()
         if data:
-            sock.settimeout(max(0.01, deadline - time.monotonic()))
             try:
+                sock.settimeout(max(0.01, deadline - time.monotonic()))
                 sock.sendall(data)
             except OSError as exc:
                 raise TLSHandshakeError(f"connection failed during the TLS handshake: {exc}") from exc
