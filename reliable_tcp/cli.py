@@ -25,6 +25,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, BinaryIO
 
+from . import tunnel
 from .auth import load_psk
 from .channel import Channel
 from .client import connect
@@ -559,9 +560,19 @@ class _Session:
         if self.args.output:
             return self._receive_to_file(channel)
         newline = b"\n" if self.args.lines else b""
+        first = self.args.listen
         try:
             while True:
                 messages = channel.recv_many()
+                if first and messages[0].startswith(tunnel.MAGIC):
+                    # A tunnel client reached a plain listener: say so, refuse, and print nothing.
+                    print("rtcat: a tunnel request arrived, but this listener serves no tunnels "
+                          "(start it with --allow, --allow-remote or --exec); refused", file=sys.stderr, flush=True)
+                    channel.send(bytes([tunnel.Kind.REFUSED]) + b"this rtcat listener serves no tunnels")
+                    messages = messages[1:]
+                first = False
+                if not messages:
+                    continue
                 data = newline.join(messages) + newline if newline else b"".join(messages)
                 self.total["received"] += sum(map(len, messages))
                 try:
