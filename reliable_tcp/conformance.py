@@ -457,7 +457,21 @@ def _rejects() -> list[dict[str, Any]]:
         t.exchange()
         return t
 
+    def not_here() -> Transcript:
+        t = Transcript(_CONFIG)
+        t.registry.node_id = 1
+        t.connect()
+        t.exchange()
+        t.cut("the connection breaks")
+        t.registry = SessionRegistry(t.server_config, token_source=t.server_tokens, node_id=2)
+        t.note("the resume reaches node 2; the session id's first two bytes name node 1")
+        t.connect()
+        t.exchange()
+        return t
+
     return [
+        _reject("reject NOT_HERE", "a resume reaches another node than the one that issued the session: only this "
+                "attempt is refused, the client retries", not_here),
         _reject("reject SESSION_UNKNOWN", "a resume of a session the server no longer holds: the client's session is lost",
                 unknown),
         _reject("reject SERVER_BUSY", "a new session at the server's limit: only this attempt is refused", busy),

@@ -142,10 +142,25 @@ class RejectReason(enum.IntEnum):
     AUTH_FAILED = 7
     #: The sender's application aborted the session (``Channel.abort``).
     ABORTED = 8
+    #: Resume of a session another node issued (its node id, in the session
+    #: id, differs from this node's): the route is wrong, maybe only for now.
+    NOT_HERE = 9
 
 
 #: Codes that refuse only this attempt: the client tries again later.
-RETRYABLE_REJECTS = frozenset({RejectReason.SERVER_BUSY, RejectReason.HANDSHAKE_TIMEOUT})
+RETRYABLE_REJECTS = frozenset({RejectReason.SERVER_BUSY, RejectReason.HANDSHAKE_TIMEOUT, RejectReason.NOT_HERE})
+
+#: Where a session id carries the node id of the listener that issued it:
+#: its first two bytes, big-endian (0: no node id). In a resuming HELLO
+#: frame that is frame bytes 13 and 14 (12 header bytes, then flags).
+NODE_ID_SIZE = 2
+NODE_ID_FRAME_OFFSET = 13
+MAX_NODE_ID = 65535
+
+
+def node_id_of(session_id: bytes) -> int:
+    """The node id a session id carries (0: none)."""
+    return int.from_bytes(session_id[:NODE_ID_SIZE], "big")
 
 
 @dataclass(frozen=True, slots=True)

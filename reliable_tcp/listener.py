@@ -15,7 +15,6 @@ is taken; the two are used one after the other.
 
 from __future__ import annotations
 
-import hmac
 import itertools
 import logging
 import os
@@ -40,7 +39,7 @@ from .exceptions import (
     TLSHandshakeError,
     UnsupportedVersion,
 )
-from .frames import ID_SIZE, Hello, RejectReason
+from .frames import Hello, RejectReason
 from .options import ListenOptions, ShellOptions, resolve_options
 from .server_core import ServerHandshake, SessionRegistry, reject_reply
 from .status import ChannelState, ListenerStatistics
@@ -71,6 +70,7 @@ class Listener:
         *,
         max_sessions: int = 1024,
         max_pending_handshakes: int = 64,
+        node_id: int = 0,
         backlog: int = 128,
         journal: str | None = None,
     ) -> None:
@@ -82,7 +82,7 @@ class Listener:
         self._max_pending = max_pending_handshakes
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # a session to offer, or closed
-        self._registry = SessionRegistry(config, max_sessions=max_sessions)
+        self._registry = SessionRegistry(config, max_sessions=max_sessions, node_id=node_id)
         self._channels: dict[bytes, Channel] = {}
         self._offered: deque[Channel] = deque()
         self._pending: set[socket.socket] = set()
@@ -263,9 +263,7 @@ class Listener:
                 channel = None if self._closed else self._channels.get(hello.session_id)
             try:
                 if channel is None:
-                    # The same cost and answer as a wrong secret: an unknown id reveals nothing.
-                    hmac.compare_digest(hello.secret, bytes(ID_SIZE))
-                    raise HandshakeRejected(RejectReason.SESSION_UNKNOWN, "no such session")
+                    raise self._registry.unknown_session(hello)
                 channel._open_link(sock, tls, order=order, hello=hello, new_secret=self._registry.new_secret())
             except HandshakeRejected as rejected:
                 self._refuse(sock, peer, tls, RejectReason(rejected.reason), rejected.text)
@@ -411,10 +409,12 @@ def listen(
     """Listen on ``address`` (port 0 picks a free port; see ``.address``).
 
     Keyword options: those of :func:`~reliable_tcp.connect`, plus
-    ``max_sessions``, ``max_pending_handshakes`` and ``backlog``. With
-    ``journal`` (a directory), sessions survive a restart of this process.
+    ``max_sessions``, ``max_pending_handshakes``, ``backlog`` and
+    ``node_id`` (1..65535: carried in every session id this listener issues,
+    so a load balancer can route a resume to this node; docs/scaling.md).
+    With ``journal`` (a directory), sessions survive a restart of this process.
     """
     resolved, shell_options, extra = resolve_options(
-        options, config, shell, extra=("max_sessions", "max_pending_handshakes", "backlog")
+        options, config, shell, extra=("max_sessions", "max_pending_handshakes", "backlog", "node_id")
     )
     return Listener((address[0], int(address[1])), resolved, shell_options, journal=journal, **extra)

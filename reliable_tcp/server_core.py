@@ -20,7 +20,20 @@ from .config import SessionConfig
 from .engine import SessionEngine
 from .exceptions import HandshakeRejected, ProtocolError
 from . import auth
-from .frames import ID_SIZE, NONCE_SIZE, Challenge, FrameDecoder, Hello, Proof, Reject, RejectReason, encode
+from .frames import (
+    ID_SIZE,
+    MAX_NODE_ID,
+    NODE_ID_SIZE,
+    NONCE_SIZE,
+    Challenge,
+    FrameDecoder,
+    Hello,
+    Proof,
+    Reject,
+    RejectReason,
+    encode,
+    node_id_of,
+)
 from .state import TERMINAL_STATES
 
 __all__ = ["HandshakeReader", "ServerHandshake", "SessionRegistry", "Attached", "reject_reply"]
@@ -134,9 +147,14 @@ class SessionRegistry:
         *,
         max_sessions: int = 1024,
         token_source: Callable[[int], bytes] = secrets.token_bytes,
+        node_id: int = 0,
     ) -> None:
         if max_sessions < 1:
             raise ValueError("max_sessions must be at least 1")
+        if not 0 <= node_id <= MAX_NODE_ID:
+            raise ValueError(f"node_id must be 0 (none) or 1..{MAX_NODE_ID}")
+        #: Carried in the first two bytes of every session id this registry issues.
+        self.node_id = node_id
         self.config = config
         self.max_sessions = max_sessions
         self._token = token_source
@@ -160,16 +178,24 @@ class SessionRegistry:
             return Attached(self.start(hello, now), True)
         engine = self._sessions.get(hello.session_id)
         if engine is None:
-            # Compare against a dummy secret, so an unknown id and a wrong
-            # secret cost the same and answer the same.
-            hmac.compare_digest(hello.secret, _ZERO_ID)
-            raise HandshakeRejected(RejectReason.SESSION_UNKNOWN, "no such session")
+            raise self.unknown_session(hello)
         try:
             engine.resume(hello, self._token(ID_SIZE), now)
         finally:
             if engine.state in TERMINAL_STATES:
                 del self._sessions[hello.session_id]
         return Attached(engine, False)
+
+    def unknown_session(self, hello: Hello) -> HandshakeRejected:
+        """The refusal of a resume this node holds no session for: NOT_HERE
+        when the id names another node (a routing error, worth retrying),
+        else SESSION_UNKNOWN, after the same work a wrong secret costs, so
+        that an unknown id reveals nothing."""
+        owner = node_id_of(hello.session_id)
+        if self.node_id and owner and owner != self.node_id:
+            return HandshakeRejected(RejectReason.NOT_HERE, f"session of node {owner}; this is node {self.node_id}")
+        hmac.compare_digest(hello.secret, _ZERO_ID)
+        return HandshakeRejected(RejectReason.SESSION_UNKNOWN, "no such session")
 
     def new_secret(self) -> bytes:
         """A fresh resume secret."""
@@ -185,13 +211,19 @@ class SessionRegistry:
         # shells (and locks); their timers end them.
         if len(self._sessions) >= self.max_sessions:
             raise HandshakeRejected(RejectReason.SERVER_BUSY, "too many sessions")
-        session_id = self._token(ID_SIZE)
+        session_id = self._new_id()
         while session_id in self._sessions or session_id == bytes(ID_SIZE):
-            session_id = self._token(ID_SIZE)
+            session_id = self._new_id()
         engine = SessionEngine(self.config, client=False, session_id=session_id)
         engine.attach(hello, self._token(ID_SIZE), now)
         self._sessions[session_id] = engine
         return engine
+
+    def _new_id(self) -> bytes:
+        token = self._token(ID_SIZE)
+        if not self.node_id:
+            return token
+        return self.node_id.to_bytes(NODE_ID_SIZE, "big") + token[NODE_ID_SIZE:]
 
     def adopt(self, engine: SessionEngine) -> None:
         """Register a session restored from a journal after a restart."""

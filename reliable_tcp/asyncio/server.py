@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hmac
 import itertools
 import logging
 import os
@@ -25,7 +24,7 @@ from .._durable import Durable
 from .._transport import configure_socket
 from ..config import SessionConfig
 from ..exceptions import ChannelClosed, FrameError, HandshakeRejected, ProtocolError, ReliableTCPError, UnsupportedVersion
-from ..frames import ID_SIZE, Hello, RejectReason
+from ..frames import Hello, RejectReason
 from ..journal import Outcome, secure_directory
 from ..options import ListenOptions, ShellOptions, resolve_options
 from ..server_core import ServerHandshake, SessionRegistry, reject_reply
@@ -134,6 +133,7 @@ class Listener:
         *,
         max_sessions: int = 1024,
         max_pending_handshakes: int = 64,
+        node_id: int = 0,
         journal: str | None = None,
     ) -> None:
         if journal is not None:
@@ -142,7 +142,7 @@ class Listener:
         self._shell = shell
         self._journal_dir = journal
         self._max_pending = max_pending_handshakes
-        self._registry = SessionRegistry(config, max_sessions=max_sessions)
+        self._registry = SessionRegistry(config, max_sessions=max_sessions, node_id=node_id)
         self._channels: dict[bytes, Channel] = {}
         self._offered: deque[Channel] = deque()
         self._changed = _Signal()
@@ -212,8 +212,7 @@ class Listener:
         if hello.resume:
             channel = self._channels.get(hello.session_id)
             if channel is None:
-                hmac.compare_digest(hello.secret, bytes(ID_SIZE))  # the same cost as a wrong secret
-                raise HandshakeRejected(RejectReason.SESSION_UNKNOWN, "no such session")
+                raise self._registry.unknown_session(hello)
             channel._open_link(link, hello=hello, new_secret=self._registry.new_secret())
             return
         engine = self._registry.start(hello, asyncio.get_running_loop().time())
@@ -341,7 +340,7 @@ async def _listen(
     address: tuple[str, int], *, journal: str | None, config: SessionConfig | None, shell: ShellOptions | None, options: Any
 ) -> Listener:
     resolved, shell_options, extra = resolve_options(
-        options, config, shell, extra=("max_sessions", "max_pending_handshakes", "backlog")
+        options, config, shell, extra=("max_sessions", "max_pending_handshakes", "backlog", "node_id")
     )
     backlog = extra.pop("backlog", 128)
     listener = Listener(resolved, shell_options, journal=journal, **extra)

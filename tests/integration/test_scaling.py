@@ -1,0 +1,224 @@
+"""More than one node behind a real HAProxy: resumes reach the node that
+holds the session (its id is in the session id), new sessions are balanced,
+and a node that dies takes its sessions with it, explicitly.
+
+HAProxy runs with tools/haproxy_config.py's output, on loopback ports, as
+a process the test starts and ends; the nodes are tests/support/node_server.py
+processes. Skips when HAProxy is not installed (apt-get install haproxy)."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import reliable_tcp as rt
+from helpers import UNIT, Worker, fast_options, wait_for
+from reliable_tcp import frames as f
+from reliable_tcp.testing import FaultProxy
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tools"))
+import haproxy_config  # noqa: E402
+
+HAPROXY = shutil.which("haproxy") or ("/usr/sbin/haproxy" if os.path.exists("/usr/sbin/haproxy") else None)
+NODE = [sys.executable, str(ROOT / "tests" / "support" / "node_server.py")]
+SESSIONS = int(os.environ.get("RTCP_SCALING_SESSIONS", "300"))
+
+
+def free_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        return int(probe.getsockname()[1])
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes] | None = None) -> None:
+    def up() -> bool:
+        assert proc is None or proc.poll() is None, "the process exited"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return True
+        except OSError:
+            return False
+
+    wait_for(up, 20, f"a listener on {port}")
+
+
+class Cluster:
+    """Node processes (by node id) and the HAProxy in front of them."""
+
+    def __init__(self, tmp: Path, node_ids: list[int], resume_window: float = 60.0) -> None:
+        self.tmp = tmp
+        self.resume_window = resume_window
+        self.node_ports = {node: free_port() for node in node_ids}
+        self.nodes: dict[int, subprocess.Popen[bytes]] = {}
+        for node in node_ids:
+            self.start_node(node)
+        self.port = free_port()
+        self.config = tmp / "haproxy.cfg"
+        self.config.write_text(haproxy_config.render(
+            f"127.0.0.1:{self.port}", {n: f"127.0.0.1:{p}" for n, p in self.node_ports.items()}, check_interval_ms=200))
+        self.haproxy: subprocess.Popen[bytes] | None = None
+        self.start_haproxy()
+
+    def start_node(self, node: int) -> None:
+        with open(self.tmp / f"node{node}.err", "ab") as err:
+            proc = subprocess.Popen([*NODE, "--port", str(self.node_ports[node]), "--node-id", str(node),
+                                     "--resume-window", str(self.resume_window)],
+                                    stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        self.nodes[node] = proc
+        wait_listening(self.node_ports[node], proc)
+
+    def kill_node(self, node: int) -> None:
+        proc = self.nodes[node]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+    def start_haproxy(self) -> None:
+        assert HAPROXY is not None
+        with open(self.tmp / "haproxy.err", "ab") as err:
+            self.haproxy = subprocess.Popen([HAPROXY, "-db", "-f", str(self.config)], stdout=subprocess.DEVNULL, stderr=err)
+        wait_listening(self.port, self.haproxy)
+
+    def restart_haproxy(self) -> None:
+        assert self.haproxy is not None
+        self.haproxy.kill()  # every connection through it dies at once
+        self.haproxy.wait(10)
+        self.start_haproxy()
+
+    def close(self) -> None:
+        for proc in [*self.nodes.values(), *([self.haproxy] if self.haproxy else [])]:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    if HAPROXY is None:
+        pytest.skip("HAProxy is not installed (apt-get install haproxy)")
+    nodes, window = getattr(request, "param", ([1, 2, 3], 60.0))
+    started = Cluster(tmp_path, nodes, window)
+    try:
+        yield started
+    finally:
+        started.close()
+
+
+def node_of(channel: rt.Channel) -> int:
+    return f.node_id_of(bytes.fromhex(channel.session_id))
+
+
+@pytest.mark.timeout(300)
+def test_resumes_reach_their_node_through_haproxy_and_nothing_is_lost(cluster: Cluster) -> None:
+    options = fast_options(resume_window=60.0 * UNIT, handshake_timeout=3.0 * UNIT)
+    count = 120  # numbered messages per session, each echoed back by its node
+    with FaultProxy(("127.0.0.1", cluster.port)) as proxy:
+        clients = [rt.connect(proxy.address, timeout=60, **options) for _ in range(SESSIONS)]
+        try:
+            nodes = [node_of(c) for c in clients]
+            assert set(nodes) == {1, 2, 3}, "new sessions were not balanced across the nodes"
+            echoed: list[list[bytes]] = [[] for _ in clients]
+
+            def stream(index: int) -> None:
+                channel, rng = clients[index], random.Random(index)
+                sent = 0
+                while sent < count:
+                    batch = [b"%d:%d" % (index, n) for n in range(sent, min(count, sent + rng.randint(1, 10)))]
+                    channel.send_many(batch, timeout=120)
+                    sent += len(batch)
+                    while len(echoed[index]) < sent - 20:
+                        echoed[index].extend(channel.recv_many(timeout=120))
+                while len(echoed[index]) < count:
+                    echoed[index].extend(channel.recv_many(timeout=120))
+
+            workers = [Worker(lambda i=i: stream(i), f"scale-{i}") for i in range(SESSIONS)]  # type: ignore[misc]
+            for worker in workers:
+                worker.start()
+            progress = lambda: sum(map(len, echoed))  # noqa: E731
+            total = SESSIONS * count
+            for n, cut in enumerate(["reset", "reset", "haproxy", "close"], start=1):
+                wait_for(lambda: progress() >= n * total // 6, 120, f"progress before cut {n}")  # noqa: B023
+                resumes = sum(c.statistics().resumes for c in clients)
+                if cut == "reset":
+                    proxy.reset()
+                elif cut == "close":
+                    proxy.close_connections()
+                else:
+                    cluster.restart_haproxy()  # the balancer itself goes away and comes back
+                wait_for(lambda: sum(c.statistics().resumes for c in clients) > resumes + SESSIONS // 2, 120,  # noqa: B023
+                         f"resumes after cut {n} ({cut})")
+            for worker in workers:
+                worker.result(240)
+            for index, got in enumerate(echoed):
+                assert got == [b"%d:%d" % (index, n) for n in range(count)], f"session {index}"
+            assert [node_of(c) for c in clients] == nodes  # every session stayed with its node
+            for client in clients:
+                client.close(timeout=30)
+            stats = [c.statistics() for c in clients]
+            assert all(s.unacked_messages == 0 for s in stats)
+            assert sum(s.resumes for s in stats) >= 3 * SESSIONS
+        finally:
+            for client in clients:
+                client.abort()
+
+
+@pytest.mark.parametrize("cluster", [([1, 2], 3.0)], indirect=True)
+@pytest.mark.timeout(120)
+def test_a_node_killed_for_good_ends_its_sessions_explicitly(cluster: Cluster) -> None:
+    options = fast_options(resume_window=3.0 * UNIT, handshake_timeout=1.0 * UNIT)
+    clients = [rt.connect(("127.0.0.1", cluster.port), timeout=30, **options) for _ in range(20)]
+    try:
+        for client in clients:
+            client.send(b"hello")
+            assert client.recv(timeout=10) == b"hello"
+        doomed = [c for c in clients if node_of(c) == 2]
+        spared = [c for c in clients if node_of(c) == 1]
+        assert doomed and spared
+        for client in doomed:
+            client.send_many([b"unanswered"] * 3)  # whatever the node did not acknowledge is reported
+        cluster.kill_node(2)
+        killed = time.monotonic()
+        for client in doomed:
+            with pytest.raises(rt.SessionLost) as info:
+                while True:
+                    client.recv(timeout=30)
+            # Within dead_after + the resume window (+ a heartbeat of slack).
+            assert time.monotonic() - killed <= (0.4 + 3.0 + 1.0) * UNIT + 2.0
+            assert all(payload in (b"hello", b"unanswered") for _, payload in info.value.unacked)
+        for client in spared:
+            client.send(b"still here")
+            assert client.recv(timeout=10) == b"still here"
+            client.close(timeout=10)
+    finally:
+        for client in clients:
+            client.abort()
+
+
+def test_a_resume_for_another_node_is_refused_as_not_here() -> None:
+    with rt.listen(("127.0.0.1", 0), node_id=2, **fast_options()) as node2:
+        with rt.listen(("127.0.0.1", 0), node_id=1, **fast_options()) as node1:
+            client = rt.connect(node1.address, **fast_options())
+            node1.accept(timeout=5)
+            assert node_of(client) == 1  # type: ignore[arg-type]
+            session = bytes.fromhex(client.session_id)
+            client.abort()
+        with socket.create_connection(node2.address, timeout=10) as sock:
+            sock.sendall(f.encode(f.Hello(True, session, os.urandom(16), 1)))
+            sock.settimeout(10)
+            data = b""
+            while chunk := sock.recv(4096):
+                data += chunk
+        (reject,) = f.FrameDecoder(1 << 16).feed(data)
+        assert isinstance(reject, f.Reject) and reject.reason is f.RejectReason.NOT_HERE
+        assert "node 1" in reject.text and "node 2" in reject.text
+    with pytest.raises(ValueError):
+        rt.listen(("127.0.0.1", 0), node_id=70000)
