@@ -62,7 +62,7 @@ def test_typed_options_name_every_field_and_nothing_else() -> None:
 
     assert set(typing.get_type_hints(reliable_tcp.ChannelOptions)) == SESSION_OPTIONS | SHELL_OPTIONS
     assert set(typing.get_type_hints(reliable_tcp.ListenOptions)) == SESSION_OPTIONS | SHELL_OPTIONS | {
-        "max_sessions", "max_pending_handshakes", "backlog"
+        "max_sessions", "max_pending_handshakes", "backlog", "node_id"
     }
 
 
