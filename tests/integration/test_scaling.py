@@ -159,7 +159,7 @@ def test_resumes_reach_their_node_through_haproxy_and_nothing_is_lost(cluster: C
                 else:
                     cluster.restart_haproxy()  # the balancer itself goes away and comes back
                 # Every session resumes (on its own node) before the next cut.
-                wait_for(lambda: all(c.statistics().resumes > b for c, b in zip(clients, before)), 120,  # noqa: B023
+                wait_for(lambda: all(c.statistics().resumes > b for c, b in zip(clients, before, strict=True)), 120,  # noqa: B023
                          f"every session to resume after cut {n} ({cut})")
             for worker in workers:
                 worker.result(240)
