@@ -289,7 +289,12 @@ class RelayResult:
 
 
 class _Relay:
-    """Both directions of one tunnelled stream, one thread each."""
+    """Both directions of one tunnelled stream, one thread each.
+
+    The inbound side keeps reading the session after the far end's EOF, so
+    that a session lost while this end's program is idle still resets it.
+    Whichever direction finishes second on the opening side closes the
+    session; that close (or the far end's) ends the inbound wait."""
 
     def __init__(self, channel: Channel, endpoint: Endpoint, closer: bool) -> None:
         self.channel = channel
@@ -299,6 +304,7 @@ class _Relay:
         self._lock = threading.Lock()
         self._eof_sent = False
         self._eof_received = False
+        self._closing = False
         self._failed = False
 
     def _fail(self, reason: str, *, tell_peer: bool) -> None:
@@ -320,6 +326,21 @@ class _Relay:
             except ReliableTCPError:
                 pass
 
+    def _one_direction_done(self, *, sent: bool) -> None:
+        """Record an EOF; on the opening side, the second one closes the session."""
+        with self._lock:
+            if sent:
+                self._eof_sent = True
+            else:
+                self._eof_received = True
+            close = self.closer and self._eof_sent and self._eof_received and not self._closing and not self._failed
+            self._closing = self._closing or close
+        if close:
+            try:
+                self.channel.close(timeout=60)
+            except (ReliableTCPError, TimeoutError) as exc:
+                self._fail(f"the session did not end cleanly: {exc}", tell_peer=False)
+
     def outbound(self) -> None:
         """Endpoint to session."""
         channel, endpoint = self.channel, self.endpoint
@@ -329,7 +350,7 @@ class _Relay:
                 if not data:
                     if not self._failed and not getattr(endpoint, "aborted", False):
                         channel.send(bytes([Kind.EOF]))
-                        self._eof_sent = True
+                        self._one_direction_done(sent=True)
                     return
                 channel.send(bytes([Kind.DATA]) + data)
                 self.result.sent += len(data)
@@ -340,23 +361,22 @@ class _Relay:
             self._fail(f"session ended: {exc}", tell_peer=False)
 
     def inbound(self) -> None:
-        """Session to endpoint, until the far end's EOF or RESET."""
+        """Session to endpoint, until the session ends (cleanly once both EOFs passed)."""
         channel, endpoint = self.channel, self.endpoint
         try:
             while True:
                 message = channel.recv()
                 kind = message[0] if message else -1
-                if kind == Kind.DATA:
+                if kind == Kind.DATA and not self._eof_received:
                     try:
                         endpoint.write(message[1:])
                     except OSError as exc:
                         self._fail(f"{endpoint.name}: {exc.strerror or exc}", tell_peer=True)
                         return
                     self.result.received += len(message) - 1
-                elif kind == Kind.EOF:
-                    self._eof_received = True
+                elif kind == Kind.EOF and not self._eof_received:
                     endpoint.end_writing()
-                    return
+                    self._one_direction_done(sent=False)
                 elif kind == Kind.RESET:
                     self._fail(f"the far end was reset: {message[1:].decode(errors='replace')}", tell_peer=False)
                     return
@@ -366,36 +386,24 @@ class _Relay:
         except SessionLost as exc:
             self._fail(f"session lost: {exc}", tell_peer=False)
         except ChannelClosed:
-            if not self._failed:
+            if not (self._eof_sent and self._eof_received):
                 self._fail("the far end closed before its stream ended", tell_peer=False)
         except ReliableTCPError as exc:
             self._fail(f"session failed: {exc}", tell_peer=False)
 
     def finish(self) -> None:
-        """After both directions: the opener closes; the other side waits for that close."""
-        if self._failed:
-            try:
-                self.channel.close(timeout=10)  # whatever is left (a RESET) leaves; a lost session says so
-            except (ReliableTCPError, TimeoutError):
-                pass
-            return
+        """After both threads: close what is left."""
         try:
-            if self.closer:
-                self.channel.close(timeout=60)
-            else:
-                try:
-                    self.channel.recv(timeout=60)  # nothing more may come: only the close
-                    self._fail("tunnel protocol: a message after EOF", tell_peer=True)
-                    return
-                except ChannelClosed:
-                    pass
-                self.channel.close(timeout=10)
+            self.channel.close(timeout=10)  # done already on a clean end; a lost session says so
         except (ReliableTCPError, TimeoutError) as exc:
-            self.result.reason = f"the session did not end cleanly: {exc}"
-            self.channel.abort()
-            return
-        self.result.clean = True
-        self.endpoint.close()
+            if not self._failed:
+                self.result.reason = f"the session did not end cleanly: {exc}"
+                self._failed = True
+        if not self._failed:
+            self.result.clean = True
+            self.endpoint.close()
+        else:
+            self.endpoint.abort()
 
 
 def relay(channel: Channel, endpoint: Endpoint, *, closer: bool, on_done: Callable[[RelayResult], None] | None = None) -> RelayResult:

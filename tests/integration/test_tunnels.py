@@ -362,3 +362,44 @@ def test_a_plain_rtcat_session_to_a_tunnel_listener_is_refused(procs: Processes)
     assert time.monotonic() - started < 30
     wait_for(lambda: "not a tunnel request" in procs.stderr("listener"), 10, "the listener's reason")
     assert done.returncode in (0, 3)  # the plain client's bytes were delivered; the listener said why it refused
+
+
+def test_a_session_lost_after_a_half_close_still_resets_both_idle_programs(procs: Processes) -> None:
+    """The program half-closed, the target read the EOF and sits idle: a
+    lost session must still reach both as a reset, not leave them hanging."""
+    target_saw: list[str] = []
+
+    def idle_after_eof(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(30)
+            received = 0
+            while chunk := conn.recv(65536):
+                received += len(chunk)
+            if not received:
+                return  # the readiness probe's empty connection
+            target_saw.append("eof")
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                # After an EOF, recv says b"" even once an RST came; a zero-byte
+                # send reports the reset (EPIPE in CLOSE_WAIT, ECONNRESET otherwise).
+                try:
+                    conn.send(b"")
+                except (ConnectionResetError, BrokenPipeError):
+                    target_saw.append("reset")
+                    return
+                time.sleep(0.05)  # polling the socket's state with a deadline
+
+    target = TcpServer(idle_after_eof)
+    try:
+        server = tunnel_listener(procs, "--allow", f"127.0.0.1:{target.port}", "--resume-window", "1")
+        with FaultProxy(("127.0.0.1", server)) as proxy:
+            forward = local_forward(procs, proxy.address[1], target.port, "--resume-window", "1")
+            with socket.create_connection(("127.0.0.1", forward), timeout=30) as sock:
+                sock.sendall(b"all I had to say")
+                sock.shutdown(socket.SHUT_WR)
+                wait_for(lambda: target_saw == ["eof"], 10, "the target to read the half-close")
+                proxy.blackhole()  # the session is lost while both programs wait
+                expect_reset(sock)
+            wait_for(lambda: target_saw == ["eof", "reset"], 30, "the idle target to be reset")
+    finally:
+        target.close()
