@@ -315,9 +315,12 @@ def test_a_slow_consumer_is_not_a_dead_link(net: NetPair, tmp_path: Path) -> Non
     )
     paused = next(t for kind, t, *_ in result["a"]["events"] if kind == "paused")
     for side in ("a", "b"):
-        stats = result[side]["stats"]
+        # Printed whole (an assertion message is cut short): shown only if the test fails.
         timeline = [(kind, round(t - paused, 3), detail) for kind, t, detail, _ in result[side]["events"]]
-        assert stats["disconnects"] == 0 and stats["retransmitted"] == 0, (side, stats, timeline)
+        print(json.dumps({"side": side, "stats": result[side]["stats"], "timeline": timeline}))
+    for side in ("a", "b"):
+        stats = result[side]["stats"]
+        assert stats["disconnects"] == 0 and stats["retransmitted"] == 0, (side, stats)
     record("slow consumer: reads nothing for 12 s (dead_after 1.5 s)", 0.5, result["figures"], disconnects=0)
 
 
