@@ -15,7 +15,7 @@ from ._deadline import Deadline
 from ._session import SessionShell, Unacked
 from .exceptions import ChannelClosed, JournalWriteFailed, UsageError, WindowFull
 from .state import TERMINAL_STATES, SessionState
-from .status import ChannelState, ChannelStatistics, channel_state_of
+from .status import ChannelState, ChannelStatistics, channel_state_of, statistics_of
 
 __all__ = ["Channel"]
 
@@ -54,26 +54,8 @@ class Channel(SessionShell):
     def statistics(self) -> ChannelStatistics:
         """A frozen snapshot of the counters."""
         with self._lock:
-            engine = self._engine
-            c = engine.counters
-            return ChannelStatistics(
-                state=channel_state_of(engine.state, self._ever_connected),
-                messages_sent=c.messages_sent,
-                bytes_sent=c.bytes_sent,
-                messages_received=c.messages_received,
-                bytes_received=c.bytes_received,
-                retransmitted=engine.retransmitted,
-                duplicates_dropped=engine.duplicates_dropped,
-                connections=c.handshakes,
-                disconnects=self._disconnects,
-                resumes=c.resumes,
-                unacked_messages=engine.unacked_count,
-                unacked_bytes=engine.unacked_bytes,
-                queued_messages=len(self._inbox),
-                last_rtt=c.last_rtt,
-                last_detection_time=c.last_detection_time,
-                last_recovery_time=self._last_recovery,
-            )
+            return statistics_of(self._engine, ever_connected=self._ever_connected, disconnects=self._disconnects,
+                                 queued_messages=len(self._inbox), last_recovery_time=self._last_recovery)
 
     @property
     def last_sent_seq(self) -> int:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .state import CLOSING_STATES, SessionState
+
+if TYPE_CHECKING:
+    from .engine import SessionEngine
 
 __all__ = ["ChannelState", "ChannelEvent", "ChannelStatistics", "ListenerStatistics", "channel_state_of"]
 
@@ -69,6 +73,37 @@ class ChannelStatistics:
     last_rtt: float | None
     last_detection_time: float | None
     last_recovery_time: float | None
+
+
+def statistics_of(
+    engine: SessionEngine,
+    *,
+    ever_connected: bool,
+    disconnects: int,
+    queued_messages: int,
+    last_recovery_time: float | None,
+) -> ChannelStatistics:
+    """A channel's snapshot: the engine's counters and what only the shell
+    knows (both front ends call this, each under its own rule of access)."""
+    c = engine.counters
+    return ChannelStatistics(
+        state=channel_state_of(engine.state, ever_connected),
+        messages_sent=c.messages_sent,
+        bytes_sent=c.bytes_sent,
+        messages_received=c.messages_received,
+        bytes_received=c.bytes_received,
+        retransmitted=engine.retransmitted,
+        duplicates_dropped=engine.duplicates_dropped,
+        connections=c.handshakes,
+        disconnects=disconnects,
+        resumes=c.resumes,
+        unacked_messages=engine.unacked_count,
+        unacked_bytes=engine.unacked_bytes,
+        queued_messages=queued_messages,
+        last_rtt=c.last_rtt,
+        last_detection_time=c.last_detection_time,
+        last_recovery_time=last_recovery_time,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,7 +51,7 @@ from ..exceptions import (
 from ..frames import Hello, RejectReason
 from ..options import ShellOptions
 from ..state import LIVE_STATES, TERMINAL_STATES
-from ..status import ChannelEvent, ChannelState, ChannelStatistics, channel_state_of
+from ..status import ChannelEvent, ChannelState, ChannelStatistics, channel_state_of, statistics_of
 from ._protocol import LinkProtocol
 
 __all__ = ["Channel"]
@@ -180,26 +180,8 @@ class Channel:
 
     def statistics(self) -> ChannelStatistics:
         """A frozen snapshot of the counters."""
-        engine = self._engine
-        c = engine.counters
-        return ChannelStatistics(
-            state=self.state,
-            messages_sent=c.messages_sent,
-            bytes_sent=c.bytes_sent,
-            messages_received=c.messages_received,
-            bytes_received=c.bytes_received,
-            retransmitted=engine.retransmitted,
-            duplicates_dropped=engine.duplicates_dropped,
-            connections=c.handshakes,
-            disconnects=self._disconnects,
-            resumes=c.resumes,
-            unacked_messages=engine.unacked_count,
-            unacked_bytes=engine.unacked_bytes,
-            queued_messages=len(self._inbox),
-            last_rtt=c.last_rtt,
-            last_detection_time=c.last_detection_time,
-            last_recovery_time=self._last_recovery,
-        )
+        return statistics_of(self._engine, ever_connected=self._ever_connected, disconnects=self._disconnects,
+                             queued_messages=len(self._inbox), last_recovery_time=self._last_recovery)
 
     # ------------------------------------------------------------ messaging
 
