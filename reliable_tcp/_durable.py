@@ -56,6 +56,18 @@ class Durable:
         """Where the journal lives."""
         return self.journal.directory
 
+    def restore_for_listener(self, config: SessionConfig) -> tuple[SessionEngine, tuple[Outcome, str] | None] | None:
+        """A listener's session after a restart: its engine and how it had
+        ended (None: still live, to resume), or None when there is nothing to
+        offer: no session yet, closed, or lost with every message
+        acknowledged. Such a journal is retired here."""
+        engine = self.restore(config, client=False)
+        ended = self.ended
+        if engine is None or (ended is not None and (ended[0] is not Outcome.LOST or not engine.unacked_count)):
+            self.finish("closed" if ended is None or ended[0] is Outcome.CLOSED else "aborted", reported=True)
+            return None
+        return engine, ended
+
     def restore(self, config: SessionConfig, *, client: bool) -> SessionEngine | None:
         """The engine the journal describes, or None if it holds no session yet."""
         state = self.journal.state

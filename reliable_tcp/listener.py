@@ -26,7 +26,7 @@ from typing import Any, Unpack
 
 from ._deadline import Deadline
 from ._durable import Durable
-from .journal import Outcome, secure_directory
+from .journal import secure_directory
 from ._transport import close_socket, configure_socket
 from .channel import Channel
 from .config import SessionConfig
@@ -119,11 +119,10 @@ class Listener:
             if not os.path.isdir(path):
                 continue
             durable = Durable.open(path, self._config)
-            engine = durable.restore(self._config, client=False)
-            ended = durable.ended
-            if engine is None or (ended is not None and (ended[0] is not Outcome.LOST or not engine.unacked_count)):
-                durable.finish("closed" if ended is None or ended[0] is Outcome.CLOSED else "aborted", reported=True)
+            restored = durable.restore_for_listener(self._config)
+            if restored is None:
                 continue
+            engine, ended = restored
             channel = Channel(engine, self._shell, durable=durable, restored=True, on_end=self._session_ended)
             if ended is not None:
                 channel._end_restored(f"{ended[1]} (before the restart)", engine.unacked())

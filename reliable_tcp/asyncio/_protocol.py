@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from .._transport import seconds_since_peer_ack
 
-__all__ = ["LinkProtocol", "ProtocolOwner"]
+__all__ = ["LinkProtocol", "ProtocolOwner", "NO_OWNER"]
 
 
 class ProtocolOwner(Protocol):
@@ -31,6 +31,24 @@ class ProtocolOwner(Protocol):
 
     def link_writable(self, link: LinkProtocol) -> None:
         """The transport's buffer drained below its low-water mark again."""
+
+
+class _NoOwner:
+    """The owner of a connection nobody listens to: not yet taken (a client's
+    dial), refused, or replaced by a newer one. Whatever it reports is dropped."""
+
+    def link_data(self, link: LinkProtocol, data: bytes) -> None:
+        pass
+
+    def link_lost(self, link: LinkProtocol, error: BaseException | None) -> None:
+        pass
+
+    def link_writable(self, link: LinkProtocol) -> None:
+        pass
+
+
+#: Shared: it holds no state.
+NO_OWNER: ProtocolOwner = _NoOwner()
 
 
 class LinkProtocol(asyncio.Protocol):

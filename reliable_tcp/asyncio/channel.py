@@ -52,7 +52,7 @@ from ..frames import Hello, RejectReason
 from ..options import ShellOptions
 from ..state import LIVE_STATES, TERMINAL_STATES
 from ..status import ChannelEvent, ChannelState, ChannelStatistics, channel_state_of, statistics_of
-from ._protocol import LinkProtocol
+from ._protocol import NO_OWNER, LinkProtocol
 
 __all__ = ["Channel"]
 
@@ -570,7 +570,7 @@ class Channel:
             self._engine.connection_made(now)
         if current is not None:
             self._link = None
-            current.owner = _Discard()
+            current.owner = NO_OWNER
             current.close(abort=True)
         link.owner = self
         self._link = link
@@ -586,7 +586,7 @@ class Channel:
         if link is None:
             return
         self._link = None
-        link.owner = _Discard()
+        link.owner = NO_OWNER
         link.close(abort=abort)
         now = self._loop.time()
         if cause is not None:
@@ -662,16 +662,3 @@ class Channel:
                 engine.hold_liveness(now)  # the loop was busy: bytes wait to be read
         engine.handle_timer(now)
         self._absorb(now)
-
-
-class _Discard:
-    """The owner of a connection nobody wants any more."""
-
-    def link_data(self, link: LinkProtocol, data: bytes) -> None:
-        pass
-
-    def link_lost(self, link: LinkProtocol, error: BaseException | None) -> None:
-        pass
-
-    def link_writable(self, link: LinkProtocol) -> None:
-        pass

@@ -17,7 +17,7 @@ from ..config import SessionConfig
 from ..engine import SessionEngine
 from ..exceptions import AuthenticationFailed, ChannelBroken, RejectedByPeer, TLSHandshakeError
 from ..options import ChannelOptions, ShellOptions, resolve_options
-from ._protocol import LinkProtocol
+from ._protocol import NO_OWNER, LinkProtocol
 from .channel import Channel
 
 __all__ = ["connect", "ClientChannel"]
@@ -52,7 +52,7 @@ class ClientChannel(Channel):
             try:
                 async with asyncio.timeout(min(config.handshake_timeout, shell.connect_timeout)):
                     _, link = await self._loop.create_connection(
-                        lambda: LinkProtocol(_Pending()),
+                        lambda: LinkProtocol(NO_OWNER),
                         host,
                         port,
                         ssl=shell.ssl_context,
@@ -111,19 +111,6 @@ class ClientChannel(Channel):
         self.abort()
         await self._teardown(None, reported=True)
         raise error
-
-
-class _Pending:
-    """The owner of a connection until the channel takes it."""
-
-    def link_data(self, link: LinkProtocol, data: bytes) -> None:  # pragma: no cover - the client speaks first
-        pass
-
-    def link_lost(self, link: LinkProtocol, error: BaseException | None) -> None:
-        pass
-
-    def link_writable(self, link: LinkProtocol) -> None:
-        pass
 
 
 class _Connecting:

@@ -25,11 +25,11 @@ from .._transport import configure_socket
 from ..config import SessionConfig
 from ..exceptions import ChannelClosed, FrameError, HandshakeRejected, ProtocolError, ReliableTCPError, UnsupportedVersion
 from ..frames import Hello, RejectReason
-from ..journal import Outcome, secure_directory
+from ..journal import secure_directory
 from ..options import ListenOptions, ShellOptions, resolve_options
 from ..server_core import ServerHandshake, SessionRegistry, reject_reply
 from ..status import ChannelState, ListenerStatistics
-from ._protocol import LinkProtocol
+from ._protocol import NO_OWNER, LinkProtocol
 from .channel import Channel, _Signal
 
 __all__ = ["Listener", "Server", "listen", "serve"]
@@ -175,11 +175,10 @@ class Listener:
 
     def _restore_sessions(self) -> None:
         for durable in self._restorable:
-            engine = durable.restore(self._config, client=False)
-            ended = durable.ended
-            if engine is None or (ended is not None and (ended[0] is not Outcome.LOST or not engine.unacked_count)):
-                durable.finish("closed" if ended is None or ended[0] is Outcome.CLOSED else "aborted", reported=True)
+            restored = durable.restore_for_listener(self._config)
+            if restored is None:
                 continue
+            engine, ended = restored
             channel = Channel(engine, self._shell, durable=durable, restored=True, on_end=self._session_ended)
             if ended is not None:
                 channel._end_restored(f"{ended[1]} (before the restart)", engine.unacked())
@@ -189,7 +188,7 @@ class Listener:
             self._offered.append(channel)
 
     def _new_connection(self) -> LinkProtocol:
-        link = LinkProtocol(_Refused(), order=next(self._order))
+        link = LinkProtocol(NO_OWNER, order=next(self._order))
         if self._closed or len(self._pending) >= self._max_pending:
             self._rejected += 1
             logger.warning("too many pending handshakes; dropped")
@@ -291,17 +290,6 @@ class Listener:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
-
-
-class _Refused:
-    def link_data(self, link: LinkProtocol, data: bytes) -> None:
-        pass
-
-    def link_lost(self, link: LinkProtocol, error: BaseException | None) -> None:
-        pass
-
-    def link_writable(self, link: LinkProtocol) -> None:
-        pass
 
 
 class _Listening:
