@@ -400,6 +400,7 @@ def test_close_and_connect_keep_their_deadlines_with_the_cable_out(net: NetPair,
     assert result["close_s"] < 1.5 and result["close_error"] == "SessionLost(1)", result
     assert result["connect_s"] < 1.5 and result["connect_error"] == "TimeoutError", result
     assert result["threads"] == [], result
+    assert result["threads_after_idle"] == [], result
     record("close(1 s) and connect(1 s) with the cable out", 0.2, {"close_s": round(result["close_s"], 3),
                                                                     "connect_s": round(result["connect_s"], 3)})
 

@@ -17,6 +17,15 @@ import time
 import reliable_tcp
 
 
+SHARED_THREADS = ("rtcp-timers", "rtcp-events")
+
+
+def rtcp_threads(shared: bool) -> list[str]:
+    """The library's live threads, with or without the process-wide shared ones."""
+    return sorted(t.name for t in threading.enumerate()
+                  if t.name.startswith("rtcp-") and (shared or t.name not in SHARED_THREADS))
+
+
 def main() -> int:
     host, port = sys.argv[1].rsplit(":", 1)
     address = (host, int(port))
@@ -47,9 +56,16 @@ def main() -> int:
     except TimeoutError as exc:
         connect_error = type(exc).__name__
     connect_s = time.monotonic() - started
-    threads = sorted(t.name for t in threading.enumerate() if t.name.startswith("rtcp-") and "timers" not in t.name)
+    # A channel's own threads must be gone once its calls return; the two
+    # shared ones (timers, callbacks) may have had work a moment ago and end
+    # after a second with nothing to do, so they get a deadline instead.
+    threads = rtcp_threads(shared=False)
+    deadline = time.monotonic() + 5.0
+    while rtcp_threads(shared=True) and time.monotonic() < deadline:
+        time.sleep(0.05)
     print(json.dumps({"close_s": close_s, "close_error": close_error, "connect_s": connect_s,
-                      "connect_error": connect_error, "threads": threads}), flush=True)
+                      "connect_error": connect_error, "threads": threads,
+                      "threads_after_idle": rtcp_threads(shared=True)}), flush=True)
     return 0
 
 
