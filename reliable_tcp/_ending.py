@@ -10,9 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import events as ev
-from .exceptions import ChannelBroken, ChannelClosed, ReliableTCPError, SessionLost
+from .exceptions import (
+    AuthenticationFailed,
+    ChannelBroken,
+    ChannelClosed,
+    RejectedByPeer,
+    ReliableTCPError,
+    SessionLost,
+    TLSHandshakeError,
+)
 
-__all__ = ["Ending", "Unacked"]
+__all__ = ["Ending", "Unacked", "first_handshake_error"]
 
 Unacked = tuple[tuple[int, bytes], ...]
 
@@ -76,3 +84,37 @@ class Ending:
             error = ChannelClosed(self.reason, self.unacked)
         error.__cause__ = self.cause
         return error
+
+
+def first_handshake_error(
+    ending: Ending | None, *, restored: bool, address: object, last_cause: BaseException | None
+) -> BaseException:
+    """Why ``connect()`` returns no channel, as a fresh exception; the same
+    rule on both front ends.
+
+    A restored session did exist, so its end is reported as it is (with
+    what it held). Otherwise no session ever existed: a refusal, a failed
+    key exchange or a failed TLS handshake is raised as its own type, any
+    other end as ChannelBroken, and no end at all (every attempt failed
+    until the deadline) as TimeoutError chained to the last failure.
+    """
+    error: BaseException
+    cause = ending.cause if ending is not None else None
+    if ending is None:
+        error = TimeoutError(f"could not open a session with {address} in time")
+        error.__cause__ = last_cause
+    elif restored:
+        error = ending.exception()
+    elif isinstance(cause, RejectedByPeer):
+        error = RejectedByPeer(cause.reason, cause.text)
+    elif isinstance(cause, AuthenticationFailed):
+        error = AuthenticationFailed(str(cause))
+    elif isinstance(cause, TLSHandshakeError):
+        error = TLSHandshakeError(str(cause))
+        error.__cause__ = cause.__cause__  # the ssl module's own verdict (a certificate, a version)
+    else:
+        error = ending.exception()
+        if not isinstance(error, ChannelBroken):
+            error = ChannelBroken(str(error))
+            error.__cause__ = cause
+    return error

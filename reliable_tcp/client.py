@@ -11,13 +11,14 @@ from typing import Unpack
 
 from ._deadline import Deadline
 from ._durable import Durable
+from ._ending import first_handshake_error
 from ._transport import close_socket, configure_socket
 from .backoff import is_retryable
 from ._session import Connecting
 from .channel import Channel
 from .config import SessionConfig
 from .engine import SessionEngine
-from .exceptions import AuthenticationFailed, RejectedByPeer, SessionLost, TLSHandshakeError
+from .exceptions import SessionLost, TLSHandshakeError
 from .journal import Outcome
 from .options import ChannelOptions, ShellOptions, resolve_options
 from .tls import TLSLayer
@@ -172,19 +173,7 @@ class ClientChannel(Channel):
             deadline.wait(self._changed, lambda: self._ever_connected or self._ended)
             if self._ever_connected:
                 return
-            cause, last = (self._ending.cause if self._ending is not None else None), self._last_cause
-            error: BaseException
-            if self.restored and self._ended:
-                error = self._end_exception()  # a session did exist: report what it held
-            elif isinstance(cause, RejectedByPeer):
-                error = RejectedByPeer(cause.reason, cause.text)  # a refusal: no session ever existed
-            elif isinstance(cause, AuthenticationFailed):
-                error = AuthenticationFailed(str(cause))
-            elif self._ended:
-                error = self._end_exception()
-            else:
-                error = TimeoutError(f"could not open a session with {address} in time")
-                error.__cause__ = last
+            error = first_handshake_error(self._ending, restored=self.restored, address=address, last_cause=self._last_cause)
         self._teardown(Deadline(_FINAL_FLUSH), linger=False)
         raise error
 

@@ -9,13 +9,13 @@ from collections.abc import Generator
 from typing import Any, Unpack
 
 from .._durable import Durable
-from .._ending import Ending
+from .._ending import Ending, first_handshake_error
 from .._transport import configure_socket
 from ..backoff import is_retryable
 from ..client import _open_journal
 from ..config import SessionConfig
 from ..engine import SessionEngine
-from ..exceptions import AuthenticationFailed, ChannelBroken, RejectedByPeer, TLSHandshakeError
+from ..exceptions import TLSHandshakeError
 from ..options import ChannelOptions, ShellOptions, resolve_options
 from ._protocol import NO_OWNER, LinkProtocol
 from .channel import Channel
@@ -90,24 +90,7 @@ class ClientChannel(Channel):
                 break
         if self._ever_connected:
             return
-        ending = self._ending
-        error: BaseException
-        if self.restored and ending is not None:
-            error = ending.exception()
-        elif ending is not None and isinstance(ending.cause, RejectedByPeer):
-            error = RejectedByPeer(ending.cause.reason, ending.cause.text)
-        elif ending is not None and isinstance(ending.cause, AuthenticationFailed):
-            error = AuthenticationFailed(str(ending.cause))
-        elif ending is not None and isinstance(ending.cause, TLSHandshakeError):
-            error = TLSHandshakeError(str(ending.cause))
-            error.__cause__ = ending.cause.__cause__
-        elif ending is not None:
-            error = ending.exception()
-            if not isinstance(error, ChannelBroken):
-                error = ChannelBroken(str(error))
-        else:
-            error = TimeoutError(f"could not open a session with {self._address} in time")
-            error.__cause__ = self._last_cause
+        error = first_handshake_error(self._ending, restored=self.restored, address=self._address, last_cause=self._last_cause)
         self.abort()
         await self._teardown(None, reported=True)
         raise error
@@ -163,9 +146,14 @@ async def _connect(
     if journal is not None:
         resolved = Durable.durable_config(resolved)
         durable, engine = await loop.run_in_executor(None, _open_journal, journal, resolved)
-    channel = ClientChannel(
-        engine or SessionEngine(resolved, client=True), shell_options, durable=durable, restored=engine is not None
-    )
+    try:
+        channel = ClientChannel(
+            engine or SessionEngine(resolved, client=True), shell_options, durable=durable, restored=engine is not None
+        )
+    except BaseException:
+        if durable is not None:
+            durable.release()  # the journal's lock must not outlive a connect that made no channel
+        raise
     channel._start_connecting((address[0], int(address[1])))
     await channel._wait_first_handshake(shell_options.connect_timeout if timeout is None else timeout)
     return channel
