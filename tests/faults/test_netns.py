@@ -472,20 +472,49 @@ def wait_port_in(net: NetPair, side: str, port: int, timeout: float = 20.0) -> N
     assert net.spawn(side, [sys.executable, "-c", probe]).wait(timeout + 5) == 0, f"nothing listens on {port} in {side}"
 
 
-def tunnel_pair(net: NetPair, tmp: Path, target_port: int, local_port: int) -> None:
-    """The listening end on b (allowing b's 127.0.0.1:target_port) and a -L on a, 8 Mbit/s each way."""
-    for side in "ab":  # slow enough that a transfer is still under way when the cable is pulled
+TUNNEL_RTCAT = [sys.executable, "-m", "reliable_tcp", "--heartbeat", "0.5", "-v"]
+
+
+def slow_links(net: NetPair) -> None:
+    """8 Mbit/s each way: slow enough that a transfer is still under way when the cable is pulled."""
+    for side in "ab":
         subprocess.run(
             ["ip", "netns", "exec", net.ns[side], "tc", "qdisc", "add", "dev", net.dev[side], "root", "tbf",
              "rate", "8mbit", "burst", "32kbit", "latency", "400ms"],
             check=True, timeout=10,
         )
-    rtcat = [sys.executable, "-m", "reliable_tcp", "--heartbeat", "0.5", "-v"]
+
+
+def tunnel_pair(net: NetPair, tmp: Path, target_port: int, local_port: int) -> None:
+    """The listening end on b (allowing b's 127.0.0.1:target_port) and a -L on a, 8 Mbit/s each way."""
+    slow_links(net)
     with open(tmp / "listener.err", "wb") as err:
-        net.spawn("b", [*rtcat, "-l", net.addr["b"], str(PORT), "--allow", f"127.0.0.1:{target_port}"], stderr=err)
+        net.spawn("b", [*TUNNEL_RTCAT, "-l", net.addr["b"], str(PORT), "--allow", f"127.0.0.1:{target_port}"], stderr=err)
     with open(tmp / "forward.err", "wb") as err:
-        net.spawn("a", [*rtcat, "-L", f"{local_port}:127.0.0.1:{target_port}", net.addr["b"], str(PORT)], stderr=err)
+        net.spawn("a", [*TUNNEL_RTCAT, "-L", f"{local_port}:127.0.0.1:{target_port}", net.addr["b"], str(PORT)], stderr=err)
     wait_port_in(net, "a", local_port)
+
+
+def serve_random_file(net: NetPair, side: str, tmp: Path, port: int) -> Path:
+    """An unmodified http.server on ``side``'s 127.0.0.1:``port`` serving 6 MB of random bytes."""
+    site = tmp / "site"
+    site.mkdir()
+    (site / "big.bin").write_bytes(os.urandom(6_000_000))
+    net.spawn(side, [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(site)],
+              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port_in(net, side, port)
+    return site / "big.bin"
+
+
+def http_fetch(url: str, out: Path) -> list[str]:
+    """A command that downloads ``url`` to ``out`` (curl, or Python's urllib without it)."""
+    if shutil.which("curl"):
+        return ["curl", "-sf", "--max-time", "200", "-o", str(out), url]
+    return [sys.executable, "-c", f"import urllib.request; urllib.request.urlretrieve({url!r}, {str(out)!r})"]
+
+
+def size_of(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
 
 
 def pull_cable_when(net: NetPair, grown: Callable[[], int], at_least: int, seconds: float) -> float:
@@ -510,23 +539,13 @@ def pull_cable_when(net: NetPair, grown: Callable[[], int], at_least: int, secon
 def test_tunnel_http_download_across_a_cable_pull(net: NetPair, tmp_path: Path) -> None:
     """An unmodified HTTP server and curl, a -L tunnel between them, the cable
     pulled for 5 s in the middle of a 6 MB download: curl sees nothing."""
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "big.bin").write_bytes(os.urandom(6_000_000))
-    net.spawn("b", [sys.executable, "-m", "http.server", "8000", "--bind", "127.0.0.1", "--directory", str(site)],
-              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port_in(net, "b", 8000)
+    served = serve_random_file(net, "b", tmp_path, 8000)
     tunnel_pair(net, tmp_path, 8000, 8001)
     out = tmp_path / "out.bin"
-    if shutil.which("curl"):
-        fetch = ["curl", "-sf", "--max-time", "200", "-o", str(out), "http://127.0.0.1:8001/big.bin"]
-    else:
-        script = f"import urllib.request; urllib.request.urlretrieve('http://127.0.0.1:8001/big.bin', {str(out)!r})"
-        fetch = [sys.executable, "-c", script]
-    client = net.spawn("a", fetch)
-    first_byte = pull_cable_when(net, lambda: out.stat().st_size if out.exists() else 0, 1_000_000, 5)
+    client = net.spawn("a", http_fetch("http://127.0.0.1:8001/big.bin", out))
+    first_byte = pull_cable_when(net, lambda: size_of(out), 1_000_000, 5)
     assert client.wait(200) == 0, (tmp_path / "forward.err").read_text()
-    assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256((site / "big.bin").read_bytes()).digest()
+    assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(served.read_bytes()).digest()
     record("tunnel: HTTP download through -L, cable pulled 5 s", 0.5, {"first_byte_after_link_up_s": round(first_byte, 3)})
 
 
@@ -567,3 +586,48 @@ def test_tunnel_ssh_session_across_a_cable_pull(net: NetPair, tmp_path: Path) ->
     finally:
         if made_privsep:
             os.rmdir("/run/sshd")
+
+
+@pytest.mark.timeout(300)
+def test_tunnel_reverse_forward_across_a_cable_pull(net: NetPair, tmp_path: Path) -> None:
+    """-R: the web server is on a, the listener on b binds the forwarded
+    port, and curl on b downloads 6 MB through it while a's cable is out
+    for 5 s: the download completes, byte for byte."""
+    served = serve_random_file(net, "a", tmp_path, 8000)
+    slow_links(net)
+    with open(tmp_path / "listener.err", "wb") as err:
+        net.spawn("b", [*TUNNEL_RTCAT, "-l", net.addr["b"], str(PORT), "--allow-remote", "8080"], stderr=err)
+    with open(tmp_path / "reverse.err", "wb") as err:
+        net.spawn("a", [*TUNNEL_RTCAT, "-R", "8080:127.0.0.1:8000", net.addr["b"], str(PORT)], stderr=err)
+    wait_port_in(net, "b", 8080)
+    out = tmp_path / "out.bin"
+    client = net.spawn("b", http_fetch("http://127.0.0.1:8080/big.bin", out))
+    first_byte = pull_cable_when(net, lambda: size_of(out), 1_000_000, 5)
+    assert client.wait(200) == 0, (tmp_path / "reverse.err").read_text() + (tmp_path / "listener.err").read_text()
+    assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(served.read_bytes()).digest()
+    # The forward itself outlived the outage: a second download works too.
+    again = tmp_path / "again.bin"
+    assert net.spawn("b", http_fetch("http://127.0.0.1:8080/big.bin", again)).wait(200) == 0
+    assert again.read_bytes() == served.read_bytes()
+    record("tunnel: HTTP download through -R, cable pulled 5 s", 0.5, {"first_byte_after_link_up_s": round(first_byte, 3)})
+
+
+@pytest.mark.timeout(300)
+def test_tunnel_exec_both_ways_across_a_cable_pull(net: NetPair, tmp_path: Path) -> None:
+    """--exec on both ends: a's command streams 4 MB and half-closes, b's
+    command keeps a copy and answers with its sha256; a's cable is out for
+    5 s in the middle, and the answer is still the right one."""
+    data = tmp_path / "in.bin"
+    data.write_bytes(os.urandom(4_000_000))
+    copy, answer = tmp_path / "copy.bin", tmp_path / "answer.txt"
+    slow_links(net)
+    with open(tmp_path / "listener.err", "wb") as err:
+        net.spawn("b", [*TUNNEL_RTCAT, "-l", net.addr["b"], str(PORT), "--exec", f"tee {copy} | sha256sum"], stderr=err)
+    script = f"cat {data}; exec >&-; cat > {answer}"  # send, half-close, keep the reply
+    with open(tmp_path / "exec.err", "wb") as err:
+        command = net.spawn("a", [*TUNNEL_RTCAT, "--exec", script, net.addr["b"], str(PORT)], stderr=err)
+    first_byte = pull_cable_when(net, lambda: size_of(copy), 1_000_000, 5)
+    assert command.wait(200) == 0, (tmp_path / "exec.err").read_text() + (tmp_path / "listener.err").read_text()
+    assert answer.read_text().split()[0] == hashlib.sha256(data.read_bytes()).hexdigest()
+    assert copy.read_bytes() == data.read_bytes()
+    record("tunnel: --exec both ways, cable pulled 5 s", 0.5, {"first_byte_after_link_up_s": round(first_byte, 3)})
