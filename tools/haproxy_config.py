@@ -2,6 +2,7 @@
 """Print an HAProxy configuration that routes reliable_tcp resumes to the node that holds them.
 
     python tools/haproxy_config.py --bind 0.0.0.0:7000 1=10.0.0.11:7000 2=10.0.0.12:7000 3=10.0.0.13:7000
+    python tools/haproxy_config.py --tls-crt /etc/haproxy/site.pem 1=10.0.0.11:7000 2=10.0.0.12:7000
 
 Each NODE_ID=HOST:PORT is a listener started with ``node_id=NODE_ID``
 (``rtcat -l --node-id``). A resuming HELLO carries the session id, whose
@@ -21,8 +22,20 @@ HELLO_BYTES_NEEDED = 15
 NODE_ID_OFFSET = 13
 
 
-def render(bind: str, nodes: dict[int, str], *, check_interval_ms: int = 1000, stats_socket: str | None = None) -> str:
-    """The configuration text for ``nodes`` (node id -> "host:port")."""
+def render(
+    bind: str,
+    nodes: dict[int, str],
+    *,
+    check_interval_ms: int = 1000,
+    stats_socket: str | None = None,
+    tls_certificate: str | None = None,
+) -> str:
+    """The configuration text for ``nodes`` (node id -> "host:port").
+
+    With ``tls_certificate`` (a PEM file holding the certificate chain and
+    its key) HAProxy terminates TLS and forwards plain TCP: the routing rules
+    then read the decrypted HELLO, unchanged.
+    """
     lines = [
         "global",
         "    maxconn 8000",  # two descriptors per connection: within a 20,000 descriptor limit
@@ -37,7 +50,7 @@ def render(bind: str, nodes: dict[int, str], *, check_interval_ms: int = 1000, s
         "    timeout server 1h",
         "",
         "frontend reliable_tcp",
-        f"    bind {bind}",
+        f"    bind {bind}" + (f" ssl crt {tls_certificate}" if tls_certificate else ""),
         # Wait for the HELLO's first bytes (the client speaks first), at most 5 s.
         "    tcp-request inspect-delay 5s",
         f"    tcp-request content accept if {{ req.len ge {HELLO_BYTES_NEEDED} }}",
@@ -60,6 +73,7 @@ def render(bind: str, nodes: dict[int, str], *, check_interval_ms: int = 1000, s
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bind", default="0.0.0.0:7000", help="where HAProxy listens (default 0.0.0.0:7000)")
+    parser.add_argument("--tls-crt", metavar="PEM", help="terminate TLS here: certificate chain and key in one PEM file")
     parser.add_argument("nodes", nargs="+", metavar="NODE_ID=HOST:PORT")
     args = parser.parse_args()
     nodes = {}
@@ -68,7 +82,7 @@ def main() -> int:
         if not node.isdigit() or not 0 < int(node) <= 65535 or ":" not in address:
             parser.error(f"expected NODE_ID=HOST:PORT with NODE_ID 1..65535, got {spec!r}")
         nodes[int(node)] = address
-    sys.stdout.write(render(args.bind, nodes))
+    sys.stdout.write(render(args.bind, nodes, tls_certificate=args.tls_crt))
     return 0
 
 

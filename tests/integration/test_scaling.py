@@ -13,6 +13,7 @@ import random
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ import pytest
 
 import reliable_tcp as rt
 from helpers import UNIT, Worker, fast_options, wait_for
+from pki import OPENSSL, make_pki
 from reliable_tcp import frames as f
 from reliable_tcp.testing import FaultProxy
 
@@ -55,7 +57,8 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes] | None = None) -> No
 class Cluster:
     """Node processes (by node id) and the HAProxy in front of them."""
 
-    def __init__(self, tmp: Path, node_ids: list[int], resume_window: float = 60.0, journaled: bool = False) -> None:
+    def __init__(self, tmp: Path, node_ids: list[int], resume_window: float = 60.0, journaled: bool = False,
+                 tls_certificate: Path | None = None) -> None:
         self.tmp = tmp
         self.resume_window = resume_window
         self.journaled = journaled
@@ -68,7 +71,8 @@ class Cluster:
         self.port = free_port()
         self.config = tmp / "haproxy.cfg"
         self.config.write_text(haproxy_config.render(
-            f"127.0.0.1:{self.port}", {n: f"127.0.0.1:{p}" for n, p in self.node_ports.items()}, check_interval_ms=200))
+            f"127.0.0.1:{self.port}", {n: f"127.0.0.1:{p}" for n, p in self.node_ports.items()}, check_interval_ms=200,
+            tls_certificate=str(tls_certificate) if tls_certificate else None))
         self.haproxy: subprocess.Popen[bytes] | None = None
         self.start_haproxy()
 
@@ -98,6 +102,11 @@ class Cluster:
         self.haproxy.wait(10)
         self.start_haproxy()
 
+    def misrouted(self) -> int:
+        """How many resumes reached a node that did not hold their session
+        (each node logs every refusal: NOT_HERE is a routing mistake)."""
+        return sum(path.read_text().count("NOT_HERE") for path in self.tmp.glob("node*.err"))
+
     def close(self) -> None:
         for proc in [*self.nodes.values(), *([self.haproxy] if self.haproxy else [])]:
             if proc.poll() is None:
@@ -109,8 +118,17 @@ class Cluster:
 def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
     if HAPROXY is None:
         pytest.skip("HAProxy is not installed (apt-get install haproxy)")
-    nodes, window, *journaled = getattr(request, "param", ([1, 2, 3], 60.0))
-    started = Cluster(tmp_path, nodes, window, journaled=bool(journaled and journaled[0]))
+    # param: (node ids, resume window, flags...), the flags True (journaled nodes) or "tls"
+    nodes, window, *flags = getattr(request, "param", ([1, 2, 3], 60.0))
+    tls = None
+    if "tls" in flags:  # HAProxy terminates TLS with the test CA's server certificate
+        if OPENSSL is None:
+            pytest.skip("needs the openssl command to make test certificates")
+        (tmp_path / "pki").mkdir()
+        pki = make_pki(tmp_path / "pki")
+        tls = pki / "haproxy.pem"
+        tls.write_bytes((pki / "server.pem").read_bytes() + (pki / "server.key").read_bytes())
+    started = Cluster(tmp_path, nodes, window, journaled=True in flags, tls_certificate=tls)
     try:
         yield started
     finally:
@@ -166,6 +184,7 @@ def test_resumes_reach_their_node_through_haproxy_and_nothing_is_lost(cluster: C
             for index, got in enumerate(echoed):
                 assert got == [b"%d:%d" % (index, n) for n in range(count)], f"session {index}"
             assert [node_of(c) for c in clients] == nodes  # every session stayed with its node
+            assert cluster.misrouted() == 0  # and HAProxy sent every resume straight there
             for client in clients:
                 client.close(timeout=30)
             stats = [c.statistics() for c in clients]
@@ -269,3 +288,42 @@ def test_a_node_killed_and_restarted_on_its_journal_keeps_its_sessions(cluster: 
     finally:
         for client in clients:
             client.abort()
+
+
+@pytest.mark.parametrize("cluster", [([1, 2], 60.0, "tls")], indirect=True)
+@pytest.mark.timeout(180)
+def test_tls_terminated_at_haproxy_still_routes_every_resume_to_its_node(cluster: Cluster) -> None:
+    """docs/scaling.md's first TLS setup: clients speak TLS to HAProxy, which
+    terminates it and routes by the decrypted HELLO to plain nodes. Every
+    resume after a reset and after an HAProxy restart reaches its node, and
+    every message comes back once, in order."""
+    context = ssl.create_default_context(cafile=str(cluster.tmp / "pki" / "ca.pem"))
+    options = fast_options(resume_window=60.0 * UNIT, handshake_timeout=3.0 * UNIT)
+    with FaultProxy(("127.0.0.1", cluster.port)) as proxy:
+        clients = [rt.connect(proxy.address, timeout=60, ssl_context=context, server_hostname="localhost", **options)
+                   for _ in range(20)]
+        try:
+            nodes = [node_of(c) for c in clients]
+            assert set(nodes) == {1, 2}
+            for round_, cut in enumerate(["reset", "haproxy", "close"]):
+                for index, client in enumerate(clients):
+                    client.send_many([b"%d:%d:%d" % (index, round_, n) for n in range(50)])
+                before = [c.statistics().resumes for c in clients]
+                if cut == "reset":
+                    proxy.reset()
+                elif cut == "close":
+                    proxy.close_connections()
+                else:
+                    cluster.restart_haproxy()
+                for index, client in enumerate(clients):
+                    got = [client.recv(timeout=60) for _ in range(50)]
+                    assert got == [b"%d:%d:%d" % (index, round_, n) for n in range(50)], index
+                wait_for(lambda: all(c.statistics().resumes > b for c, b in zip(clients, before, strict=True)), 60,  # noqa: B023
+                         f"every session to resume after the {cut}")
+            assert [node_of(c) for c in clients] == nodes
+            assert cluster.misrouted() == 0  # HAProxy read the decrypted HELLO and sent every resume to its node
+            for client in clients:
+                client.close(timeout=30)
+        finally:
+            for client in clients:
+                client.abort()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 import threading
@@ -58,6 +59,8 @@ def main() -> int:
     parser.add_argument("--journal", help="keep sessions here (with --out)")
     parser.add_argument("--out", help="with --journal: one file of received lines per session")
     args = parser.parse_args()
+    # The library's log on stderr: the tests read the refusals (NOT_HERE) from it.
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     options = {"heartbeat_interval": args.heartbeat, "resume_window": args.resume_window, "handshake_timeout": 2.0}
     if args.front == "asyncio":
         asyncio.run(serve_asyncio(args.port, args.node_id, options))
