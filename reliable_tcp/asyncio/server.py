@@ -30,7 +30,8 @@ from ..options import ListenOptions, ShellOptions, resolve_options
 from ..server_core import ServerHandshake, SessionRegistry, reject_reply
 from ..status import ChannelState, ListenerStatistics
 from ._protocol import NO_OWNER, LinkProtocol
-from .channel import Channel, _Signal
+from ._session import _Signal
+from .channel import Channel
 
 __all__ = ["Listener", "Server", "listen", "serve"]
 
