@@ -9,7 +9,7 @@ pauses reading while the receive queue is full, and records the session's
 end once (``_ending.Ending``). ``client.py`` and ``server.py`` attach
 connections through one door, ``_open_link``; ``channel.py`` builds the
 public API on top. The asyncio counterpart of the threaded
-``_session.SessionShell``; no method here blocks or awaits the network.
+``_session.SessionShell``; nothing here blocks the loop (fsyncs run in its executor).
 """
 
 from __future__ import annotations
