@@ -102,6 +102,17 @@ class Cluster:
         self.haproxy.wait(10)
         self.start_haproxy()
 
+    def cut(self, proxy: FaultProxy, kind: str) -> None:
+        """Cut every client's connection: ``reset`` or ``close`` them at the
+        fault proxy in front of HAProxy, or ``haproxy``: kill the balancer
+        itself and start it again."""
+        if kind == "reset":
+            proxy.reset()
+        elif kind == "close":
+            proxy.close_connections()
+        else:
+            self.restart_haproxy()
+
     def misrouted(self) -> int:
         """How many resumes reached a node that did not hold their session
         (each node logs every refusal: NOT_HERE is a routing mistake)."""
@@ -170,12 +181,7 @@ def test_resumes_reach_their_node_through_haproxy_and_nothing_is_lost(cluster: C
             for n, cut in enumerate(["reset", "reset", "haproxy", "close"], start=1):
                 wait_for(lambda: progress() >= n * total // 6, 120, f"progress before cut {n}")  # noqa: B023
                 before = [c.statistics().resumes for c in clients]
-                if cut == "reset":
-                    proxy.reset()
-                elif cut == "close":
-                    proxy.close_connections()
-                else:
-                    cluster.restart_haproxy()  # the balancer itself goes away and comes back
+                cluster.cut(proxy, cut)
                 # Every session resumes (on its own node) before the next cut.
                 wait_for(lambda: all(c.statistics().resumes > b for c, b in zip(clients, before, strict=True)), 120,  # noqa: B023
                          f"every session to resume after cut {n} ({cut})")
@@ -309,12 +315,7 @@ def test_tls_terminated_at_haproxy_still_routes_every_resume_to_its_node(cluster
                 for index, client in enumerate(clients):
                     client.send_many([b"%d:%d:%d" % (index, round_, n) for n in range(50)])
                 before = [c.statistics().resumes for c in clients]
-                if cut == "reset":
-                    proxy.reset()
-                elif cut == "close":
-                    proxy.close_connections()
-                else:
-                    cluster.restart_haproxy()
+                cluster.cut(proxy, cut)
                 for index, client in enumerate(clients):
                     got = [client.recv(timeout=60) for _ in range(50)]
                     assert got == [b"%d:%d:%d" % (index, round_, n) for n in range(50)], index
