@@ -527,7 +527,11 @@ class SessionShell:
         with self._locked:
             if self._ended:
                 return
-            now = time.monotonic()
+            # The verdict is given at the moment the link was judged, never at
+            # a later reading of the clock: a silence just short of dead_after
+            # then (so no probe was made) must not become a verdict unprobed
+            # a few microseconds on. Whatever falls due meanwhile is the next
+            # deadline's, which fires at once.
             if link is not None and link is self._link:
                 if pending_error is not None:
                     self._drop_link(link_error_reason(pending_error) or str(pending_error), pending_error, abort=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -168,3 +170,31 @@ def test_a_recv_blocked_in_another_thread_is_woken_by_close() -> None:
         client.close()
         worker.result(10)
         server.close()
+
+
+def test_a_dead_verdict_is_given_at_the_moment_the_link_was_judged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The timer judges the link (probing a paused reader's peer, or bytes
+    waiting in the kernel) only once the silence reaches dead_after, so the
+    verdict must be given at that same moment: a silence just short of it
+    then, and past it at a later reading of the clock, is no verdict (that
+    mismatch disconnected a paused consumer's live peer now and then)."""
+    import reliable_tcp as rt
+    import reliable_tcp._session as session_module
+    from helpers import fast_options
+
+    options = fast_options(heartbeat_interval=30.0, dead_after=90.0)  # nothing else fires meanwhile
+    with rt.listen(("127.0.0.1", 0), **options) as listener:
+        client = rt.connect(listener.address, **options)
+        server = listener.accept(timeout=5)
+        engine = client._engine
+        now = time.monotonic()
+        moment = now - engine.silence(now) + engine.config.dead_after_seconds - 0.005  # just short of the verdict
+        later = SimpleNamespace(monotonic=lambda: moment + 0.010)  # past it, had the clock been read again
+        monkeypatch.setattr(session_module, "time", later)
+        client.fire_timers(moment)
+        monkeypatch.undo()
+        assert client.statistics().disconnects == 0
+        client.send(b"still connected")
+        assert server.recv(timeout=5) == b"still connected"
+        client.close(timeout=5)
+        server.close(timeout=5)
