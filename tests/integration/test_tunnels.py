@@ -373,8 +373,14 @@ def test_a_session_lost_after_a_half_close_still_resets_both_idle_programs(procs
         with conn:
             conn.settimeout(30)
             received = 0
-            while chunk := conn.recv(65536):
-                received += len(chunk)
+            try:
+                while chunk := conn.recv(65536):
+                    received += len(chunk)
+            except ConnectionResetError:
+                if not received:
+                    return  # the readiness probe's connection, which may end either way
+                target_saw.append("reset before the EOF")  # fails the test
+                return
             if not received:
                 return  # the readiness probe's empty connection
             target_saw.append("eof")
