@@ -80,7 +80,7 @@ class Cluster:
         with open(self.tmp / f"node{node}.err", "ab") as err:
             journal = ["--journal", str(self.tmp / f"journal-node{node}"), "--out", str(self.out)] if self.journaled else []
             proc = subprocess.Popen([*NODE, "--port", str(self.node_ports[node]), "--node-id", str(node),
-                                     "--resume-window", str(self.resume_window), *journal],
+                                     "--resume-window", str(self.resume_window), "--log", *journal],
                                     stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, "PYTHONPATH": str(ROOT)})
         self.nodes[node] = proc
         wait_listening(self.node_ports[node], proc)
@@ -116,7 +116,9 @@ class Cluster:
     def misrouted(self) -> int:
         """How many resumes reached a node that did not hold their session
         (each node logs every refusal: NOT_HERE is a routing mistake)."""
-        return sum(path.read_text().count("NOT_HERE") for path in self.tmp.glob("node*.err"))
+        logs = [path.read_text() for path in self.tmp.glob("node*.err")]
+        assert any("resumed session" in log for log in logs), "the nodes logged nothing: the count would mean nothing"
+        return sum(log.count("NOT_HERE") for log in logs)
 
     def close(self) -> None:
         for proc in [*self.nodes.values(), *([self.haproxy] if self.haproxy else [])]:

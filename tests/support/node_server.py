@@ -1,6 +1,6 @@
 """One node of a cluster behind a load balancer, for the scaling tests.
 
-    python tests/support/node_server.py --port PORT --node-id N [--heartbeat S] [--resume-window S] [--front asyncio]
+    python tests/support/node_server.py --port PORT --node-id N [--heartbeat S] [--resume-window S] [--front asyncio] [--log]
 
 Listens on 127.0.0.1:PORT with node id N and echoes every message of every
 session back, each session in a thread of its own, until the peer closes.
@@ -58,9 +58,10 @@ def main() -> int:
     parser.add_argument("--front", choices=("threads", "asyncio"), default="threads")
     parser.add_argument("--journal", help="keep sessions here (with --out)")
     parser.add_argument("--out", help="with --journal: one file of received lines per session")
+    parser.add_argument("--log", action="store_true", help="the library's log on stderr (the tests read refusals from it)")
     args = parser.parse_args()
-    # The library's log on stderr: the tests read the refusals (NOT_HERE) from it.
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    if args.log:  # off by default: a benchmark's node does not pay for a line per session
+        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     options = {"heartbeat_interval": args.heartbeat, "resume_window": args.resume_window, "handshake_timeout": 2.0}
     if args.front == "asyncio":
         asyncio.run(serve_asyncio(args.port, args.node_id, options))
