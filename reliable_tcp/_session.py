@@ -180,7 +180,18 @@ class SessionShell:
         self._ended = True
         self._stopping = True
         self._ending = ending = ending.with_cause(self._last_cause)
-        self._inbox.end(self._end_exception)
+        durable = self._durable
+        if durable is None:
+            self._inbox.end(self._end_exception)
+        else:
+            # recv() reports the end only once the journal holds it: an
+            # application that saw the peer's close and then died must not be
+            # offered the finished session again by the restart.
+            def record_then_report(kind: str = ending.kind, reason: str = ending.reason) -> None:
+                durable.record_end(kind, reason)
+                self._inbox.end(self._end_exception)
+
+            self._after.append(record_then_report)
         for condition in (self._sendable, self._writable, self._changed):
             condition.notify_all()
         TIMERS.cancel(self)
@@ -190,9 +201,6 @@ class SessionShell:
             self._notify("failed", ending.reason)
         else:
             self._notify("closed", ending.reason)
-        if self._durable is not None:
-            # Recorded at once: a restart after this moment must not resume it.
-            self._after.append(functools.partial(self._durable.record_end, ending.kind, ending.reason))
         if self._on_end is not None:
             on_end = self._on_end
             self._after.append(lambda: on_end(self))

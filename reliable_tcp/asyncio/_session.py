@@ -116,6 +116,7 @@ class LoopSession:
         self._last_recovery: float | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closer: asyncio.Future[None] | None = None
+        self._end_recorded: asyncio.Future[None] | None = None  # the journal's END record
         self._reschedule()
 
     def _raise_if_closed(self) -> None:
@@ -139,7 +140,8 @@ class LoopSession:
         else:
             self._notify("closed", ending.reason)
         if self._durable is not None:
-            self._background(self._loop.run_in_executor(None, self._durable.record_end, ending.kind, ending.reason))
+            self._end_recorded = self._loop.run_in_executor(None, self._durable.record_end, ending.kind, ending.reason)
+            self._background(self._end_recorded)
         if self._on_end is not None:
             self._loop.call_soon(self._on_end, self)
         # The connection goes with the session, whoever ended it: the last
@@ -186,6 +188,13 @@ class LoopSession:
             self._background(self._loop.run_in_executor(None, lambda: durable.finish(kind, reported=reported)))
         else:
             self._background(self._loop.run_in_executor(None, durable.release))
+
+    async def _end_durable(self) -> None:
+        """Wait until the journal holds the end (recv() reports it only then:
+        an application that saw the end and died must not be offered the
+        finished session again by the restart). record_end never raises."""
+        if self._end_recorded is not None:
+            await asyncio.shield(self._end_recorded)
 
     def _background(self, awaitable: Any) -> None:
         task = asyncio.ensure_future(awaitable)

@@ -173,6 +173,7 @@ class Channel(LoopSession):
             await self.commit()
         while not self._inbox:
             if self._ending is not None:
+                await self._end_durable()
                 raise self._ending.exception()
             await self._changed.wait(None)
         message = self._inbox.popleft()

@@ -10,13 +10,16 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import reliable_tcp as rt
 from helpers import fast_options, wait_for
+from reliable_tcp._durable import Durable
 from reliable_tcp.journal import Journal, Outcome
 from reliable_tcp.testing import FaultProxy
 
@@ -275,6 +278,42 @@ def test_a_finished_session_is_never_offered_again(tmp_path: Path, listener: rt.
     finally:
         restarted.kill()
         restarted.wait(10)
+
+
+def test_the_end_is_reported_only_once_the_journal_holds_it(tmp_path: Path, front: Any,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # The race behind the test above: recv() raised ChannelClosed while the
+    # END record was still on its way to the disk, so a process killed at
+    # that moment was offered the finished session again after a restart.
+    release = threading.Event()
+    recorded: list[str] = []
+    record_end = Durable.record_end
+
+    def held_record_end(durable: Durable, kind: str, reason: str) -> None:
+        release.wait(10)
+        record_end(durable, kind, reason)
+        recorded.append(kind)
+
+    monkeypatch.setattr(Durable, "record_end", held_record_end)
+    with front.listen(("127.0.0.1", 0), journal=str(tmp_path / "sessions"), **OPTIONS) as lst:
+        client = rt.connect(lst.address, **OPTIONS)
+        try:
+            client.send(b"only")
+            server = lst.accept(timeout=10)
+            assert server.recv(timeout=10) == b"only"
+            server.commit()  # acknowledged, so the client's close is complete
+            client.close(timeout=10)
+            with pytest.raises(TimeoutError):
+                server.recv(timeout=0.5)  # the end is known, but not yet durable
+            assert recorded == []
+            release.set()
+            with pytest.raises(rt.ChannelClosed):
+                server.recv(timeout=10)
+            assert recorded == ["closed"]
+            server.close()
+        finally:
+            release.set()
+            client.abort()
 
 
 def test_a_sender_whose_server_forgot_the_session_is_told_once(tmp_path: Path) -> None:
