@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -13,7 +14,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from enginepair import EnginePair
 from reliable_tcp import events as ev
 from reliable_tcp.config import SessionConfig
-from reliable_tcp.state import TERMINAL_STATES, SessionState
+from reliable_tcp.exceptions import ChannelClosed
+from reliable_tcp.state import CLOSING_STATES, TERMINAL_STATES, SessionState
 
 CONFIG = SessionConfig(
     heartbeat_interval=1.0,
@@ -67,9 +69,12 @@ class TwoEngines(RuleBasedStateMachine):
     @rule(side=sides, size=st.integers(0, 16))
     def send(self, side: str, size: int) -> None:
         engine = self.pair.engine(side)
-        if engine is None or engine.state in TERMINAL_STATES or engine.state is SessionState.CLOSING:
+        if engine is None or engine.state in TERMINAL_STATES:
             return
-        if self.pair.record(side).peer_closed:
+        if engine.state in CLOSING_STATES or self.pair.record(side).peer_closed:
+            # After either side's CLOSE (answered or not) a send is refused, typed.
+            with pytest.raises(ChannelClosed):
+                engine.send_message(b"late", self.pair.now)
             return
         self.counter += 1
         payload = f"{side[0]}{self.counter}".encode().ljust(size, b".")[: max(size, len(str(self.counter)) + 1)]
@@ -78,9 +83,11 @@ class TwoEngines(RuleBasedStateMachine):
     @rule(side=sides, sizes=st.lists(st.integers(0, 16), min_size=1, max_size=8))
     def send_batch(self, side: str, sizes: list[int]) -> None:
         engine = self.pair.engine(side)
-        if engine is None or engine.state in TERMINAL_STATES or engine.state is SessionState.CLOSING:
+        if engine is None or engine.state in TERMINAL_STATES:
             return
-        if self.pair.record(side).peer_closed:
+        if engine.state in CLOSING_STATES or self.pair.record(side).peer_closed:
+            with pytest.raises(ChannelClosed):
+                engine.send_messages([b"late"], self.pair.now)
             return
         payloads = []
         for size in sizes:
