@@ -172,7 +172,7 @@ class LinkProtocol(asyncio.Protocol):
     def has_pending_input(self) -> bool:
         """Bytes (or an EOF) wait in the kernel or in the backlog: the loop,
         not the peer, is late."""
-        if self._backlog and not self.lost:
+        if self._backlog:  # emptied when the connection is lost
             return True
         sock = self._socket()
         if sock is None or self.lost:

@@ -66,15 +66,23 @@ class TwoEngines(RuleBasedStateMachine):
         self.pair.connect()
         self.deliver_everything()
 
-    @rule(side=sides, size=st.integers(0, 16))
-    def send(self, side: str, size: int) -> None:
+    def may_send(self, side: str) -> bool:
+        """Whether ``side`` can send now. After either side's CLOSE (answered
+        or not) both ways of sending are refused, typed: that is checked here."""
         engine = self.pair.engine(side)
         if engine is None or engine.state in TERMINAL_STATES:
-            return
+            return False
         if engine.state in CLOSING_STATES or self.pair.record(side).peer_closed:
-            # After either side's CLOSE (answered or not) a send is refused, typed.
             with pytest.raises(ChannelClosed):
                 engine.send_message(b"late", self.pair.now)
+            with pytest.raises(ChannelClosed):
+                engine.send_messages([b"late"], self.pair.now)
+            return False
+        return True
+
+    @rule(side=sides, size=st.integers(0, 16))
+    def send(self, side: str, size: int) -> None:
+        if not self.may_send(side):
             return
         self.counter += 1
         payload = f"{side[0]}{self.counter}".encode().ljust(size, b".")[: max(size, len(str(self.counter)) + 1)]
@@ -82,12 +90,7 @@ class TwoEngines(RuleBasedStateMachine):
 
     @rule(side=sides, sizes=st.lists(st.integers(0, 16), min_size=1, max_size=8))
     def send_batch(self, side: str, sizes: list[int]) -> None:
-        engine = self.pair.engine(side)
-        if engine is None or engine.state in TERMINAL_STATES:
-            return
-        if engine.state in CLOSING_STATES or self.pair.record(side).peer_closed:
-            with pytest.raises(ChannelClosed):
-                engine.send_messages([b"late"], self.pair.now)
+        if not self.may_send(side):
             return
         payloads = []
         for size in sizes:
