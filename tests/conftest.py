@@ -26,6 +26,17 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Start the long tests first.
+
+    The suite runs on several xdist workers (setup.cfg), handed out one
+    test at a time. A long test (a minute-long outage, a stalled process, a
+    soak) that came last would run alone at the end while the other
+    workers sit idle; started first, the short tests fill in around it.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 _OUR_THREADS = ("rtcp-", "fault-proxy-")
 
 

@@ -29,7 +29,7 @@ import pytest
 from netns import ROOT, NetPair
 from reliable_tcp.checker import check_stream
 
-pytestmark = [pytest.mark.netns]
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 _REASON = NetPair.unavailable()
 if _REASON is not None:
@@ -41,8 +41,8 @@ PORT = 7000
 
 
 @pytest.fixture
-def net(request: pytest.FixtureRequest) -> Iterator[NetPair]:
-    pair = NetPair(str(abs(hash(request.node.name)) % 1000))
+def net() -> Iterator[NetPair]:
+    pair = NetPair()
     try:
         yield pair
     finally:

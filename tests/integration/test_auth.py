@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import reliable_tcp as rt
-from helpers import fast_options, wait_for
+from helpers import fast_options, free_port, wait_for
 from reliable_tcp import frames as f
 from reliable_tcp.auth import load_psk, parse_psk
 from reliable_tcp.testing import FaultProxy
@@ -108,8 +108,7 @@ def test_rtcat_with_a_key_file(tmp_path: Path) -> None:
     key = tmp_path / "key"
     key.write_bytes(os.urandom(32).hex().encode())
     rtcat = [sys.executable, str(Path(__file__).resolve().parents[2] / "tools" / "rtcat"), "--heartbeat", "0.2"]
-    with socket.create_server(("127.0.0.1", 0)) as probe:
-        port = str(probe.getsockname()[1])
+    port = str(free_port())
     listener = subprocess.Popen([*rtcat, "-l", "127.0.0.1", port, "--psk-file", str(key)],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

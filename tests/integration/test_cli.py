@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -14,17 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from helpers import UNIT, wait_for
+from helpers import UNIT, free_port, wait_for
 from reliable_tcp.testing import FaultProxy
 
 ROOT = Path(__file__).resolve().parents[2]
 RTCAT = [sys.executable, str(ROOT / "tools" / "rtcat")]
 FAST = ["--heartbeat", str(0.1 * UNIT), "--dead-after", str(0.4 * UNIT)]
-
-
-def free_port() -> int:
-    with socket.create_server(("127.0.0.1", 0)) as probe:
-        return int(probe.getsockname()[1])
 
 
 class Rtcat:

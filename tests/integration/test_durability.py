@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import reliable_tcp as rt
-from helpers import Worker, fast_options, wait_for
+from helpers import Worker, fast_options, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 PEER = [sys.executable, str(ROOT / "tests" / "support" / "durable_peer.py")]
@@ -143,14 +143,11 @@ def test_receiver_killed_and_restarted_redelivers_only_what_it_had_not_committed
 @peer_fronts
 @pytest.mark.timeout(240)
 def test_listener_killed_and_restarted_brings_its_sessions_back(tmp_path: Path, peer_front: str) -> None:
-    import socket
-
     count, kills = 2000, 3
     rng = random.Random(5)
     journal = str(tmp_path / "sessions")
     out = tmp_path / "received"
-    with socket.create_server(("127.0.0.1", 0)) as probe:
-        port = probe.getsockname()[1]
+    port = free_port()
     server_argv = [sys.executable, str(ROOT / "tests" / "support" / "durable_server.py"), "--port", str(port),
                    "--journal", journal, "--out", str(out), "--front", peer_front]
     server = Peer(server_argv)
@@ -176,15 +173,13 @@ def test_listener_killed_and_restarted_brings_its_sessions_back(tmp_path: Path, 
 @pytest.mark.timeout(240)
 def test_rtcat_file_transfer_survives_killing_both_sides(tmp_path: Path) -> None:
     import hashlib
-    import socket
 
     from reliable_tcp.testing import FaultProxy
 
     data = tmp_path / "in.bin"
     data.write_bytes(os.urandom(3 * 1024 * 1024))
     out = tmp_path / "out.bin"
-    with socket.create_server(("127.0.0.1", 0)) as probe:
-        port = probe.getsockname()[1]
+    port = free_port()
     rtcat = [sys.executable, str(ROOT / "tools" / "rtcat"), "--heartbeat", "0.2", "--resume-window", "60"]
     listener_argv = [*rtcat, "-l", "127.0.0.1", str(port), "--journal", str(tmp_path / "jl"), "--output", str(out)]
 

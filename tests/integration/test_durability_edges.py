@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from typing import Any
 import pytest
 
 import reliable_tcp as rt
-from helpers import fast_options, wait_for
+from helpers import fast_options, free_port, wait_for
 from reliable_tcp._durable import Durable
 from reliable_tcp.journal import Journal, Outcome
 from reliable_tcp.testing import FaultProxy
@@ -253,8 +252,7 @@ def test_a_lost_listener_session_is_reported_once_then_retired(tmp_path: Path) -
 
 def test_a_finished_session_is_never_offered_again(tmp_path: Path, listener: rt.Listener) -> None:
     journal = str(tmp_path / "sessions")
-    with socket.create_server(("127.0.0.1", 0)) as probe:
-        port = probe.getsockname()[1]
+    port = free_port()
     argv = [sys.executable, str(ROOT / "tests" / "support" / "durable_server.py"), "--port", str(port),
             "--journal", journal, "--out", str(tmp_path / "out")]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 import reliable_tcp as rt
-from helpers import UNIT, Worker, fast_options, wait_for
+from helpers import UNIT, Worker, fast_options, free_port, wait_for
 from pki import OPENSSL, make_pki
 from reliable_tcp import frames as f
 from reliable_tcp.testing import FaultProxy
@@ -41,11 +41,6 @@ SESSIONS = int(os.environ.get("RTCP_SCALING_SESSIONS", "300"))
 #: a merely busy peer dead, each verdict adding a resume to the load: a resume
 #: storm, not the routing under test.
 NODE_HEARTBEAT = 0.5
-
-
-def free_port() -> int:
-    with socket.create_server(("127.0.0.1", 0)) as probe:
-        return int(probe.getsockname()[1])
 
 
 def wait_listening(port: int, proc: subprocess.Popen[bytes] | None = None) -> None:

@@ -18,17 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from helpers import UNIT, Worker, wait_for
+from helpers import UNIT, Worker, free_port, wait_for
 from reliable_tcp.testing import FaultProxy
 
 ROOT = Path(__file__).resolve().parents[2]
 RTCAT = [sys.executable, "-m", "reliable_tcp"]
 FAST = ["--heartbeat", str(0.1 * UNIT), "--dead-after", str(0.4 * UNIT)]
-
-
-def free_port() -> int:
-    with socket.create_server(("127.0.0.1", 0)) as probe:
-        return int(probe.getsockname()[1])
 
 
 def wait_listening(port: int, timeout: float = 20.0) -> None:

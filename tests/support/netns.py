@@ -8,6 +8,7 @@ the fixtures call even when a test fails or times out.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import subprocess
@@ -17,6 +18,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
+#: Numbers the pairs one test process makes, so that no two share a name.
+_PAIRS = itertools.count(1)
+
 
 def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(argv), capture_output=True, text=True, check=check, timeout=30)
@@ -25,12 +29,22 @@ def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 class NetPair:
     """Hosts ``a`` (client side) and ``b`` (server side) on one veth link."""
 
-    def __init__(self, tag: str) -> None:
-        suffix = f"{os.getpid() % 100000}{tag}"
-        self.ns = {"a": f"rtcp-a-{suffix}", "b": f"rtcp-b-{suffix}"}
-        self.dev = {"a": f"rtva{suffix}"[:15], "b": f"rtvb{suffix}"[:15]}
-        octet = os.getpid() % 200 + 20
-        self.addr = {"a": f"10.231.{octet}.1", "b": f"10.231.{octet}.2"}
+    def __init__(self) -> None:
+        # Tests run side by side (pytest-xdist workers, or two runs at once):
+        # every name that lives in the machine's shared namespace is made of
+        # the worker, its PID (unique on the machine while it lives) and a
+        # counter, never fixed. Interface names must fit in 15 bytes.
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        pid, number = os.getpid(), next(_PAIRS)
+        self.ns = {side: f"rtcp-{side}-{worker}-{pid}-{number}" for side in "ab"}
+        self.dev = {side: f"rtv{side}{pid:x}n{number}" for side in "ab"}
+        assert all(len(name) <= 15 for name in self.dev.values()), self.dev
+        # The addresses exist only inside this pair's namespaces; each pair
+        # still gets its own (by worker and counter), so that a capture or a
+        # log line names exactly one test.
+        worker_number = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 255
+        subnet = f"10.{worker_number % 256}.{number % 256}"
+        self.addr = {"a": f"{subnet}.1", "b": f"{subnet}.2"}
         self.procs: list[subprocess.Popen[bytes]] = []
         self._rules: list[tuple[str, list[str]]] = []
         try:
@@ -56,7 +70,7 @@ class NetPair:
         for tool in ("ip", "iptables"):
             if shutil.which(tool) is None:
                 return f"{tool} is not installed (apt-get install iproute2 iptables)"
-        probe = f"rtcp-probe-{os.getpid()}"
+        probe = f"rtcp-probe-{os.getpid()}-{next(_PAIRS)}"
         result = _run("ip", "netns", "add", probe, check=False)
         if result.returncode != 0:
             return f"can't create a network namespace: {result.stderr.strip()}"
