@@ -4,11 +4,12 @@ Every message is delivered exactly once and in order across pulled
 cables, resets and sleeps, or the sender is told which ones were not.
 """
 
-from .auth import load_psk
-from .backoff import Backoff
-from .channel import Channel
-from .client import connect
-from .config import SessionConfig
+from .common.backoff import Backoff
+from .common.options import ChannelOptions, ListenOptions, ShellOptions
+from .common.status import ChannelEvent, ChannelState, ChannelStatistics, ListenerStatistics
+from .core.auth import load_psk
+from .core.config import SessionConfig
+from .durable.directory import JournalInfo, list_journals, remove_journal
 from .exceptions import (
     AuthenticationFailed,
     ChannelBroken,
@@ -31,10 +32,9 @@ from .exceptions import (
     UsageError,
     WindowFull,
 )
-from .journals import JournalInfo, list_journals, remove_journal
-from .listener import Listener, listen
-from .options import ChannelOptions, ListenOptions, ShellOptions
-from .status import ChannelEvent, ChannelState, ChannelStatistics, ListenerStatistics
+from .sync.channel import Channel
+from .sync.client import connect
+from .sync.server import Listener, listen
 
 __version__ = "0.2.0"
 

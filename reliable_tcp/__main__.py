@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .cli import rtcat_main
+from .cli.commands import rtcat_main
 
 if __name__ == "__main__":
     sys.exit(rtcat_main())

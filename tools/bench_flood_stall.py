@@ -20,7 +20,7 @@ import time
 
 import reliable_tcp
 import reliable_tcp.asyncio as rta
-from reliable_tcp import frames as f
+from reliable_tcp.core import frames as f
 
 TICK = 0.005
 

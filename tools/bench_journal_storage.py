@@ -18,7 +18,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
-from reliable_tcp.journal import Journal  # noqa: E402
+from reliable_tcp.durable.journal import Journal  # noqa: E402
 
 
 def log_rate(size: int, batch: int, seconds: float = 1.5) -> float:

@@ -37,7 +37,7 @@ import haproxy_config  # noqa: E402
 
 import reliable_tcp  # noqa: E402
 import reliable_tcp.asyncio as rta  # noqa: E402
-from reliable_tcp.frames import node_id_of  # noqa: E402
+from reliable_tcp.core.frames import node_id_of  # noqa: E402
 
 NODE = [sys.executable, os.path.join(ROOT, "tests", "support", "node_server.py")]
 ENV = {**os.environ, "PYTHONPATH": ROOT}

@@ -22,17 +22,17 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .. import events as ev
-from .._durable import Durable
-from .._ending import Ending, Unacked
-from .._transport import link_error_reason
-from ..engine import SessionEngine
+from ..common.ending import Ending, Unacked
+from ..common.options import ShellOptions
+from ..common.sockets import link_error_reason
+from ..common.status import ChannelEvent, channel_state_of
+from ..core import events as ev
+from ..core.engine import SessionEngine
+from ..core.frames import Hello, RejectReason
+from ..core.state import LIVE_STATES, TERMINAL_STATES
+from ..durable.session_journal import Durable
 from ..exceptions import ChannelClosed, HandshakeRejected, ReliableTCPError
-from ..frames import Hello, RejectReason
-from ..options import ShellOptions
-from ..state import LIVE_STATES, TERMINAL_STATES
-from ..status import ChannelEvent, channel_state_of
-from ._protocol import NO_OWNER, LinkProtocol
+from ._link import NO_OWNER, LinkProtocol
 
 __all__ = ["LoopSession"]
 
@@ -44,7 +44,7 @@ _FINAL_FLUSH = 2.0
 _ids = itertools.count(1)
 
 
-class _Signal:
+class Signal:
     """Wakes every coroutine waiting for a change (a broadcast without a lock).
 
     Waiting never cancels the shared future, so one waiter's cancellation
@@ -94,7 +94,7 @@ class LoopSession:
         self._on_end = on_end
         self._on_confirmed = on_confirmed
         self._name = f"rtcp-async-{'client' if engine.client else 'server'}-{next(_ids)}"
-        self._changed = _Signal()  # anything a waiter may be waiting for
+        self._changed = Signal()  # anything a waiter may be waiting for
         self._inbox: deque[bytes] = deque()
         self._inbox_bytes = 0
         self._taken = 0

@@ -32,10 +32,10 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterable
 
-from .._ending import Ending, Unacked
+from ..common.ending import Ending, Unacked
+from ..common.status import ChannelState, ChannelStatistics, channel_state_of, statistics_of
+from ..core.state import TERMINAL_STATES
 from ..exceptions import ChannelClosed, JournalWriteFailed, UsageError
-from ..state import TERMINAL_STATES
-from ..status import ChannelState, ChannelStatistics, channel_state_of, statistics_of
 from ._session import LoopSession
 
 __all__ = ["Channel"]

@@ -8,16 +8,15 @@ import ssl
 from collections.abc import Generator
 from typing import Any, Unpack
 
-from .._durable import Durable
-from .._ending import Ending, first_handshake_error
-from .._transport import configure_socket
-from ..backoff import is_retryable
-from ..client import _open_journal
-from ..config import SessionConfig
-from ..engine import SessionEngine
+from ..common.backoff import is_retryable
+from ..common.ending import Ending, first_handshake_error
+from ..common.options import ChannelOptions, ShellOptions, resolve_options
+from ..common.sockets import configure_socket
+from ..core.config import SessionConfig
+from ..core.engine import SessionEngine
+from ..durable.session_journal import Durable
 from ..exceptions import TLSHandshakeError
-from ..options import ChannelOptions, ShellOptions, resolve_options
-from ._protocol import NO_OWNER, LinkProtocol
+from ._link import NO_OWNER, LinkProtocol
 from .channel import Channel
 
 __all__ = ["connect", "ClientChannel"]
@@ -145,7 +144,7 @@ async def _connect(
     loop = asyncio.get_running_loop()
     if journal is not None:
         resolved = Durable.durable_config(resolved)
-        durable, engine = await loop.run_in_executor(None, _open_journal, journal, resolved)
+        durable, engine = await loop.run_in_executor(None, Durable.open_for_client, journal, resolved)
     try:
         channel = ClientChannel(
             engine or SessionEngine(resolved, client=True), shell_options, durable=durable, restored=engine is not None

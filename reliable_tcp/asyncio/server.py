@@ -20,17 +20,17 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Unpack
 
-from .._durable import Durable
-from .._transport import configure_socket
-from ..config import SessionConfig
+from ..common.options import ListenOptions, ShellOptions, resolve_options
+from ..common.sockets import configure_socket
+from ..common.status import ChannelState, ListenerStatistics
+from ..core.config import SessionConfig
+from ..core.frames import Hello, RejectReason
+from ..core.handshake import ServerHandshake, SessionRegistry, reject_reply
+from ..durable.journal import secure_directory
+from ..durable.session_journal import Durable
 from ..exceptions import ChannelClosed, FrameError, HandshakeRejected, ProtocolError, ReliableTCPError, UnsupportedVersion
-from ..frames import Hello, RejectReason
-from ..journal import secure_directory
-from ..options import ListenOptions, ShellOptions, resolve_options
-from ..server_core import ServerHandshake, SessionRegistry, reject_reply
-from ..status import ChannelState, ListenerStatistics
-from ._protocol import NO_OWNER, LinkProtocol
-from ._session import _Signal
+from ._link import NO_OWNER, LinkProtocol
+from ._session import Signal
 from .channel import Channel
 
 __all__ = ["Listener", "Server", "listen", "serve"]
@@ -146,7 +146,7 @@ class Listener:
         self._registry = SessionRegistry(config, max_sessions=max_sessions, node_id=node_id)
         self._channels: dict[bytes, Channel] = {}
         self._offered: deque[Channel] = deque()
-        self._changed = _Signal()
+        self._changed = Signal()
         self._pending: set[LinkProtocol] = set()
         self._order = itertools.count(1)
         self._closed = False

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from reliable_tcp import conformance
-from reliable_tcp import frames as f
+from reliable_tcp.testing import conformance
+from reliable_tcp.core import frames as f
 
 VECTORS = Path(__file__).resolve().parents[2] / "docs" / "vectors"
 
@@ -21,7 +21,7 @@ def load(name: str) -> list[dict[str, Any]]:
 
 def test_the_stored_vectors_are_what_the_code_produces() -> None:
     # A change to the codec or the engine that changes a byte on the wire
-    # shows up here; regenerate with `python -m reliable_tcp.conformance write docs/vectors`
+    # shows up here; regenerate with `python -m reliable_tcp.testing.conformance write docs/vectors`
     # only when the change is meant (and docs/protocol.md says so).
     assert conformance.check(str(VECTORS)) == []
 

@@ -7,10 +7,10 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from enginepair import EnginePair
-from reliable_tcp import events as ev
-from reliable_tcp import frames as f
-from reliable_tcp.config import SessionConfig
-from reliable_tcp.engine import SessionEngine
+from reliable_tcp.core import events as ev
+from reliable_tcp.core import frames as f
+from reliable_tcp.core.config import SessionConfig
+from reliable_tcp.core.engine import SessionEngine
 from reliable_tcp.exceptions import (
     ChannelBroken,
     ChannelClosed,
@@ -22,8 +22,8 @@ from reliable_tcp.exceptions import (
     UsageError,
     WindowFull,
 )
-from reliable_tcp.server_core import HandshakeReader, SessionRegistry, reject_reply
-from reliable_tcp.state import SessionState as S
+from reliable_tcp.core.handshake import HandshakeReader, SessionRegistry, reject_reply
+from reliable_tcp.core.state import SessionState as S
 
 CONFIG = SessionConfig(heartbeat_interval=1.0, resume_window=10.0, ack_every=4, ack_delay=0.05, window_messages=4)
 
@@ -638,7 +638,7 @@ def test_a_new_session_hello_must_be_blank() -> None:
 
 
 def test_a_keyless_server_refuses_a_hello_that_asks_for_the_key_exchange() -> None:
-    from reliable_tcp.server_core import ServerHandshake
+    from reliable_tcp.core.handshake import ServerHandshake
 
     with pytest.raises(HandshakeRejected) as info:
         ServerHandshake(None).receive_data(f.encode(f.Hello(False, bytes(16), bytes(16), 1, bytes(16))))

@@ -8,10 +8,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from enginepair import EnginePair
-from reliable_tcp import events as ev
-from reliable_tcp import frames as f
-from reliable_tcp.config import SessionConfig
-from reliable_tcp.state import SessionState
+from reliable_tcp.core import events as ev
+from reliable_tcp.core import frames as f
+from reliable_tcp.core.config import SessionConfig
+from reliable_tcp.core.state import SessionState
 
 from test_frames import any_frame
 

@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from enginepair import EnginePair
-from reliable_tcp import events as ev
-from reliable_tcp.config import SessionConfig
+from reliable_tcp.core import events as ev
+from reliable_tcp.core.config import SessionConfig
 from reliable_tcp.exceptions import ChannelClosed
-from reliable_tcp.state import CLOSING_STATES, TERMINAL_STATES, SessionState
+from reliable_tcp.core.state import CLOSING_STATES, TERMINAL_STATES, SessionState
 
 CONFIG = SessionConfig(
     heartbeat_interval=1.0,

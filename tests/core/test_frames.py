@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reliable_tcp import frames as f
+from reliable_tcp.core import frames as f
 from reliable_tcp.exceptions import FrameError, FrameTooLarge, UnsupportedVersion
 
 u64 = st.integers(0, f.MAX_SEQ)

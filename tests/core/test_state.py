@@ -7,11 +7,11 @@ import itertools
 import pytest
 
 from enginepair import EnginePair
-from reliable_tcp import frames as f
-from reliable_tcp.config import SessionConfig
-from reliable_tcp.engine import SessionEngine
+from reliable_tcp.core import frames as f
+from reliable_tcp.core.config import SessionConfig
+from reliable_tcp.core.engine import SessionEngine
 from reliable_tcp.exceptions import InvalidState
-from reliable_tcp.state import (
+from reliable_tcp.core.state import (
     LIVE_STATES,
     LOCAL_INPUTS,
     TERMINAL_STATES,
@@ -139,7 +139,7 @@ def _frame_for(event: SessionInput, engine: SessionEngine) -> bytes:
 
 
 def _server_proof(engine: SessionEngine) -> bytes:
-    from reliable_tcp import auth
+    from reliable_tcp.core import auth
 
     nonce = engine._auth_nonce or bytes(16)
     return auth.server_proof(PSK, nonce, bytes(16))
@@ -269,7 +269,7 @@ def test_a_connection_that_moves_a_message_resets_the_stall_count() -> None:
 def test_protocol_document_shows_the_current_tables() -> None:
     from pathlib import Path
 
-    from reliable_tcp.state import event_table, frame_table
+    from reliable_tcp.core.state import event_table, frame_table
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
     for table in (frame_table(client=True), frame_table(client=False), event_table()):

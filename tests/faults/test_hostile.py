@@ -20,8 +20,8 @@ import pytest
 import reliable_tcp as rt
 from fronts import Front
 from helpers import UNIT, Worker, fast_options, wait_for
-from reliable_tcp import frames as f
-from reliable_tcp.checker import check_stream
+from reliable_tcp.core import frames as f
+from reliable_tcp.testing.checker import check_stream
 
 OPTIONS = fast_options(handshake_timeout=1.0 * UNIT, resume_window=3.0 * UNIT)
 

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from netns import ROOT, NetPair
-from reliable_tcp.checker import check_stream
+from reliable_tcp.testing.checker import check_stream
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 

@@ -18,7 +18,7 @@ import pytest
 
 import reliable_tcp as rt
 from helpers import UNIT, Worker, fast_options, wait_for
-from reliable_tcp.checker import check_stream
+from reliable_tcp.testing.checker import check_stream
 from reliable_tcp.testing import FaultProxy
 
 pytestmark = pytest.mark.slow

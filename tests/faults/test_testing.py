@@ -169,7 +169,7 @@ def test_a_one_sided_reset_during_the_proxys_own_connect_spares_the_other_side(m
     # The race behind a flaky run: the fault lands after the proxy connected
     # to the server but before it recorded that socket. The server's end must
     # stay open (half-open), not be reset along with the client's.
-    import reliable_tcp.testing as testing
+    import reliable_tcp.testing.proxy as testing
 
     server = socket.create_server(("127.0.0.1", 0))
     holder: dict[str, FaultProxy] = {}

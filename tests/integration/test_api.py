@@ -58,7 +58,7 @@ def test_every_exception_lives_in_the_drawn_tree_and_what_can_escape_is_exported
 def test_typed_options_name_every_field_and_nothing_else() -> None:
     import typing
 
-    from reliable_tcp.options import SESSION_OPTIONS, SHELL_OPTIONS
+    from reliable_tcp.common.options import SESSION_OPTIONS, SHELL_OPTIONS
 
     assert set(typing.get_type_hints(reliable_tcp.ChannelOptions)) == SESSION_OPTIONS | SHELL_OPTIONS
     assert set(typing.get_type_hints(reliable_tcp.ListenOptions)) == SESSION_OPTIONS | SHELL_OPTIONS | {

@@ -13,8 +13,8 @@ import pytest
 
 import reliable_tcp as rt
 from helpers import fast_options, free_port, wait_for
-from reliable_tcp import frames as f
-from reliable_tcp.auth import load_psk, parse_psk
+from reliable_tcp.core import frames as f
+from reliable_tcp.core.auth import load_psk, parse_psk
 from reliable_tcp.testing import FaultProxy
 
 KEY = b"k" * 32

@@ -18,8 +18,8 @@ import pytest
 
 import reliable_tcp as rt
 from helpers import fast_options, free_port, wait_for
-from reliable_tcp._durable import Durable
-from reliable_tcp.journal import Journal, Outcome
+from reliable_tcp.durable.session_journal import Durable
+from reliable_tcp.durable.journal import Journal, Outcome
 from reliable_tcp.testing import FaultProxy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -151,7 +151,7 @@ def test_a_full_disk_refuses_whole_messages_and_the_session_recovers(tiny_filesy
     # Whatever send() returned for is in the journal, whole.
     store = client._durable.journal  # type: ignore[union-attr]
     store.sync()
-    from reliable_tcp.journal import read_state
+    from reliable_tcp.durable.journal import read_state
 
     state, good, size = read_state(os.path.join(journal, "log"))
     assert good == size and state.next_seq == returned + 1
@@ -173,7 +173,7 @@ def test_the_lock_is_held_until_the_files_are_gone(tmp_path: Path) -> None:
     delete after, so the other could write "durable" records into a deleted file."""
     script = (
         "import os, sys, time\n"
-        "from reliable_tcp.journal import Journal\n"
+        "from reliable_tcp.durable.journal import Journal\n"
         "from reliable_tcp.exceptions import JournalLocked\n"
         "d, until = sys.argv[1], time.monotonic() + float(sys.argv[2])\n"
         "held = bad = 0\n"

@@ -25,7 +25,7 @@ import pytest
 import reliable_tcp as rt
 from helpers import UNIT, Worker, fast_options, free_port, wait_for
 from pki import OPENSSL, make_pki
-from reliable_tcp import frames as f
+from reliable_tcp.core import frames as f
 from reliable_tcp.testing import FaultProxy
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,13 +11,13 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from reliable_tcp import events as ev
-from reliable_tcp.config import SessionConfig
-from reliable_tcp.engine import SessionEngine
-from reliable_tcp.frames import Data, FrameDecoder
+from reliable_tcp.core import events as ev
+from reliable_tcp.core.config import SessionConfig
+from reliable_tcp.core.engine import SessionEngine
+from reliable_tcp.core.frames import Data, FrameDecoder
 from reliable_tcp.exceptions import HandshakeRejected
-from reliable_tcp.server_core import ServerHandshake, SessionRegistry, reject_reply
-from reliable_tcp.state import TERMINAL_STATES, SessionState
+from reliable_tcp.core.handshake import ServerHandshake, SessionRegistry, reject_reply
+from reliable_tcp.core.state import TERMINAL_STATES, SessionState
 
 
 @dataclass

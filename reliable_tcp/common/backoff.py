@@ -1,0 +1,59 @@
+"""Reconnect policy: exponential backoff with jitter, and which errors to retry."""
+
+from __future__ import annotations
+
+import random
+import socket
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from .sockets import link_error_reason
+
+__all__ = ["Backoff", "is_retryable"]
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Delays between reconnect attempts.
+
+    The first attempt comes after a sub-second random delay (a new
+    connection beats waiting for TCP's own retransmission backoff), then
+    each delay doubles up to ``maximum``; every delay is spread by
+    ``jitter`` (a fraction) so that many clients do not reconnect in step.
+    """
+
+    initial: float = 0.05
+    maximum: float = 2.0
+    factor: float = 2.0
+    jitter: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0 < self.initial <= self.maximum:
+            raise ValueError("backoff needs 0 < initial <= maximum")
+        if self.factor < 1 or not 0 <= self.jitter <= 1:
+            raise ValueError("backoff needs factor >= 1 and 0 <= jitter <= 1")
+
+    def delays(self, rng: random.Random | None = None) -> Iterator[float]:
+        """An endless series of delays in seconds."""
+        rng = rng or random.Random()
+        delay = self.initial
+        while True:
+            yield delay * (1 - self.jitter * rng.random())
+            delay = min(self.maximum, delay * self.factor)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether a failed connection attempt is worth another try.
+
+    Link errors (refused, reset, unreachable, timed out) are; so is our own
+    connect timeout, and a temporary name-resolution failure. A name that
+    does not resolve and usage errors are not.
+    """
+    if isinstance(exc.__cause__, ssl.SSLError):
+        return False  # a certificate or TLS version problem will not fix itself
+    if isinstance(exc, socket.gaierror):
+        return exc.errno == socket.EAI_AGAIN
+    if isinstance(exc, TimeoutError):
+        return True
+    return isinstance(exc, OSError) and link_error_reason(exc) is not None

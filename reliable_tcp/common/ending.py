@@ -1,0 +1,120 @@
+"""How a channel's session ended, recorded once, and the exception each call raises for it.
+
+Shared by both front ends (threads and asyncio), so the rules are the same:
+a session that ends with messages unacknowledged is *lost*, however it
+ended, and every call raises a fresh exception chained to one root cause.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..core import events as ev
+from ..exceptions import (
+    AuthenticationFailed,
+    ChannelBroken,
+    ChannelClosed,
+    RejectedByPeer,
+    ReliableTCPError,
+    SessionLost,
+    TLSHandshakeError,
+)
+
+__all__ = ["Ending", "Unacked", "first_handshake_error"]
+
+Unacked = tuple[tuple[int, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """The end of a session: ``kind`` is ``closed``, ``aborted``, ``lost``
+    (ended with messages unacknowledged, or refused, expired, failed) or
+    ``broken`` (a local failure with nothing unacknowledged)."""
+
+    kind: str
+    reason: str
+    unacked: Unacked
+    cause: BaseException | None
+
+    @classmethod
+    def of(cls, kind: str, reason: str, unacked: Unacked, cause: BaseException | None) -> Ending:
+        """The end, with the rule applied: closed or broken with messages
+        unacknowledged is lost (SessionLost lists them)."""
+        if kind == "closed" and unacked:
+            kind, reason = "lost", f"{reason} before every message was acknowledged"
+        elif kind == "broken" and unacked:
+            kind = "lost"  # SessionLost is a ChannelBroken that also lists what was not acknowledged
+        return cls(kind, reason, unacked, cause)
+
+    @classmethod
+    def of_event(cls, event: ev.Event) -> Ending | None:
+        """The end an engine event reports, if it is one."""
+        if isinstance(event, ev.SessionClosed):
+            if event.aborted:
+                return cls.of("aborted", "aborted", event.unacked, None)
+            return cls.of("closed", "closed by peer" if event.by_peer else "closed", event.unacked, None)
+        if isinstance(event, ev.SessionFailed):
+            return cls.of("lost", event.reason, event.unacked, event.error)
+        return None
+
+    def with_cause(self, cause: BaseException | None) -> Ending:
+        """This end, chained to ``cause`` when it has none of its own and failed."""
+        if self.cause is not None or cause is None or not self.failed:
+            return self
+        return Ending(self.kind, self.reason, self.unacked, cause)
+
+    @property
+    def failed(self) -> bool:
+        """Lost or broken (not a close or an abort)."""
+        return self.kind in ("lost", "broken")
+
+    @property
+    def reportable(self) -> bool:
+        """Lost with messages the owner must be told about."""
+        return self.kind == "lost" and bool(self.unacked)
+
+    def exception(self) -> ReliableTCPError:
+        """A fresh exception for this end, chained to its root cause."""
+        error: ReliableTCPError
+        if self.kind == "lost":
+            error = SessionLost(self.reason, self.unacked)
+        elif self.kind == "broken":
+            error = ChannelBroken(self.reason)
+        else:
+            error = ChannelClosed(self.reason, self.unacked)
+        error.__cause__ = self.cause
+        return error
+
+
+def first_handshake_error(
+    ending: Ending | None, *, restored: bool, address: object, last_cause: BaseException | None
+) -> BaseException:
+    """Why ``connect()`` returns no channel, as a fresh exception; the same
+    rule on both front ends.
+
+    A restored session did exist, so its end is reported as it is (with
+    what it held). Otherwise no session ever existed: a refusal, a failed
+    key exchange or a failed TLS handshake is raised as its own type, any
+    other end as ChannelBroken, and no end at all (every attempt failed
+    until the deadline) as TimeoutError chained to the last failure.
+    """
+    error: BaseException
+    cause = ending.cause if ending is not None else None
+    if ending is None:
+        error = TimeoutError(f"could not open a session with {address} in time")
+        error.__cause__ = last_cause
+    elif restored:
+        error = ending.exception()
+    elif isinstance(cause, RejectedByPeer):
+        error = RejectedByPeer(cause.reason, cause.text)
+    elif isinstance(cause, AuthenticationFailed):
+        error = AuthenticationFailed(str(cause))
+    elif isinstance(cause, TLSHandshakeError):
+        error = TLSHandshakeError(str(cause))
+        error.__cause__ = cause.__cause__  # the ssl module's own verdict (a certificate, a version)
+    else:
+        error = ending.exception()
+        if not isinstance(error, ChannelBroken):
+            error = ChannelBroken(str(error))
+            error.__cause__ = cause
+    return error

@@ -1,0 +1,215 @@
+"""One TCP connection of a channel: its socket, optional TLS, its reader and its writer.
+
+The link knows its channel only through :class:`LinkOwner`, defined here,
+so this module imports nothing from ``channel.py`` and can be driven alone
+over ``socket.socketpair()``.
+
+Threads: the **reader** is the only caller of ``recv_into`` and of TLS
+decryption; the **writer** is the only caller of ``sendall`` and of TLS
+encryption. Neither holds the owner's lock during a socket call or any
+cryptography: the owner's lock is taken inside the owner's methods only.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+import time
+from typing import Protocol
+
+from ..common.sockets import close_socket, has_pending_input, probe_pending_error, seconds_since_peer_ack
+from ._deadline import Deadline
+from .tls import TLSLayer
+
+__all__ = ["Link", "LinkOwner"]
+
+logger = logging.getLogger(__name__)
+
+_RECV_START = 16 * 1024
+_RECV_BUFFER = 256 * 1024
+
+
+_IOV_MAX = 1024  # buffers one sendmsg takes (Linux UIO_MAXIOV)
+
+
+def _send_parts(sock: socket.socket, parts: list[bytes]) -> None:
+    """sendall for a list of buffers, without joining them (sendmsg)."""
+    views: list[memoryview | bytes] = list(parts)
+    while views:
+        sent = sock.sendmsg(views[:_IOV_MAX])
+        while sent:
+            first = views[0]
+            if sent >= len(first):
+                sent -= len(first)
+                views.pop(0)
+            else:
+                views[0] = memoryview(first)[sent:]
+                sent = 0
+
+
+class LinkOwner(Protocol):
+    """What a link needs from the channel it serves (called without any lock held)."""
+
+    def link_received(self, link: Link, data: bytes | memoryview, now: float) -> bool:
+        """Bytes arrived (possibly none: TLS records with nothing for the
+        session). Returns once the link may read again (the receive queue has
+        room); False when the reader should stop."""
+
+    def link_output(self, link: Link) -> bytes | list[bytes] | None:
+        """Block until there is something to write and return it (one buffer,
+        or a list to send as they are); ``None`` once nothing more will be
+        written on this link."""
+
+    def link_ended(self, link: Link, error: BaseException | None, reason: str, crashed: bool) -> None:
+        """The connection failed (``error``), saw the peer's EOF (no error),
+        or one of its threads crashed (``crashed``: a bug, reported once)."""
+
+
+class Link:
+    """One connection: start it, then the owner hears of its bytes and its end."""
+
+    def __init__(self, sock: socket.socket, owner: LinkOwner, *, tls: TLSLayer | None = None, order: int = 0) -> None:
+        self.sock = sock
+        self.tls = tls
+        #: The listener's accept order: a later connection of a session wins.
+        self.order = order
+        self.closed = False
+        #: The writer is waiting for output (set and read under the owner's lock).
+        self.writer_waiting = False
+        #: Another thread is writing directly while the writer is idle (owner's lock).
+        self.direct_writing = False
+        #: Bytes a direct write left over: the writer sends them first (owner's lock).
+        self.pending = b""
+        #: The writer put the last byte out and sent FIN (an orderly end).
+        self.finished = threading.Event()
+        self._owner = owner
+        self._threads: list[threading.Thread] = []
+        self._done_lock = threading.Lock()
+        self._done = 0  # threads that returned
+
+    @property
+    def tls_pending(self) -> bool:
+        """TLS produced records (a key update answer) that the writer must send."""
+        return self.tls is not None and self.tls.has_output
+
+    def start(self, name: str) -> None:
+        """Start the reader and the writer."""
+        for role, target in (("reader", self._read), ("writer", self._write)):
+            thread = threading.Thread(target=self._guard, args=(target,), name=f"{name}-{role}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def join(self, deadline: Deadline) -> bool:
+        """Wait for both threads within ``deadline``; whether they ended."""
+        return all([deadline.join(thread) for thread in self._threads])
+
+    @property
+    def threads(self) -> list[threading.Thread]:
+        """The reader and the writer."""
+        return list(self._threads)
+
+    # ------------------------------------------------------------- threads
+
+    def _guard(self, target: object) -> None:
+        try:
+            target()  # type: ignore[operator]
+        except Exception as exc:  # a bug: the owner ends its channel, chained to this
+            logger.exception("%s failed", threading.current_thread().name)
+            self._owner.link_ended(self, exc, f"internal failure in {threading.current_thread().name}: {exc!r}", True)
+        finally:
+            with self._done_lock:
+                self._done += 1
+                both = self._done == 2
+            if both and not self.closed:
+                # Both directions ended in order (our FIN out, the peer's EOF in):
+                # release the socket even if nobody tears the channel down.
+                self.close(abort=False)
+
+    def _read(self) -> None:
+        # The buffer starts small (idle sessions are most sessions) and
+        # doubles whenever a read fills it, up to _RECV_BUFFER.
+        buffer = bytearray(_RECV_START)
+        view = memoryview(buffer)
+        try:
+            while not self.closed:
+                try:
+                    count = self.sock.recv_into(buffer)
+                except OSError as exc:
+                    self._ended(exc, "")
+                    return
+                now = time.monotonic()
+                if count == 0:
+                    self._ended(None, "connection closed by peer")
+                    return
+                data: bytes | memoryview = view[:count]
+                if self.tls is not None:
+                    try:
+                        data = self.tls.decrypt(data)
+                    except ssl.SSLError as exc:  # a TLS alert or a corrupt record
+                        self._ended(exc, f"TLS error: {exc}")
+                        return
+                    if self.tls.closed_by_peer:
+                        self._ended(None, "TLS closed by peer")
+                        return
+                if self.closed or not self._owner.link_received(self, data, now):
+                    return
+                if count == len(buffer) and count < _RECV_BUFFER:
+                    view.release()
+                    buffer = bytearray(2 * count)
+                    view = memoryview(buffer)
+        finally:
+            view.release()
+
+    def _write(self) -> None:
+        while True:
+            data = self._owner.link_output(self)
+            if data is None:
+                break
+            if self.tls is not None:
+                data = self.tls.encrypt(data if isinstance(data, bytes) else b"".join(data))
+            if not data:
+                continue
+            try:
+                if isinstance(data, bytes):
+                    self.sock.sendall(data)
+                else:
+                    _send_parts(self.sock, data)
+            except OSError as exc:
+                self._ended(exc, "")
+                return
+        if not self.closed:
+            # The session's last frame is out: an orderly FIN, so nothing we
+            # sent (a REJECT, a CLOSE_ACK) is destroyed by a reset.
+            try:
+                self.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            self.finished.set()
+
+    def _ended(self, error: BaseException | None, reason: str) -> None:
+        if not self.closed:
+            self._owner.link_ended(self, error, reason, False)
+
+    # ------------------------------------------------------------- closing
+
+    def close(self, *, abort: bool) -> None:
+        """Close the socket, waking both threads (``abort``: with RST)."""
+        self.closed = True
+        close_socket(self.sock, abort=abort)
+
+    # -------------------------------------------------------------- probes
+
+    def has_pending_input(self) -> bool:
+        """Bytes wait in the kernel for the reader (peer alive, reader starved)."""
+        return not self.closed and has_pending_input(self.sock)
+
+    def pending_error(self) -> OSError | None:
+        """An error the kernel already holds for this socket (zero-byte send)."""
+        return None if self.closed else probe_pending_error(self.sock)
+
+    def seconds_since_peer_ack(self) -> float | None:
+        """How long ago the peer's kernel last acknowledged anything (see
+        ``_transport.seconds_since_peer_ack``), or None where unknown."""
+        return None if self.closed else seconds_since_peer_ack(self.sock)

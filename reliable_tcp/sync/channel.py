@@ -1,0 +1,324 @@
+"""The public channel: what the application calls (send, recv, flush, close, abort).
+
+The machinery below it (connections, timers, events, the end) is
+``_session.SessionShell``; the connecting side's reconnect loop is in
+``client.py``. See docs/design.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+
+from ..common.status import ChannelState, ChannelStatistics, channel_state_of, statistics_of
+from ..core.state import TERMINAL_STATES, SessionState
+from ..exceptions import ChannelClosed, JournalWriteFailed, UsageError, WindowFull
+from ._deadline import Deadline
+from ._session import SessionShell, Unacked
+
+__all__ = ["Channel"]
+
+logger = logging.getLogger(__name__)
+
+#: abort(): how long the REJECT ABORTED may take to leave.
+_ABORT_FLUSH = 0.25
+#: After abort: how long the threads may take to stop.
+_FINAL_FLUSH = 2.0
+#: close(timeout): the share of the budget kept for the close handshake.
+_HANDSHAKE_SHARE = 0.25
+
+
+class Channel(SessionShell):
+    """A reliable, ordered, exactly-once message channel that survives broken links.
+
+    Get one from :func:`reliable_tcp.connect` or
+    :meth:`reliable_tcp.Listener.accept`. Thread-safe: any thread may call
+    :meth:`send`, :meth:`recv`, :meth:`flush` and :meth:`close`.
+
+    Every message is delivered once and in order, or its sender is told:
+    a session that ends with messages unacknowledged, however it ended,
+    raises :class:`~reliable_tcp.SessionLost` (its ``unacked`` lists them)
+    from ``send``, ``recv``, ``flush`` and iteration, and from the first
+    ``close()``.
+    """
+
+    # -------------------------------------------------------------- queries
+
+    @property
+    def state(self) -> ChannelState:
+        """The channel's current state."""
+        with self._lock:
+            return channel_state_of(self._engine.state, self._ever_connected)
+
+    def statistics(self) -> ChannelStatistics:
+        """A frozen snapshot of the counters."""
+        with self._lock:
+            return statistics_of(self._engine, ever_connected=self._ever_connected, disconnects=self._disconnects,
+                                 queued_messages=len(self._inbox), last_recovery_time=self._last_recovery)
+
+    @property
+    def last_sent_seq(self) -> int:
+        """Sequence number of the last message sent (durable, with a journal)."""
+        with self._lock:
+            return self._engine.next_seq - 1
+
+    @property
+    def last_committed_seq(self) -> int:
+        """Sequence number of the last received message committed."""
+        with self._lock:
+            return self._engine.committed
+
+    @property
+    def last_received_seq(self) -> int:
+        """Sequence number of the last message ``recv`` returned (numbering
+        continues across restarts of a durable session)."""
+        return self._committed_base + self._inbox.taken
+
+    # ------------------------------------------------------------ messaging
+
+    def send(self, data: bytes, timeout: float | None = None) -> int:
+        """Queue one message for delivery; return its sequence number.
+
+        Blocks while the retransmit window is full. Raises TimeoutError
+        (nothing queued) when ``timeout`` passes first, MessageTooLarge,
+        ChannelClosed once closing or closed, SessionLost once the session
+        is lost, and with a journal JournalWriteFailed (nothing queued).
+        """
+        if type(data) is not bytes:
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise UsageError(f"send takes bytes, not {type(data).__name__}")
+            data = bytes(data)
+        if self._durable is None:
+            # The common case, in one short hold of the lock: room in the
+            # window, nothing ended. Everything else (waiting, errors, a
+            # journal) takes the general path below.
+            direct = None
+            with self._lock:
+                if self._closing or self._ended:
+                    seq = 0
+                else:
+                    try:
+                        seq = self._engine.send_message(data, 0.0)
+                    except WindowFull:
+                        seq = 0  # wait for room below
+                    link = self._link
+                    if seq and link is not None and link.writer_waiting:
+                        if self._engine.unacked_count == 1:
+                            # Nothing else in flight (a request, a reply): write it
+                            # from this thread rather than wake the writer.
+                            direct = self._take_direct()
+                        if direct is None:
+                            link.writer_waiting = False  # one wake-up is enough; the writer takes everything
+                            self._writable.notify()
+            if direct is not None:
+                self._write_direct(direct)
+            if seq:
+                return seq
+        return self._queue([data], Deadline(timeout))
+
+    def send_many(self, messages: Iterable[bytes], timeout: float | None = None) -> int:
+        """Queue several messages in order, taking the lock once per window's
+        worth; return the sequence number of the last. On timeout, raises
+        TimeoutError with ``queued`` set to how many were queued."""
+        pending = [m if type(m) is bytes else bytes(m) for m in messages]
+        return self._queue(pending, Deadline(timeout)) if pending else self.last_sent_seq
+
+    def _queue(self, pending: list[bytes], deadline: Deadline) -> int:
+        engine = self._engine
+        engine.check_message_size(max(map(len, pending)))
+        durable = self._durable
+        queued = 0
+        seq = 0
+        position = None
+        try:
+            while queued < len(pending):
+                with self._lock:
+                    batch = pending[queued:] if queued else pending
+                    size = len(batch[0])
+                    if not deadline.wait(self._sendable, lambda: self._closing or self._ended or engine.can_send(size)):  # noqa: B023
+                        error = TimeoutError(f"the retransmit window stayed full; {queued} messages were queued")
+                        error.queued = queued  # type: ignore[attr-defined]
+                        raise error
+                    self._raise_if_closed()
+                    engine.check_sendable()
+                    if durable is not None:
+                        # Under the lock on purpose: the record and the queueing
+                        # are one step, so a message is journaled exactly when it
+                        # is queued (a refused record raises before queueing).
+                        fit = engine.room_for(batch)
+                        batch = batch[:fit]
+                        position = durable.record_sent(engine.next_seq, batch)
+                    first, count = engine.send_messages(batch, time.monotonic())
+                    if engine.state is SessionState.OPEN:
+                        self._writable.notify()
+                queued += count
+                seq = first + count - 1
+        finally:
+            if durable is not None and position is not None:
+                durable.wait_durable(position)  # also what was queued before an error
+        return seq
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until the peer has acknowledged every message sent so far.
+
+        Raises TimeoutError if it hasn't by ``timeout``; SessionLost or
+        ChannelClosed if the session ends first.
+        """
+        self._flush(Deadline(timeout), for_owner=True)
+
+    def _flush(self, deadline: Deadline, *, for_owner: bool) -> bool:
+        with self._lock:
+            engine = self._engine
+            done = deadline.wait(self._sendable, lambda: not engine.unacked_count or self._ended)
+            if self._ended and engine.unacked_count and for_owner:
+                raise self._end_exception()
+            if not done and for_owner:
+                raise TimeoutError(f"{engine.unacked_count} messages still unacknowledged")
+            return done
+
+    def recv(self, timeout: float | None = None) -> bytes:
+        """The next message, in order. Raises TimeoutError when none arrives
+        in time, ChannelClosed after the last message of a closed session,
+        SessionLost once the session is lost (after its last message)."""
+        if self._durable is not None and self._shell.auto_commit:
+            self.commit()  # the application came back for more: it is done with the last one
+        return self._inbox.get(timeout)
+
+    def recv_many(self, max_messages: int = 1024, timeout: float | None = None) -> list[bytes]:
+        """Up to ``max_messages`` messages at once (at least one), in order."""
+        if self._durable is not None and self._shell.auto_commit:
+            self.commit()
+        return self._inbox.get_many(max_messages, timeout)
+
+    def __iter__(self) -> Channel:
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            return self.recv()
+        except ChannelClosed:
+            raise StopIteration from None
+
+    def commit(self) -> None:
+        """Confirm every message ``recv`` has returned so far.
+
+        With a journal, only committed messages are acknowledged to the
+        peer, and after a restart delivery resumes after the last commit:
+        a committed message is never delivered again, an uncommitted one is.
+        ``recv`` commits what it returned before each time it is called
+        again (``auto_commit``), so explicit calls are needed only to
+        confirm the last message before stopping, or to batch confirmations
+        (with ``auto_commit=False``). Without a journal it only records.
+        """
+        upto = self.last_received_seq
+        with self._lock:
+            if upto <= self._engine.committed:
+                return
+        if self._durable is not None:
+            try:
+                self._durable.record_consumed(upto)  # durable before the peer is told
+            except JournalWriteFailed as exc:
+                # Not fatal: the commit point stays where it was, so the peer
+                # keeps these messages (a restart now would deliver them
+                # again); the next commit tries again.
+                logger.warning("%s: commit not journaled, retried at the next one: %s", self._name, exc)
+                return
+        with self._locked:
+            now = time.monotonic()
+            if self._engine.state not in TERMINAL_STATES:
+                self._engine.commit(upto, now)
+                self._absorb(now)
+
+    # --------------------------------------------------------------- ending
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Graceful close: flush, run the close handshake, then release every
+        thread and socket, all within ``timeout``. Idempotent.
+
+        New sends fail at once with ChannelClosed. A quarter of the budget is
+        kept for the handshake, which acknowledges what is in flight both
+        ways. If the session ended with messages unacknowledged (the budget
+        ran out, the link failed, the resume window expired, the listener
+        closed it), the channel is still released and the first close()
+        raises SessionLost, listing them.
+        """
+        self._close(Deadline(timeout))
+        with self._lock:
+            report = self._ending is not None and self._ending.reportable and not self._close_reported
+            self._close_reported = True
+        if report:
+            raise self._end_exception()
+
+    def _close(self, deadline: Deadline) -> None:
+        """close() without the report (so the owner of a channel the
+        listener closes still learns of the unacknowledged from its own calls)."""
+        with self._locked:
+            self._closing = True
+            self._sendable.notify_all()
+        # Flush first: an outage now is resumed, one during the handshake is not.
+        remaining = deadline.remaining()
+        self._flush(deadline.before(_HANDSHAKE_SHARE * remaining) if remaining else deadline, for_owner=False)
+        self._begin_close()
+        self._finish_close(deadline)
+
+    def _begin_close(self) -> None:
+        """Refuse new sends and send CLOSE behind what is queued (the
+        listener's door, so it can start every session's close at once)."""
+        with self._locked:
+            self._closing = True
+            self._sendable.notify_all()
+            if not self._ended:
+                now = time.monotonic()
+                self._engine.close(now)
+                self._absorb(now)
+
+    def _finish_close(self, deadline: Deadline, *, reported: bool = True) -> None:
+        """Wait for the close handshake within ``deadline``, then release
+        everything (the listener's door, after :meth:`_begin_close`)."""
+        with self._locked:
+            if not deadline.wait(self._changed, lambda: self._ended):
+                # Out of time: the session ends here. The connection closes
+                # in order (FIN), so the peer still reads our CLOSE.
+                self._drop_link("close timed out", None, abort=False)
+                if not self._ended:
+                    self._end("closed", "close timed out", self._engine.unacked(), None)
+        self._teardown(deadline, linger=True, reported=reported)
+
+    def abort(self) -> Unacked:
+        """End the session at once, without the close handshake; return the
+        ``(seq, payload)`` of the messages the peer had not acknowledged
+        (they are discarded). Over a live connection the peer is told
+        (REJECT ABORTED): its session ends at once with SessionLost."""
+        with self._locked:
+            if not self._ended:
+                now = time.monotonic()
+                self._engine.abort(now)
+                self._absorb(now)
+            unacked = self._ending.unacked if self._ending is not None else ()
+            link = self._link
+        if link is not None:
+            link.finished.wait(_ABORT_FLUSH)  # the writer puts the REJECT out
+        self._teardown(Deadline(_FINAL_FLUSH), linger=False)
+        if unacked:
+            logger.warning("%s: aborted with %d unacknowledged messages", self._name, len(unacked))
+        return unacked
+
+    def __enter__(self) -> Channel:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        # Always a graceful close, even when an exception is on its way: the
+        # owner is then told (SessionLost) of anything not acknowledged, and
+        # nothing is dropped without a word. abort() is the quick way out.
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Channel {self._name} {self.state.value} session={self.session_id[:8]}>"
+
+    def _raise_if_closed(self) -> None:
+        """Raise what a send gets once the channel is closing or ended. Lock held."""
+        if self._ended:
+            raise self._end_exception()
+        if self._closing:
+            raise ChannelClosed("the channel is closing")

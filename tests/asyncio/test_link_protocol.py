@@ -1,0 +1,130 @@
+"""The asyncio connection hands a large read to its owner in slices, one per
+turn of the loop, so one peer's flood of tiny frames can't hold the loop
+(and every other session's heartbeats) for the whole of its decoding."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from reliable_tcp.asyncio._link import READ_SLICE, LinkProtocol
+
+
+class Transport(asyncio.Transport):
+    """Only the reading switch, recorded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = True
+        self.switches: list[bool] = []
+
+    def pause_reading(self) -> None:
+        self.reading = False
+        self.switches.append(False)
+
+    def resume_reading(self) -> None:
+        self.reading = True
+        self.switches.append(True)
+
+    def is_reading(self) -> bool:
+        return self.reading
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+class Owner:
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.events: list[str] = []
+
+    def link_data(self, link: LinkProtocol, data: bytes) -> None:
+        self.received.append(data)
+        self.events.append("data")
+
+    def link_lost(self, link: LinkProtocol, error: BaseException | None) -> None:
+        self.events.append("lost")
+
+    def link_writable(self, link: LinkProtocol) -> None:
+        pass
+
+
+async def settle(turns: int = 100) -> None:
+    for _ in range(turns):
+        await asyncio.sleep(0)
+
+
+def make() -> tuple[LinkProtocol, Owner, Transport]:
+    owner, transport = Owner(), Transport()
+    link = LinkProtocol(owner)
+    link.connection_made(transport)
+    return link, owner, transport
+
+
+def test_a_large_read_reaches_the_owner_in_slices_with_the_loop_free_between_them() -> None:
+    async def run() -> None:
+        link, owner, transport = make()
+        data = bytes(range(256)) * (10 * READ_SLICE // 256 + 3)
+        link.data_received(data)
+        assert owner.received == [data[:READ_SLICE]]
+        assert not transport.reading  # the backlog is one read's worth, no more
+        assert link.has_pending_input()  # the loop is late, not the peer
+        # Another session's callback, scheduled now, runs before the rest is handed over.
+        asyncio.get_running_loop().call_soon(owner.events.append, "other")
+        await settle()
+        assert owner.events.index("other") == 2  # one slice was already due; the rest waits its turn
+        assert b"".join(owner.received) == data
+        assert all(len(piece) <= READ_SLICE for piece in owner.received)
+        assert transport.reading and transport.switches == [False, True]
+        assert not link.has_pending_input()
+
+    asyncio.run(run())
+
+
+def test_bytes_that_arrive_behind_a_backlog_keep_their_order() -> None:
+    async def run() -> None:
+        link, owner, _ = make()
+        first, second = b"a" * (3 * READ_SLICE), b"b" * 100
+        link.data_received(first)
+        link.data_received(second)  # e.g. a TLS transport's last decrypted bytes
+        await settle()
+        assert b"".join(owner.received) == first + second
+
+    asyncio.run(run())
+
+
+def test_a_pause_by_the_owner_stops_the_backlog_and_a_resume_continues_it() -> None:
+    async def run() -> None:
+        link, owner, transport = make()
+        data = b"x" * (4 * READ_SLICE)
+        link.data_received(data)
+        link.pause_reading()  # the owner's queue is full
+        await settle()
+        assert owner.received == [data[:READ_SLICE]]
+        link.resume_reading()
+        assert not transport.reading  # the backlog goes first
+        await settle()
+        assert b"".join(owner.received) == data
+        assert transport.reading
+
+    asyncio.run(run())
+
+
+def test_a_small_read_goes_straight_through() -> None:
+    async def run() -> None:
+        link, owner, transport = make()
+        link.data_received(b"y" * READ_SLICE)
+        assert owner.received == [b"y" * READ_SLICE] and transport.switches == []
+
+    asyncio.run(run())
+
+
+def test_a_lost_connection_drops_its_backlog() -> None:
+    async def run() -> None:
+        link, owner, _ = make()
+        link.data_received(b"z" * (3 * READ_SLICE))
+        link.connection_lost(ConnectionResetError())
+        await settle()
+        assert owner.events == ["data", "lost"]
+
+    asyncio.run(run())
