@@ -183,12 +183,22 @@ def test_a_one_sided_reset_during_the_proxys_own_connect_spares_the_other_side(m
     with server, FaultProxy(server.getsockname()[:2]) as proxy:
         holder["proxy"] = proxy
         monkeypatch.setattr(testing.socket, "create_connection", connect_then_fault)
-        client = real(proxy.address, timeout=5)
+        client: socket.socket | None
+        try:
+            client = real(proxy.address, timeout=5)
+        except ConnectionResetError:
+            # A connect with a timeout is non-blocking underneath: on a busy
+            # machine the kernel finishes the handshake after connect()'s first
+            # try, the proxy accepts and resets first, and connect() itself
+            # reports the reset (seen under parallel tests). The client's side
+            # was reset all the same; the server's side is what is in question.
+            client = None
         server.settimeout(5)
         accepted, _ = server.accept()
-        with client, accepted:
-            with pytest.raises(ConnectionResetError):
-                client.recv(1)
+        with accepted:
+            if client is not None:
+                with client, pytest.raises(ConnectionResetError):
+                    client.recv(1)
             accepted.settimeout(0.3 * UNIT)
             with pytest.raises(TimeoutError):  # half-open: nothing, not a reset
                 accepted.recv(1)
