@@ -20,6 +20,8 @@
     │                              the channel blocks instead)
     ├── JournalError               a durable session's journal can't do its job
     │   ├── JournalLocked          another live process holds it
+    │   ├── JournalDamaged         a record is damaged and intact records follow it;
+    │   │                          the file is kept as it is (``path``, ``offset``)
     │   └── JournalWriteFailed     a record could not be written (disk full, I/O
     │                              error); ``__cause__`` is the OSError
     ├── ChannelClosed              the channel ended cleanly (close handshake)
@@ -50,6 +52,7 @@ __all__ = [
     "WindowFull",
     "JournalError",
     "JournalLocked",
+    "JournalDamaged",
     "JournalWriteFailed",
     "ChannelClosed",
     "ChannelBroken",
@@ -152,6 +155,24 @@ class JournalError(ReliableTCPError):
 
 class JournalLocked(JournalError):
     """Another live process holds this journal."""
+
+
+class JournalDamaged(JournalError):
+    """A journal holds a damaged record with intact records after it.
+
+    A crash in the middle of a write can only leave the *last* record
+    incomplete, and that torn tail is cut off silently when the journal
+    opens. Damage anywhere else (a flipped bit, an overwritten block) would
+    lose every later record if it were cut the same way, so the journal is
+    left byte for byte as it is and opening it raises this. ``path`` is the
+    log file and ``offset`` the byte where the damaged record starts;
+    docs/durability.md ("A damaged journal") says what to do.
+    """
+
+    def __init__(self, message: str, path: str, offset: int) -> None:
+        super().__init__(message)
+        self.path = path
+        self.offset = offset
 
 
 class JournalWriteFailed(JournalError):

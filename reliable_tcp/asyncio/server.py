@@ -26,7 +26,6 @@ from ..common.status import ChannelState, ListenerStatistics
 from ..core.config import SessionConfig
 from ..core.frames import Hello, RejectReason
 from ..core.handshake import ServerHandshake, SessionRegistry, reject_reply
-from ..durable.journal import secure_directory
 from ..durable.session_journal import Durable
 from ..exceptions import ChannelClosed, FrameError, HandshakeRejected, ProtocolError, ReliableTCPError, UnsupportedVersion
 from ._link import NO_OWNER, LinkProtocol
@@ -167,12 +166,7 @@ class Listener:
         self.address = (bound[0], bound[1])
 
     def _restore_prepare(self, directory: str) -> None:
-        secure_directory(directory)
-        self._restorable: list[Durable] = []
-        for name in sorted(os.listdir(directory)):
-            path = os.path.join(directory, name)
-            if os.path.isdir(path):
-                self._restorable.append(Durable.open(path, self._config))
+        self._restorable = Durable.open_all_for_listener(directory, self._config)
 
     def _restore_sessions(self) -> None:
         for durable in self._restorable:

@@ -352,6 +352,9 @@ def _journal_main(argv: list[str]) -> int:
             for info in infos:
                 print(f"{info.session_id or '-':32}  {info.status:14}  {info.unacked_messages:>8}  {info.unacked_bytes:>10}  "
                       f"{info.age_seconds:>7.0f}s  {info.path}")
+                if info.damage:
+                    print(f"{'':32}  damaged {info.damage}; records up to there are counted "
+                          "(docs/durability.md: 'A damaged journal')")
             return EXIT_OK
         if not args.all and not args.session:
             print("rtcat journal rm: name a SESSION, or give --all", file=sys.stderr)

@@ -37,7 +37,10 @@ class JournalInfo:
     restart resumes it), ``ended: closed`` / ``ended: lost`` / ``ended:
     aborted`` (it records how the session ended; a lost one is reported
     once by the next process that opens it), ``retired`` (a finished log
-    kept for an operator) or ``empty`` (no session yet).
+    kept for an operator), ``empty`` (no session yet) or ``damaged`` (a
+    damaged record with intact records after it: opening the journal raises
+    JournalDamaged; ``damage`` says where and what, and the counts are what
+    the records before the damage say).
     """
 
     path: str
@@ -47,6 +50,7 @@ class JournalInfo:
     unacked_bytes: int
     age_seconds: float
     end_reason: str = ""
+    damage: str = ""
 
 
 def _in_use(directory: str) -> bool:
@@ -71,7 +75,9 @@ def _describe(path: str, log: str, *, retired: bool) -> JournalInfo:
         age = time.time() - os.stat(log).st_mtime
     except FileNotFoundError:
         age = 0.0
-    if retired:
+    if state.damaged_at is not None:
+        status = "damaged"
+    elif retired:
         status = "retired"
     elif _in_use(path):
         status = "in use"
@@ -89,6 +95,7 @@ def _describe(path: str, log: str, *, retired: bool) -> JournalInfo:
         unacked_bytes=sum(map(len, state.unacked.values())),
         age_seconds=round(age, 1),
         end_reason=state.end_reason,
+        damage=f"at byte {state.damaged_at}: {state.damage}" if state.damaged_at is not None else "",
     )
 
 

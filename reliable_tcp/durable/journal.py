@@ -12,9 +12,15 @@ Record layout (integers big-endian)::
 
     length u32 | crc32 u32 | type u8 | body (length - 1 bytes)
 
-The CRC covers type and body. Opening the log replays every record; a
-torn or corrupt tail (a crash in the middle of a write) ends the replay
-and is cut off, so it is never mistaken for data. ``sync()`` makes
+The CRC covers type and body. Opening the log replays every record. A
+torn tail (a crash in the middle of appending: an incomplete last record,
+or space the file system allocated and never filled) ends the replay and
+is cut off, so it is never mistaken for data. A damaged record that is
+*not* a torn tail (a flipped bit, an overwritten block: the record is
+whole but fails its check, or intact records follow it) is never cut:
+the file stays byte for byte as it is and opening it raises
+``JournalDamaged``, naming the file and the offset, because cutting there
+would silently drop every later record. ``sync()`` makes
 everything appended so far durable with one ``fsync`` however many threads
 wait for it (group commit). ``compact()`` rewrites the live state into a
 fresh file, so acknowledged data does not grow the disk without bound.
@@ -27,6 +33,7 @@ import errno
 import fcntl
 import logging
 import os
+import re
 import stat
 import struct
 import threading
@@ -36,7 +43,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..exceptions import JournalLocked
+from ..exceptions import JournalDamaged, JournalLocked
 
 __all__ = ["Journal", "JournalState", "Outcome", "read_state", "secure_directory"]
 
@@ -78,8 +85,13 @@ class JournalState:
     acked: int = 0
     consumed: int = 0
     unacked: dict[int, bytes] = field(default_factory=dict)  # seq -> payload, oldest first
-    #: Bytes cut off the end at open because they were torn or corrupt.
+    #: Bytes cut off the end at open because they were a torn tail.
     truncated_bytes: int = 0
+    #: Where a damaged record starts that is not a torn tail (intact
+    #: records follow it, or it is whole but fails its check), and why;
+    #: the state above is what the records before it say.
+    damaged_at: int | None = None
+    damage: str = ""
     #: How the session ended, if it did (an END record), and why.
     ended: Outcome | None = None
     end_reason: str = ""
@@ -147,29 +159,85 @@ def _apply(state: JournalState, kind: int, body: memoryview) -> None:
 
 def read_state(path: str) -> tuple[JournalState, int, int]:
     """Replay the log at ``path`` without changing it: the state, the
-    offset where the good records end, and the file's size."""
+    offset where the good records end, and the file's size. A torn tail
+    ends the replay; damage that is not one also sets ``damaged_at``."""
     state = JournalState()
     try:
         with open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
         return state, 0, 0
+    size = len(data)
+    view = memoryview(data)
     offset = 0
-    while len(data) - offset >= _HEAD.size:
+    while size - offset >= _HEAD.size:
         length, crc = _HEAD.unpack_from(data, offset)
-        start = offset + _HEAD.size
-        end = start + length
-        if length < 1 or length > MAX_RECORD or end > len(data):
-            break
-        record = data[start:end]
-        if zlib.crc32(record) != crc:
-            break
-        try:
-            _apply(state, record[0], memoryview(record)[1:])
-        except (ValueError, struct.error):
-            break  # a record that checks out but can't be read: treat like a torn tail
-        offset = end
-    return state, offset, len(data)
+        end = offset + _HEAD.size + length
+        if 1 <= length <= MAX_RECORD and end <= size and zlib.crc32(view[offset + _HEAD.size : end]) == crc:
+            try:
+                _apply(state, data[offset + _HEAD.size], view[offset + _HEAD.size + 1 : end])
+            except (ValueError, struct.error) as exc:
+                # It passed its check, so it is what was written: not a torn
+                # write but a record this code can't read (or a bug).
+                state.damaged_at, state.damage = offset, f"a record that can't be read ({exc})"
+                break
+            offset = end
+            continue
+        damage = _damage(data, offset, length, crc)
+        if damage:
+            state.damaged_at, state.damage = offset, damage
+        break
+    return state, offset, size
+
+
+#: A record's type byte: where a record may begin (the header is the 8 bytes before it).
+_KIND_BYTE = re.compile(b"[" + bytes([min(_Kind), ord("-"), max(_Kind)]) + b"]")
+
+
+def _damage(data: bytes, offset: int, length: int, crc: int) -> str:
+    """Why the bad record at ``offset`` is damage, or "" if it is a torn tail.
+
+    A crash in the middle of an append leaves a prefix of the record (the
+    header as written, the body cut short), or a stretch of zeros where the
+    file system allocated space and the data never arrived; nothing can
+    follow it. Anything else is damage."""
+    if data.count(0, offset) == len(data) - offset:
+        return ""
+    if not 1 <= length <= MAX_RECORD:
+        return "a record header with an impossible length"
+    if offset + _HEAD.size + length <= len(data):
+        return "a whole record that fails its checksum"
+    if zlib.crc32(memoryview(data)[offset + _HEAD.size :]) == crc:
+        return "a record whose length field is damaged (the rest of the file checks out as its body)"
+    intact = _intact_record_after(data, offset)
+    if intact is not None:
+        return f"a damaged record followed by intact records (the first at byte {intact})"
+    return ""
+
+
+def _intact_record_after(data: bytes, damaged: int) -> int | None:
+    """The offset of the first whole record after ``damaged`` that passes
+    its check and is followed by the end of the file or by something that
+    looks like another record header, or None.
+
+    Only candidates whose type byte is valid are looked at, and the check
+    on what follows spares a checksum over most random positions inside a
+    large torn payload; the scan runs only when a journal is damaged."""
+    size = len(data)
+    view = memoryview(data)
+    for match in _KIND_BYTE.finditer(data, damaged + 1 + _HEAD.size):
+        start = match.start() - _HEAD.size
+        length, crc = _HEAD.unpack_from(data, start)
+        end = start + _HEAD.size + length
+        if not 1 <= length <= MAX_RECORD or end > size:
+            continue
+        if size - end > _HEAD.size:
+            (next_length,) = struct.unpack_from(">I", data, end)
+            if not (1 <= next_length <= MAX_RECORD and min(_Kind) <= data[end + _HEAD.size] <= max(_Kind)):
+                continue
+        if zlib.crc32(view[start + _HEAD.size : end]) == crc:
+            return start
+    return None
 
 
 class Journal:
@@ -225,6 +293,12 @@ class Journal:
 
     def _replay(self) -> None:
         self.state, good, size = read_state(self._path)
+        if self.state.damaged_at is not None:
+            raise JournalDamaged(
+                f"journal {self._path} is damaged at byte {self.state.damaged_at}: {self.state.damage}; "
+                "it was left exactly as it is (see 'A damaged journal' in docs/durability.md)",
+                self._path, self.state.damaged_at,
+            )
         if good < size:
             self.state.truncated_bytes = size - good
             with open(self._path, "r+b") as f:

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 
 from ..core.config import SessionConfig
 from ..core.engine import SessionEngine
 from ..exceptions import JournalWriteFailed, SessionLost
-from .journal import Journal, Outcome
+from .journal import Journal, Outcome, secure_directory
 
 __all__ = ["Durable"]
 
@@ -73,6 +74,26 @@ class Durable:
         if ended[0] is Outcome.LOST and unacked:
             raise SessionLost(f"{ended[1]} (before the restart)", unacked)
         return cls.open(directory, config), None
+
+    @classmethod
+    def open_all_for_listener(cls, directory: str, config: SessionConfig) -> list[Durable]:
+        """Every session journal in a listener's ``directory`` (created, mode
+        0700, if missing), opened and locked, for both fronts. All or none: if
+        one can't be opened (JournalLocked, JournalDamaged, an OSError), those
+        already opened are released before the error is raised, so a listen()
+        that fails holds no journal."""
+        secure_directory(directory)
+        opened: list[Durable] = []
+        try:
+            for name in sorted(os.listdir(directory)):
+                path = os.path.join(directory, name)
+                if os.path.isdir(path):
+                    opened.append(cls.open(path, config))
+        except BaseException:
+            for durable in opened:
+                durable.release()
+            raise
+        return opened
 
     def restore_for_listener(self, config: SessionConfig) -> tuple[SessionEngine, tuple[Outcome, str] | None] | None:
         """A listener's session after a restart: its engine and how it had

@@ -30,7 +30,6 @@ from ..common.status import ChannelState, ListenerStatistics
 from ..core.config import SessionConfig
 from ..core.frames import Hello, RejectReason
 from ..core.handshake import ServerHandshake, SessionRegistry, reject_reply
-from ..durable.journal import secure_directory
 from ..durable.session_journal import Durable
 from ..exceptions import (
     ChannelClosed,
@@ -104,7 +103,11 @@ class Listener:
         bound = self._sock.getsockname()
         self.address: tuple[str, int] = (bound[0], bound[1])
         if journal is not None:
-            self._restore_sessions(journal)
+            try:
+                self._restore_sessions(journal)
+            except BaseException:
+                self._sock.close()  # a listen() that raises keeps nothing it took
+                raise
         self._spawn(self._accept_loop, "accept")
 
     def _restore_sessions(self, directory: str) -> None:
@@ -113,12 +116,7 @@ class Listener:
         had ended is never resumed: a closed one is deleted, a lost one is
         offered already ended, so its owner learns once what was never
         acknowledged, then its journal is retired."""
-        secure_directory(directory)
-        for name in sorted(os.listdir(directory)):
-            path = os.path.join(directory, name)
-            if not os.path.isdir(path):
-                continue
-            durable = Durable.open(path, self._config)
+        for durable in Durable.open_all_for_listener(directory, self._config):
             restored = durable.restore_for_listener(self._config)
             if restored is None:
                 continue
@@ -130,7 +128,7 @@ class Listener:
                 self._registry.adopt(engine)
                 self._channels[engine.session_id] = channel
             self._offered.append(channel)
-            logger.info("restored session %s from %s", engine.session_id.hex()[:8], path)
+            logger.info("restored session %s from %s", engine.session_id.hex()[:8], durable.directory)
 
     def _spawn(self, target: Any, role: str, *args: Any) -> None:
         thread = threading.Thread(target=target, args=args, name=f"rtcp-listener-{self.address[1]}-{role}", daemon=True)

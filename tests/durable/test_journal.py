@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reliable_tcp.exceptions import JournalLocked
+from reliable_tcp.exceptions import JournalDamaged, JournalLocked
 from reliable_tcp.durable.journal import Journal, JournalState
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,16 +69,75 @@ def test_a_torn_tail_is_cut_off_at_every_byte_offset(tmp_path: Path) -> None:
         reopened.close()
 
 
-def test_a_corrupt_record_ends_the_replay_there(tmp_path: Path) -> None:
-    states = sample(tmp_path / "j")
+def test_a_damaged_record_with_intact_records_after_it_is_reported_and_the_file_kept(tmp_path: Path) -> None:
+    sample(tmp_path / "j")
     log = tmp_path / "j" / "log"
     data = bytearray(log.read_bytes())
     session_record = 4 + 4 + 1 + 48
-    data[session_record + 12] ^= 0x40  # inside the first SENT record
+    data[session_record + 12] ^= 0x40  # inside the first SENT record; four records follow it
     log.write_bytes(bytes(data))
+    with pytest.raises(JournalDamaged, match=f"damaged at byte {session_record}") as raised:
+        Journal(str(tmp_path / "j"))
+    assert raised.value.path == str(log) and raised.value.offset == session_record
+    assert log.read_bytes() == bytes(data)  # not cut: the intact records can still be recovered
+    # The lock was released: once the operator has dealt with it, the journal opens again.
+    log.unlink()
+    Journal(str(tmp_path / "j")).close()
+
+
+def test_every_flipped_bit_gives_the_original_state_or_a_typed_error(tmp_path: Path) -> None:
+    """A single flipped bit anywhere in a multi-record journal: opening it gives
+    back exactly what was recorded, or raises JournalDamaged and leaves the
+    file as it is; never a silently shorter state."""
+    states = sample(tmp_path / "j")
+    log = tmp_path / "j" / "log"
+    whole = log.read_bytes()
+    damaged = 0
+    for index in range(len(whole)):
+        for bit in range(8):
+            flipped = bytearray(whole)
+            flipped[index] ^= 1 << bit
+            log.write_bytes(bytes(flipped))
+            try:
+                journal = Journal(str(tmp_path / "j"))
+            except JournalDamaged as exc:
+                assert log.read_bytes() == bytes(flipped), (index, bit)
+                assert exc.offset <= index, (index, bit)  # the damage is where the bit is, or in its record
+                damaged += 1
+                continue
+            assert snapshot(journal.state) == states[-1] and journal.state.truncated_bytes == 0, (index, bit)
+            journal.close()
+    assert damaged == 8 * len(whole)  # every bit is covered by a length or a checksum
+
+
+def test_space_allocated_and_never_written_is_a_torn_tail(tmp_path: Path) -> None:
+    """After a power cut some file systems show the file's new size with zeros
+    where the last write never landed: that is a torn tail, cut off."""
+    states = sample(tmp_path / "j")
+    log = tmp_path / "j" / "log"
+    whole = log.read_bytes()
+    log.write_bytes(whole + bytes(100))
     journal = Journal(str(tmp_path / "j"))
-    assert snapshot(journal.state) == states[1]  # everything from the corrupt record on is gone
-    assert journal.state.truncated_bytes == len(data) - session_record
+    assert snapshot(journal.state) == states[-1] and journal.state.truncated_bytes == 100
+    journal.close()
+    assert log.read_bytes() == whole
+
+
+def test_a_torn_tail_inside_a_large_record_is_cut_without_a_long_scan(tmp_path: Path) -> None:
+    """A crash while a large message was being written: the torn tail is
+    random payload, which the check for intact records after the damage
+    must search quickly and find nothing in."""
+    states = sample(tmp_path / "j")
+    log = tmp_path / "j" / "log"
+    whole = log.read_bytes()
+    journal = Journal(str(tmp_path / "j"))
+    journal.record_sent(5, [os.urandom(4 * 1024 * 1024)])
+    journal.close()
+    torn = log.read_bytes()[: len(whole) + 3 * 1024 * 1024]
+    log.write_bytes(torn)
+    journal = Journal(str(tmp_path / "j"))
+    assert snapshot(journal.state) == states[-1]
+    assert journal.state.truncated_bytes == len(torn) - len(whole)
     journal.close()
 
 

@@ -8,11 +8,11 @@ import reliable_tcp
 
 EXPECTED = {
     "AuthenticationFailed", "Backoff", "Channel", "ChannelBroken", "ChannelClosed", "ChannelEvent", "ChannelOptions",
-    "ChannelState", "ChannelStatistics", "CorruptFrame", "FrameError", "FrameTooLarge", "InvalidState", "JournalError",
-    "JournalInfo", "JournalLocked", "JournalWriteFailed", "ListenOptions", "Listener", "ListenerStatistics", "MessageTooLarge",
-    "ProtocolError", "RejectedByPeer", "ReliableTCPError", "SequenceClaimError", "SessionConfig", "SessionLost",
-    "ShellOptions", "TLSHandshakeError", "UnsupportedVersion", "UsageError", "WindowFull", "connect", "list_journals", "listen",
-    "load_psk", "remove_journal",
+    "ChannelState", "ChannelStatistics", "CorruptFrame", "FrameError", "FrameTooLarge", "InvalidState", "JournalDamaged",
+    "JournalError", "JournalInfo", "JournalLocked", "JournalWriteFailed", "ListenOptions", "Listener", "ListenerStatistics",
+    "MessageTooLarge", "ProtocolError", "RejectedByPeer", "ReliableTCPError", "SequenceClaimError", "SessionConfig",
+    "SessionLost", "ShellOptions", "TLSHandshakeError", "UnsupportedVersion", "UsageError", "WindowFull", "connect",
+    "list_journals", "listen", "load_psk", "remove_journal",
 }
 
 

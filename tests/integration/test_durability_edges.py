@@ -402,3 +402,72 @@ def test_journals_can_be_listed_and_removed_and_not_while_in_use(tmp_path: Path,
     removed = subprocess.run([*rtcat, "rm", journal, "--all"], capture_output=True, text=True, timeout=30)
     assert removed.returncode == 0, removed.stderr
     assert not os.path.exists(journal) or rt.list_journals(journal) == []
+
+
+# ------------------------------------------------------------ damaged journals
+
+
+def test_a_damaged_record_in_a_client_journal_is_reported_not_cut(tmp_path: Path, front: Any) -> None:
+    """msg-000 acknowledged, msg-001..020 sent while the path is blackholed
+    (each send() returned: each is durable), then the process dies; one bit of
+    msg-005 flips on the disk. A restart must not resume with msg-001..004 and
+    forget the other fifteen: opening the journal raises JournalDamaged naming
+    the file and the offset, the file stays as it is, and the listing says
+    damaged."""
+    journal = tmp_path / "client"
+    with rt.listen(("127.0.0.1", 0), **OPTIONS) as lst, FaultProxy(lst.address) as proxy:
+        client = front.connect(proxy.address, journal=str(journal), **OPTIONS)
+        try:
+            client.send(b"msg-000")
+            client.flush(timeout=10)
+            proxy.blackhole()
+            for n in range(1, 21):
+                client.send(b"msg-%03d" % n)
+            # What kill -9 would leave on the disk now: the journal as it stands.
+            crashed = tmp_path / "after-the-crash"
+            crashed.mkdir(mode=0o700)
+            shutil.copytree(journal, crashed / "session")
+        finally:
+            client.abort()
+    log = crashed / "session" / "log"
+    data = bytearray(log.read_bytes())
+    flipped_at = data.index(b"msg-005") + 6
+    data[flipped_at] ^= 0x01  # msg-005 becomes msg-004 on the disk
+    log.write_bytes(bytes(data))
+
+    with pytest.raises(rt.JournalDamaged) as raised:
+        front.connect(proxy.address, journal=str(crashed / "session"), timeout=5, **OPTIONS)
+    assert raised.value.path == str(log) and str(log) in str(raised.value)
+    assert data.index(b"msg-004") < raised.value.offset < flipped_at  # the record that holds msg-005
+    assert log.read_bytes() == bytes(data)
+    (info,) = rt.list_journals(str(crashed))
+    assert info.status == "damaged" and f"at byte {raised.value.offset}" in info.damage
+    listed = subprocess.run([sys.executable, str(ROOT / "tools" / "rtcat"), "journal", "ls", str(crashed)],
+                            capture_output=True, text=True, timeout=30)
+    assert listed.returncode == 0 and "damaged" in listed.stdout, listed
+
+
+def test_a_listen_that_finds_a_damaged_journal_raises_and_keeps_nothing(tmp_path: Path, front: Any) -> None:
+    sessions = tmp_path / "sessions"
+    sessions.mkdir(mode=0o700)
+    for name in ("a-good", "b-damaged", "c-good"):
+        journal = Journal(str(sessions / name))
+        journal.record_session(name.encode().ljust(16, b"."), b"s" * 16)
+        journal.record_sent(1, [b"one", b"two"])
+        journal.record_sent(3, [b"three"])
+        journal.close()
+    log = sessions / "b-damaged" / "log"
+    data = bytearray(log.read_bytes())
+    data[data.index(b"two")] ^= 0x20
+    log.write_bytes(bytes(data))
+    port = free_port()
+    with pytest.raises(rt.JournalDamaged, match="b-damaged"):
+        front.listen(("127.0.0.1", port), journal=str(sessions), **OPTIONS)
+    # Nothing it took is still held: every journal opens, the port binds again.
+    for name in ("a-good", "b-damaged", "c-good"):
+        assert rt.list_journals(str(sessions / name))[0].status != "in use"
+    Journal(str(sessions / "a-good")).close()
+    Journal(str(sessions / "c-good")).close()
+    with front.listen(("127.0.0.1", port), **OPTIONS):
+        pass
+    assert log.read_bytes() == bytes(data)
