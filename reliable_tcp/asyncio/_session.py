@@ -136,11 +136,14 @@ class LoopSession:
             self._timer = None
         if ending.failed:
             logger.warning("%s: %s (%d unacknowledged)", self._name, ending.reason, len(ending.unacked))
-            self._notify("failed", ending.reason)
+        final = self._event("failed" if ending.failed else "closed", ending.reason)
+        if self._durable is None:
+            self._dispatch(final)
         else:
-            self._notify("closed", ending.reason)
-        if self._durable is not None:
+            # recv() and the final event report the end only once the journal
+            # holds it (a restart must not offer the finished session again).
             self._end_recorded = self._loop.run_in_executor(None, self._durable.record_end, ending.kind, ending.reason)
+            self._end_recorded.add_done_callback(lambda _: self._dispatch(final))
             self._background(self._end_recorded)
         if self._on_end is not None:
             self._loop.call_soon(self._on_end, self)
@@ -204,9 +207,18 @@ class LoopSession:
     # ------------------------------------------------------------ events
 
     def _notify(self, kind: str, detail: str = "", replayed: int = 0) -> None:
+        self._dispatch(self._event(kind, detail, replayed))
+
+    def _event(self, kind: str, detail: str = "", replayed: int = 0) -> ChannelEvent | None:
+        """The event as of now (the state it reports is read now), or None
+        if nobody listens."""
+        if self._shell.on_event is None:
+            return None
+        return ChannelEvent(kind, channel_state_of(self._engine.state, self._ever_connected), detail, replayed)
+
+    def _dispatch(self, event: ChannelEvent | None) -> None:
         callback = self._shell.on_event
-        if callback is not None:
-            event = ChannelEvent(kind, channel_state_of(self._engine.state, self._ever_connected), detail, replayed)
+        if event is not None and callback is not None:
             self._loop.call_soon(callback, event)
 
     def _absorb(self, now: float) -> None:

@@ -180,27 +180,27 @@ class SessionShell:
         self._ended = True
         self._stopping = True
         self._ending = ending = ending.with_cause(self._last_cause)
+        if ending.failed:
+            logger.warning("%s: %s (%d unacknowledged)", self._name, ending.reason, len(ending.unacked))
+        final = self._event("failed" if ending.failed else "closed", ending.reason)
         durable = self._durable
         if durable is None:
             self._inbox.end(self._end_exception)
+            self._dispatch(final)
         else:
-            # recv() reports the end only once the journal holds it: an
-            # application that saw the peer's close and then died must not be
-            # offered the finished session again by the restart.
+            # recv() and the final event report the end only once the journal
+            # holds it: an application that saw the peer's close and then died
+            # must not be offered the finished session again by the restart.
             def record_then_report(kind: str = ending.kind, reason: str = ending.reason) -> None:
                 durable.record_end(kind, reason)
                 self._inbox.end(self._end_exception)
+                self._dispatch(final)
 
             self._after.append(record_then_report)
         for condition in (self._sendable, self._writable, self._changed):
             condition.notify_all()
         TIMERS.cancel(self)
         self._timer_due = None
-        if ending.failed:
-            logger.warning("%s: %s (%d unacknowledged)", self._name, ending.reason, len(ending.unacked))
-            self._notify("failed", ending.reason)
-        else:
-            self._notify("closed", ending.reason)
         if self._on_end is not None:
             on_end = self._on_end
             self._after.append(lambda: on_end(self))
@@ -266,9 +266,18 @@ class SessionShell:
                     logger.exception("%s: deferred action failed", self._name)
 
     def _notify(self, kind: str, detail: str = "", replayed: int = 0) -> None:
+        self._dispatch(self._event(kind, detail, replayed))
+
+    def _event(self, kind: str, detail: str = "", replayed: int = 0) -> ChannelEvent | None:
+        """The event as of now (the state it reports is read now), or None
+        if nobody listens."""
+        if self._shell.on_event is None:
+            return None
+        return ChannelEvent(kind, channel_state_of(self._engine.state, self._ever_connected), detail, replayed)
+
+    def _dispatch(self, event: ChannelEvent | None) -> None:
         callback = self._shell.on_event
-        if callback is not None:
-            event = ChannelEvent(kind, channel_state_of(self._engine.state, self._ever_connected), detail, replayed)
+        if event is not None and callback is not None:
             CALLBACKS.call(lambda: callback(event))
 
     def _reschedule(self) -> None:

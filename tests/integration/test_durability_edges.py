@@ -293,7 +293,9 @@ def test_the_end_is_reported_only_once_the_journal_holds_it(tmp_path: Path, fron
         recorded.append(kind)
 
     monkeypatch.setattr(Durable, "record_end", held_record_end)
-    with front.listen(("127.0.0.1", 0), journal=str(tmp_path / "sessions"), **OPTIONS) as lst:
+    events: list[str] = []
+    with front.listen(("127.0.0.1", 0), journal=str(tmp_path / "sessions"), on_event=lambda e: events.append(e.kind),
+                      **OPTIONS) as lst:
         client = rt.connect(lst.address, **OPTIONS)
         try:
             client.send(b"only")
@@ -303,11 +305,12 @@ def test_the_end_is_reported_only_once_the_journal_holds_it(tmp_path: Path, fron
             client.close(timeout=10)
             with pytest.raises(TimeoutError):
                 server.recv(timeout=0.5)  # the end is known, but not yet durable
-            assert recorded == []
+            assert recorded == [] and "closed" not in events, events  # nor is it announced
             release.set()
             with pytest.raises(rt.ChannelClosed):
                 server.recv(timeout=10)
             assert recorded == ["closed"]
+            wait_for(lambda: "closed" in events, 10, "the closed event once the END record is on disk")
             server.close()
         finally:
             release.set()
