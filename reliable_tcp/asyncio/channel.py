@@ -226,16 +226,21 @@ class Channel(LoopSession):
     async def close(self, timeout: float | None = 10.0) -> None:
         """Graceful close within ``timeout``, as :meth:`reliable_tcp.Channel.close`.
         Cancelling it stops the wait, not the close: that goes on in the background."""
+        await self._close_and_report(timeout, commit=True)
+
+    async def _close_and_report(self, timeout: float | None, *, commit: bool) -> None:
         if self._closer is None:
-            self._closer = asyncio.ensure_future(self._close(timeout))
+            self._closer = asyncio.ensure_future(self._close(timeout, commit=commit))
         await asyncio.shield(self._closer)
         if self._ending is not None and self._ending.reportable and not self._close_reported:
             self._close_reported = True
             raise self._ending.exception()
         self._close_reported = True
 
-    async def _close(self, timeout: float | None) -> None:
+    async def _close(self, timeout: float | None, *, commit: bool) -> None:
         deadline = None if timeout is None else self._loop.time() + timeout
+        if commit and self._ending is None and not self._closing:
+            await self.commit()  # what recv() returned is done with: the handshake acknowledges it
         self._closing = True
         self._changed.fire()
         engine = self._engine
@@ -288,7 +293,9 @@ class Channel(LoopSession):
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()  # as the threaded channel: the owner is told of anything unacknowledged
+        # As the threaded channel: the owner is told of anything unacknowledged,
+        # and an exception leaves what recv() returned uncommitted.
+        await self._close_and_report(10.0, commit=exc_info[0] is None)
 
     def __repr__(self) -> str:
         return f"<asyncio Channel {self._name} {self.state.value} session={self.session_id[:8]}>"

@@ -242,8 +242,24 @@ class Channel(SessionShell):
         ran out, the link failed, the resume window expired, the listener
         closed it), the channel is still released and the first close()
         raises SessionLost, listing them.
+
+        What ``recv`` returned before is committed first (with a journal or
+        ``ack_on_commit``, even with ``auto_commit=False``): closing says the
+        application is done with it, so the close handshake acknowledges it
+        and the peer never reports a delivered message as unacknowledged.
+        Leaving a ``with`` block by an exception closes without that commit:
+        the message being handled when it failed stays unacknowledged, and
+        the peer is told so.
         """
-        self._close(Deadline(timeout))
+        self._close_and_report(timeout, commit=True)
+
+    def _close_and_report(self, timeout: float | None, *, commit: bool) -> None:
+        deadline = Deadline(timeout)
+        with self._lock:
+            first_close = not (self._ended or self._closing)
+        if first_close and commit:
+            self.commit()
+        self._close(deadline)
         with self._lock:
             report = self._ending is not None and self._ending.reportable and not self._close_reported
             self._close_reported = True
@@ -311,7 +327,9 @@ class Channel(SessionShell):
         # Always a graceful close, even when an exception is on its way: the
         # owner is then told (SessionLost) of anything not acknowledged, and
         # nothing is dropped without a word. abort() is the quick way out.
-        self.close()
+        # An exception leaves what recv() returned uncommitted: the message
+        # being handled when it struck is not done with.
+        self._close_and_report(10.0, commit=exc_info[0] is None)
 
     def __repr__(self) -> str:
         return f"<Channel {self._name} {self.state.value} session={self.session_id[:8]}>"

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import reliable_tcp as rt
-from helpers import fast_options, free_port, wait_for
+from helpers import Worker, fast_options, free_port, wait_for
 from reliable_tcp.durable.session_journal import Durable
 from reliable_tcp.durable.journal import Journal, Outcome
 from reliable_tcp.testing import FaultProxy
@@ -474,3 +474,54 @@ def test_a_listen_that_finds_a_damaged_journal_raises_and_keeps_nothing(tmp_path
     with front.listen(("127.0.0.1", port), **OPTIONS):
         pass
     assert log.read_bytes() == bytes(data)
+
+
+# ------------------------------------------------------------ closing after recv
+
+
+def test_what_recv_returned_before_a_clean_close_is_acknowledged_by_it(tmp_path: Path, front: Any) -> None:
+    """A durable server takes an order with recv(), handles it, and closes. The
+    close handshake must acknowledge the order: a client told it was
+    unacknowledged would send it again (the guide's recipe), and the server,
+    its journal deleted by the complete close, would handle it twice."""
+    sessions = tmp_path / "sessions"
+    with front.listen(("127.0.0.1", 0), journal=str(sessions), **OPTIONS) as lst:
+        client = rt.connect(lst.address, **OPTIONS)
+        try:
+            client.send(b"order-1")
+            server = lst.accept(timeout=10)
+            assert server.recv(timeout=10) == b"order-1"
+            closing = Worker(lambda: server.close(timeout=10), "server-close")
+            closing.start()
+            client.close(timeout=10)  # raised SessionLost listing order-1 before the change
+            closing.result(30)
+            assert client.statistics().unacked_messages == 0
+        finally:
+            client.abort()
+    assert not any(sessions.iterdir())  # closed: nothing left to deliver again
+
+
+def test_an_exception_in_the_with_block_leaves_the_message_unacknowledged(tmp_path: Path, front: Any) -> None:
+    """The other side of that rule: leaving ``with channel:`` by an exception
+    is not "done with it", so the message being handled is not acknowledged
+    and its sender is told."""
+    with front.listen(("127.0.0.1", 0), journal=str(tmp_path / "sessions"), **OPTIONS) as lst:
+        client = rt.connect(lst.address, **OPTIONS)
+        try:
+            client.send(b"order-1")
+            server = lst.accept(timeout=10)
+
+            def handle() -> None:
+                with server:
+                    assert server.recv(timeout=10) == b"order-1"
+                    raise RuntimeError("the handler failed")
+
+            handling = Worker(handle, "server-handle")
+            handling.start()
+            with pytest.raises(rt.SessionLost) as lost:
+                client.close(timeout=10)
+            assert [payload for _, payload in lost.value.unacked] == [b"order-1"]
+            with pytest.raises(RuntimeError, match="the handler failed"):
+                handling.result(30)
+        finally:
+            client.abort()

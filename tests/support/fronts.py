@@ -160,8 +160,8 @@ class SyncChannel:
     def __enter__(self) -> SyncChannel:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, *exc_info: Any) -> None:
+        self._front.run(self.channel.__aexit__(*exc_info))  # the asyncio channel's own exit rule
 
 
 class SyncListener:
