@@ -155,15 +155,25 @@ class Listener:
         self.address: tuple[str, int] = ("", 0)
 
     async def _start(self, address: tuple[str, int], backlog: int) -> None:
+        # As the threaded listener: bind first, then restore the journaled
+        # sessions, then accept (so a resume finds its session); a failure at
+        # any step releases what the steps before took.
         loop = asyncio.get_running_loop()
-        if self._journal_dir is not None:
-            await loop.run_in_executor(None, self._restore_prepare, self._journal_dir)
-            self._restore_sessions()
-        self._server = await loop.create_server(
-            self._new_connection, address[0], address[1], ssl=self._shell.ssl_context, backlog=backlog, reuse_address=True
+        server = await loop.create_server(
+            self._new_connection, address[0], address[1], ssl=self._shell.ssl_context, backlog=backlog,
+            reuse_address=True, start_serving=False,
         )
-        bound = self._server.sockets[0].getsockname()
+        try:
+            if self._journal_dir is not None:
+                await loop.run_in_executor(None, self._restore_prepare, self._journal_dir)
+                self._restore_sessions()
+        except BaseException:
+            server.close()
+            raise
+        self._server = server
+        bound = server.sockets[0].getsockname()
         self.address = (bound[0], bound[1])
+        await server.start_serving()
 
     def _restore_prepare(self, directory: str) -> None:
         self._restorable = Durable.open_all_for_listener(directory, self._config)

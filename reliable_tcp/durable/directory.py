@@ -22,11 +22,9 @@ import time
 from dataclasses import dataclass
 
 from ..exceptions import JournalLocked
-from .journal import Journal, read_state
+from .journal import RETIRED_PREFIX, Journal, is_journal_directory, read_state
 
 __all__ = ["JournalInfo", "list_journals", "remove_journal"]
-
-_RETIRED = "log.ended-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,8 +106,8 @@ def _journal_dirs(directory: str) -> list[str]:
     return [
         path
         for name in sorted(os.listdir(directory))
-        if os.path.isdir(path := os.path.join(directory, name))
-    ] + ([directory] if any(n.startswith(_RETIRED) for n in os.listdir(directory)) else [])
+        if is_journal_directory(path := os.path.join(directory, name))
+    ] + ([directory] if any(n.startswith(RETIRED_PREFIX) for n in os.listdir(directory)) else [])
 
 
 def list_journals(directory: str) -> list[JournalInfo]:
@@ -120,7 +118,7 @@ def list_journals(directory: str) -> list[JournalInfo]:
         if "log" in names or "lock" in names:
             found.append(_describe(path, os.path.join(path, "log"), retired=False))
         found.extend(
-            _describe(path, os.path.join(path, name), retired=True) for name in sorted(names) if name.startswith(_RETIRED)
+            _describe(path, os.path.join(path, name), retired=True) for name in sorted(names) if name.startswith(RETIRED_PREFIX)
         )
     return found
 

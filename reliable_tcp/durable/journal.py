@@ -45,7 +45,7 @@ from typing import Any
 
 from ..exceptions import JournalDamaged, JournalLocked
 
-__all__ = ["Journal", "JournalState", "Outcome", "read_state", "secure_directory"]
+__all__ = ["Journal", "JournalState", "Outcome", "is_journal_directory", "read_state", "secure_directory"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +115,35 @@ def secure_directory(directory: str) -> None:
         secure_directory(os.path.dirname(os.path.abspath(directory)))
         os.mkdir(directory, 0o700)
     os.chmod(directory, 0o700)  # mkdir's mode is masked by the umask
+
+
+#: The files a journal writes in its directory (retired logs are
+#: ``log.ended-<time>``); ``lock`` is the first, and stays until the journal
+#: is deleted.
+JOURNAL_FILES = frozenset({"lock", "log", "log.compact"})
+RETIRED_PREFIX = "log.ended-"
+
+
+def is_journal_directory(path: str) -> bool:
+    """Whether ``path`` is a journal this library wrote: a directory holding
+    nothing but the journal's own files, with its empty ``lock`` file (or,
+    once a session's journal was deleted, only its retired logs). Anything
+    else in a journal directory (``lost+found``, an operator's notes, a
+    directory we can't read) is not ours: it is never read, changed or
+    deleted."""
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return False
+    if not names or not all(name in JOURNAL_FILES or name.startswith(RETIRED_PREFIX) for name in names):
+        return False
+    if "lock" not in names:
+        return any(name.startswith(RETIRED_PREFIX) for name in names)
+    try:
+        lock = os.stat(os.path.join(path, "lock"), follow_symlinks=False)
+    except OSError:
+        return False
+    return stat.S_ISREG(lock.st_mode) and lock.st_size == 0
 
 
 def _apply(state: JournalState, kind: int, body: memoryview) -> None:
@@ -480,7 +509,8 @@ class Journal:
                     except OSError:
                         pass  # not empty: someone else's files live there too
                 elif retire and os.path.exists(self._path):
-                    os.replace(self._path, f"{self._path}.ended-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9:09d}")
+                    stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9:09d}"
+                    os.replace(self._path, os.path.join(self.directory, RETIRED_PREFIX + stamp))
             finally:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
                 os.close(self._lock_fd)

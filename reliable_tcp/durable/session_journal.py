@@ -25,7 +25,7 @@ import time
 from ..core.config import SessionConfig
 from ..core.engine import SessionEngine
 from ..exceptions import JournalWriteFailed, SessionLost
-from .journal import Journal, Outcome, secure_directory
+from .journal import Journal, Outcome, is_journal_directory, secure_directory
 
 __all__ = ["Durable"]
 
@@ -78,17 +78,23 @@ class Durable:
     @classmethod
     def open_all_for_listener(cls, directory: str, config: SessionConfig) -> list[Durable]:
         """Every session journal in a listener's ``directory`` (created, mode
-        0700, if missing), opened and locked, for both fronts. All or none: if
-        one can't be opened (JournalLocked, JournalDamaged, an OSError), those
-        already opened are released before the error is raised, so a listen()
-        that fails holds no journal."""
+        0700, if missing), opened and locked, for both fronts.
+
+        Only journals this library wrote are touched (``is_journal_directory``);
+        anything else there (``lost+found``, an operator's files) is left as
+        it is, with a warning. All or none: if one can't be opened
+        (JournalLocked, JournalDamaged, an OSError), those already opened are
+        released before the error is raised, so a listen() that fails holds
+        no journal."""
         secure_directory(directory)
         opened: list[Durable] = []
         try:
             for name in sorted(os.listdir(directory)):
                 path = os.path.join(directory, name)
-                if os.path.isdir(path):
+                if is_journal_directory(path):
                     opened.append(cls.open(path, config))
+                else:
+                    logger.warning("%s is not a session journal; left alone", path)
         except BaseException:
             for durable in opened:
                 durable.release()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -525,3 +526,51 @@ def test_an_exception_in_the_with_block_leaves_the_message_unacknowledged(tmp_pa
                 handling.result(30)
         finally:
             client.abort()
+
+
+# ------------------------------------------------------------ files that are not ours
+
+
+def test_a_listener_touches_only_the_journals_it_wrote(tmp_path: Path, front: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """An empty lost+found (the root of a dedicated file system), an operator's
+    notes/log and a README in the journal directory: listen(), its sessions,
+    its close, the listing and `rtcat journal rm --all` never read, change or
+    delete them, and the listener says it left them alone."""
+    sessions = tmp_path / "sessions"
+    sessions.mkdir(mode=0o700)
+    (sessions / "lost+found").mkdir()
+    (sessions / "notes").mkdir()
+    (sessions / "notes" / "log").write_text("2026-12-06 moved the server to rack 4\n")
+    (sessions / "README").write_text("journals of the order service\n")
+    foreign = {path: path.read_bytes() if path.is_file() else None for path in sessions.rglob("*")}
+    caplog.set_level("WARNING")
+    with front.listen(("127.0.0.1", 0), journal=str(sessions), **OPTIONS) as lst:
+        client = rt.connect(lst.address, **OPTIONS)
+        try:
+            client.send(b"one")
+            server = lst.accept(timeout=10)
+            assert server.recv(timeout=10) == b"one"
+            assert [info.status for info in rt.list_journals(str(sessions))] == ["in use"]
+            server.close(timeout=10)
+            client.close(timeout=10)
+        finally:
+            client.abort()
+    assert sum("not a session journal; left alone" in r.getMessage() for r in caplog.records) == 3
+    rtcat = [sys.executable, str(ROOT / "tools" / "rtcat"), "journal"]
+    assert subprocess.run([*rtcat, "rm", str(sessions), "--all"], capture_output=True, timeout=30).returncode == 0
+    with front.listen(("127.0.0.1", 0), journal=str(sessions), **OPTIONS):
+        pass  # a restart reads the directory again
+    assert {path: path.read_bytes() if path.is_file() else None for path in sessions.rglob("*")} == foreign
+
+
+def test_a_listen_that_can_not_bind_holds_no_journal(tmp_path: Path, front: Any) -> None:
+    sessions = tmp_path / "sessions"
+    sessions.mkdir(mode=0o700)
+    journal = Journal(str(sessions / "0123456789abcdef0123456789abcdef"))
+    journal.record_session(b"i" * 16, b"s" * 16)
+    journal.record_sent(1, [b"one"])
+    journal.close()
+    with socket.create_server(("127.0.0.1", 0)) as taken, pytest.raises(OSError):
+        front.listen(taken.getsockname()[:2], journal=str(sessions), **OPTIONS)
+    (info,) = rt.list_journals(str(sessions))
+    assert info.status == "resumable" and info.unacked_messages == 1  # not locked, not changed
