@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from ..common.consumer import ConsumerRule
 from ..common.ending import Ending, Unacked
 from ..common.options import ShellOptions
 from ..common.sockets import link_error_reason
@@ -99,6 +100,11 @@ class LoopSession:
         self._inbox_bytes = 0
         self._taken = 0
         self._committed_base = engine.committed
+        # A durable channel's consumer: recv waits under this lock, and the
+        # rule says whose uncommitted messages they are (common/consumer.py).
+        self._consumer_lock = asyncio.Lock()
+        self._consumers: ConsumerRule[asyncio.Task[object] | None] = ConsumerRule(
+            lambda task: task is not None and not task.done(), lambda task: f"task {task.get_name() if task else None!r}")
         self._link: LinkProtocol | None = None
         self._flush_scheduled = False
         self._output_held = False

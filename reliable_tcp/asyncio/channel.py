@@ -168,9 +168,23 @@ class Channel(LoopSession):
             raise self._ending.exception()
 
     async def recv(self) -> bytes:
-        """The next message, in order; raises like :meth:`reliable_tcp.Channel.recv`."""
-        if self._durable is not None and self._shell.auto_commit:
-            await self.commit()
+        """The next message, in order; raises like :meth:`reliable_tcp.Channel.recv`
+        (with a journal, one task consumes at a time, as one thread does there)."""
+        if self._durable is None:
+            return await self._take()
+        async with self._consumer_lock:
+            me = asyncio.current_task()
+            self._consumers.check(me, self._uncommitted())
+            if self._shell.auto_commit:
+                await self._commit()  # the application came back for more: it is done with the last one
+            message = await self._take()
+            self._consumers.took(me)
+            return message
+
+    def _uncommitted(self) -> int:
+        return self.last_received_seq - self._engine.committed
+
+    async def _take(self) -> bytes:
         while not self._inbox:
             if self._ending is not None:
                 await self._end_durable()
@@ -185,6 +199,7 @@ class Channel(LoopSession):
     async def recv_many(self, max_messages: int = 1024) -> list[bytes]:
         """Up to ``max_messages`` messages at once (at least one), in order."""
         first = await self.recv()
+        # Nothing awaits from here on: the rest are taken by the same consumer.
         out = [first]
         while self._inbox and len(out) < max_messages:
             message = self._inbox.popleft()
@@ -207,6 +222,11 @@ class Channel(LoopSession):
     async def commit(self) -> None:
         """Confirm every message ``recv`` has returned so far (see
         :meth:`reliable_tcp.Channel.commit`); the journal's fsync runs off the loop."""
+        if self._durable is not None:
+            self._consumers.check(asyncio.current_task(), self._uncommitted())
+        await self._commit()
+
+    async def _commit(self) -> None:
         upto = self.last_received_seq
         if upto <= self._engine.committed:
             return
@@ -240,7 +260,7 @@ class Channel(LoopSession):
     async def _close(self, timeout: float | None, *, commit: bool) -> None:
         deadline = None if timeout is None else self._loop.time() + timeout
         if commit and self._ending is None and not self._closing:
-            await self.commit()  # what recv() returned is done with: the handshake acknowledges it
+            await self._commit()  # what recv() returned is done with: the handshake acknowledges it
         self._closing = True
         self._changed.fire()
         engine = self._engine

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ..common.consumer import ConsumerRule
 from ..common.ending import Ending, Unacked
 from ..common.options import ShellOptions
 from ..common.sockets import link_error_reason
@@ -126,6 +127,10 @@ class SessionShell:
         self._changed = threading.Condition(self._lock)  # link or state changed
         self._inbox = Inbox(shell.max_queued_messages, shell.max_queued_bytes)
         self._committed_base = engine.committed  # what was committed before the inbox's first message
+        # A durable channel's consumer: recv waits under this lock, and the
+        # rule says whose uncommitted messages they are (common/consumer.py).
+        self._consumer_lock = threading.Lock()
+        self._consumers: ConsumerRule[threading.Thread] = ConsumerRule(threading.Thread.is_alive, lambda t: f"thread {t.name!r}")
         self._after: list[Callable[[], None]] = []  # lock
         self._link: Link | None = None  # lock: the current connection
         self._links: list[Link] = []  # lock: every link started, to join

@@ -8,14 +8,18 @@ The machinery below it (connections, timers, events, the end) is
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 from ..common.status import ChannelState, ChannelStatistics, channel_state_of, statistics_of
 from ..core.state import TERMINAL_STATES, SessionState
 from ..exceptions import ChannelClosed, JournalWriteFailed, UsageError, WindowFull
 from ._deadline import Deadline
 from ._session import SessionShell, Unacked
+
+_Taken = TypeVar("_Taken")
 
 __all__ = ["Channel"]
 
@@ -34,7 +38,8 @@ class Channel(SessionShell):
 
     Get one from :func:`reliable_tcp.connect` or
     :meth:`reliable_tcp.Listener.accept`. Thread-safe: any thread may call
-    :meth:`send`, :meth:`recv`, :meth:`flush` and :meth:`close`.
+    :meth:`send`, :meth:`recv`, :meth:`flush` and :meth:`close` (with a
+    journal, one thread consumes at a time: see :meth:`recv`).
 
     Every message is delivered once and in order, or its sender is told:
     a session that ends with messages unacknowledged, however it ended,
@@ -180,16 +185,40 @@ class Channel(SessionShell):
     def recv(self, timeout: float | None = None) -> bytes:
         """The next message, in order. Raises TimeoutError when none arrives
         in time, ChannelClosed after the last message of a closed session,
-        SessionLost once the session is lost (after its last message)."""
-        if self._durable is not None and self._shell.auto_commit:
-            self.commit()  # the application came back for more: it is done with the last one
-        return self._inbox.get(timeout)
+        SessionLost once the session is lost (after its last message).
+
+        With a journal, one thread consumes at a time: while messages another
+        live thread took are not committed, this raises UsageError (see
+        docs/durability.md, "Several consumer threads")."""
+        if self._durable is None:
+            return self._inbox.get(timeout)
+        return self._consume(lambda remaining: self._inbox.get(remaining), timeout)
 
     def recv_many(self, max_messages: int = 1024, timeout: float | None = None) -> list[bytes]:
         """Up to ``max_messages`` messages at once (at least one), in order."""
-        if self._durable is not None and self._shell.auto_commit:
-            self.commit()
-        return self._inbox.get_many(max_messages, timeout)
+        if self._durable is None:
+            return self._inbox.get_many(max_messages, timeout)
+        return self._consume(lambda remaining: self._inbox.get_many(max_messages, remaining), timeout)
+
+    def _consume(self, take: Callable[[float | None], _Taken], timeout: float | None) -> _Taken:
+        """A durable channel's recv: one consumer at a time (common/consumer.py)."""
+        deadline = Deadline(timeout)
+        remaining = deadline.remaining()
+        if not self._consumer_lock.acquire(timeout=-1 if remaining is None else remaining):
+            raise TimeoutError("no message arrived in time (another thread was waiting in recv)")
+        try:
+            me = threading.current_thread()
+            self._consumers.check(me, self._uncommitted())
+            if self._shell.auto_commit:
+                self._commit()  # the application came back for more: it is done with the last one
+            taken = take(deadline.remaining())
+            self._consumers.took(me)
+            return taken
+        finally:
+            self._consumer_lock.release()
+
+    def _uncommitted(self) -> int:
+        return self.last_received_seq - self.last_committed_seq
 
     def __iter__(self) -> Channel:
         return self
@@ -210,7 +239,14 @@ class Channel(SessionShell):
         again (``auto_commit``), so explicit calls are needed only to
         confirm the last message before stopping, or to batch confirmations
         (with ``auto_commit=False``). Without a journal it only records.
+        With a journal, only the thread that took them may commit them
+        (UsageError otherwise, while it lives).
         """
+        if self._durable is not None:
+            self._consumers.check(threading.current_thread(), self._uncommitted())
+        self._commit()
+
+    def _commit(self) -> None:
         upto = self.last_received_seq
         with self._lock:
             if upto <= self._engine.committed:
@@ -258,7 +294,7 @@ class Channel(SessionShell):
         with self._lock:
             first_close = not (self._ended or self._closing)
         if first_close and commit:
-            self.commit()
+            self._commit()
         self._close(deadline)
         with self._lock:
             report = self._ending is not None and self._ending.reportable and not self._close_reported

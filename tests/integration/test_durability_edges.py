@@ -3,6 +3,7 @@ short writes, the lock, sessions that ended, permissions, managing journals."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import shutil
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 
 import reliable_tcp as rt
+from fronts import AsyncioFront
 from helpers import Worker, fast_options, free_port, wait_for
 from reliable_tcp.durable.session_journal import Durable
 from reliable_tcp.durable.journal import Journal, Outcome
@@ -574,3 +576,91 @@ def test_a_listen_that_can_not_bind_holds_no_journal(tmp_path: Path, front: Any)
         front.listen(taken.getsockname()[:2], journal=str(sessions), **OPTIONS)
     (info,) = rt.list_journals(str(sessions))
     assert info.status == "resumable" and info.unacked_messages == 1  # not locked, not changed
+
+
+# ------------------------------------------------------------ several consumers
+
+
+def test_a_second_consumer_thread_is_refused_while_the_first_holds_a_message(tmp_path: Path) -> None:
+    """Two worker threads on a durable channel: A takes m0 and is still
+    handling it when B calls recv(). B's recv used to commit m0 along with
+    everything else handed out, so a crash lost m0. Now B is refused with
+    UsageError and m0 stays uncommitted until A commits it; a thread that
+    ended hands the channel over."""
+    with rt.listen(("127.0.0.1", 0), journal=str(tmp_path / "sessions"), **OPTIONS) as lst:
+        client = rt.connect(lst.address, **OPTIONS)
+        try:
+            for n in range(4):
+                client.send(b"m%d" % n)
+            server = lst.accept(timeout=10)
+            took, handled = threading.Event(), threading.Event()
+
+            def consumer_a() -> bytes:
+                message = server.recv(timeout=10)
+                took.set()
+                assert handled.wait(10)  # still handling it until the test says so
+                server.commit()
+                return message
+
+            a = Worker(consumer_a, "consumer-a")
+            a.start()
+            assert took.wait(10)
+            with pytest.raises(rt.UsageError, match="consumer-a"):
+                server.recv(timeout=5)
+            with pytest.raises(rt.UsageError, match="consumer-a"):
+                server.commit()
+            assert server.last_committed_seq == 0  # m0 is still A's: a crash now delivers it again
+            handled.set()
+            assert a.result(10) == b"m0" and server.last_committed_seq == 1
+            b = Worker(lambda: server.recv(timeout=10), "consumer-b")
+            b.start()
+            assert b.result(10) == b"m1"  # B took m1 and ended without committing it
+            assert server.recv(timeout=10) == b"m2"  # an ended thread hands over: this commits m1
+            assert server.last_committed_seq == 2
+            assert server.recv(timeout=10) == b"m3"
+            server.close(timeout=10)
+            client.close(timeout=10)
+        finally:
+            client.abort()
+
+
+def test_a_second_consumer_task_is_refused_while_the_first_holds_a_message(tmp_path: Path) -> None:
+    """The same rule on the asyncio front, with tasks."""
+    front = AsyncioFront()
+    try:
+        with front.listen(("127.0.0.1", 0), journal=str(tmp_path / "sessions"), **OPTIONS) as lst:
+            client = rt.connect(lst.address, **OPTIONS)
+            try:
+                for n in range(3):
+                    client.send(b"m%d" % n)
+                channel = lst.accept(timeout=10).channel
+
+                async def scenario() -> None:
+                    took, handled = asyncio.Event(), asyncio.Event()
+
+                    async def consumer_a() -> bytes:
+                        message = await channel.recv()
+                        took.set()
+                        await handled.wait()
+                        await channel.commit()
+                        return message
+
+                    a = asyncio.create_task(consumer_a(), name="consumer-a")
+                    await took.wait()
+                    with pytest.raises(rt.UsageError, match="consumer-a"):
+                        await channel.recv()
+                    with pytest.raises(rt.UsageError, match="consumer-a"):
+                        await channel.commit()
+                    assert channel.last_committed_seq == 0
+                    handled.set()
+                    assert await a == b"m0" and channel.last_committed_seq == 1
+                    assert await channel.recv() == b"m1"
+                    assert await channel.recv() == b"m2"
+                    await channel.close(timeout=10)
+
+                front.run(scenario(), timeout=30)
+                client.close(timeout=10)
+            finally:
+                client.abort()
+    finally:
+        front.close()
