@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import select
 import socket
 from typing import Any, Protocol
 
-from ..common.sockets import seconds_since_peer_ack
+from ..common.sockets import input_waits, seconds_since_peer_ack
 
 __all__ = ["LinkProtocol", "ProtocolOwner", "NO_OWNER"]
 
@@ -177,11 +176,7 @@ class LinkProtocol(asyncio.Protocol):
         sock = self._socket()
         if sock is None or self.lost:
             return False
-        try:
-            readable, _, _ = select.select([sock.fileno()], [], [], 0)
-        except (OSError, ValueError):
-            return False
-        return bool(readable)
+        return input_waits(sock)
 
     def pending_error(self) -> OSError | None:
         """The error the kernel already holds for this socket (reset, timeout),

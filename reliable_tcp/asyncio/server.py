@@ -15,13 +15,12 @@ import functools
 import itertools
 import logging
 import os
-import select
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Unpack
 
 from ..common.options import ListenOptions, ShellOptions, resolve_options
-from ..common.sockets import configure_socket
+from ..common.sockets import configure_socket, input_waits
 from ..common.status import ChannelState, ListenerStatistics
 from ..core.config import SessionConfig
 from ..core.frames import Hello, RejectReason
@@ -114,13 +113,7 @@ def _peer_gone(link: LinkProtocol) -> bool:
     """Whether the client already closed this connection (an EOF waits)."""
     transport = link.transport
     sock = None if transport is None else transport.get_extra_info("socket")
-    if sock is None:
-        return False
-    try:
-        readable, _, _ = select.select([sock.fileno()], [], [], 0)
-    except (OSError, ValueError):
-        return False
-    return bool(readable)
+    return sock is not None and input_waits(sock)
 
 
 class Listener:

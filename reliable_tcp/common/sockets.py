@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import select
 import socket
 import struct
 from typing import Any
@@ -115,6 +116,22 @@ def has_pending_input(sock: socket.socket) -> bool:
         return False
     except OSError:
         return False  # a broken socket: the reader will report it
+
+
+_READABLE = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
+
+
+def input_waits(sock: socket.socket) -> bool:
+    """Whether bytes, an EOF or an error wait on ``sock`` for its reader, as
+    select() would call it readable, without taking anything. ``poll``, not
+    ``select``: select() refuses descriptor numbers of 1,024 and more, which
+    a process with a thousand connections has."""
+    try:
+        poller = select.poll()
+        poller.register(sock.fileno(), _READABLE)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):
+        return False  # closed meanwhile: whoever reads it reports that
 
 
 def seconds_since_peer_ack(sock: Any) -> float | None:

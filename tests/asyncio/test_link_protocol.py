@@ -128,3 +128,44 @@ def test_a_lost_connection_drops_its_backlog() -> None:
         assert owner.events == ["data", "lost"]
 
     asyncio.run(run())
+
+
+def test_waiting_input_is_seen_on_descriptors_above_1024() -> None:
+    """A loop with a thousand sessions has descriptor numbers past 1,024,
+    where select() raises ValueError: that used to read as "nothing waits",
+    and a merely late loop could take its live peers for dead."""
+    import resource
+    import socket
+
+    import pytest
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1100:
+        pytest.skip(f"the descriptor limit ({hard}) can't reach past 1,024")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1100) if hard == resource.RLIM_INFINITY else hard, hard))
+    held: list[socket.socket] = []
+    try:
+        while True:  # about 1,100 connections' worth of descriptors
+            a, b = socket.socketpair()
+            held += [a, b]
+            if b.fileno() > 1030:
+                break
+        ours, peer = held[-2], held[-1]
+        assert peer.fileno() >= 1024
+
+        class SocketTransport(Transport):
+            def get_extra_info(self, name: str, default: Any = None) -> Any:
+                return peer if name == "socket" else default
+
+        async def run() -> None:
+            link = LinkProtocol(Owner())
+            link.connection_made(SocketTransport())
+            assert not link.has_pending_input()
+            ours.sendall(b"ping")
+            assert link.has_pending_input()  # bytes wait: the peer is alive, the loop late
+
+        asyncio.run(run())
+    finally:
+        for sock in held:
+            sock.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
