@@ -72,7 +72,7 @@ class ClientChannel(Channel):
         if isinstance(exc, ssl.SSLError):
             error: BaseException = TLSHandshakeError(f"TLS handshake failed: {exc}")
             error.__cause__ = exc
-        elif not is_retryable(exc):
+        elif not is_retryable(exc, reconnect=self._ever_connected):
             error = exc
         else:
             return

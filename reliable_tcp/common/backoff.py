@@ -43,17 +43,21 @@ class Backoff:
             delay = min(self.maximum, delay * self.factor)
 
 
-def is_retryable(exc: BaseException) -> bool:
+def is_retryable(exc: BaseException, *, reconnect: bool = False) -> bool:
     """Whether a failed connection attempt is worth another try.
 
     Link errors (refused, reset, unreachable, timed out) are; so is our own
-    connect timeout, and a temporary name-resolution failure. A name that
-    does not resolve and usage errors are not.
+    connect timeout, and a temporary name-resolution failure. Before the
+    first session a name that does not resolve is not (a typo fails fast);
+    on a ``reconnect`` every resolution failure is: the name resolved
+    before, and an offline resolver (airplane mode, a lost Wi-Fi) answers
+    "no such name" (EAI_NONAME) as readily as "try again". Usage errors
+    never are.
     """
     if isinstance(exc.__cause__, ssl.SSLError):
         return False  # a certificate or TLS version problem will not fix itself
     if isinstance(exc, socket.gaierror):
-        return exc.errno == socket.EAI_AGAIN
+        return reconnect or exc.errno == socket.EAI_AGAIN
     if isinstance(exc, TimeoutError):
         return True
     return isinstance(exc, OSError) and link_error_reason(exc) is not None

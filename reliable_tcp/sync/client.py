@@ -94,9 +94,8 @@ class Connector:
             self._forget_dialing()
             if self._stopped.is_set():
                 return
-            fatal = not is_retryable(exc)
             logger.debug("connect to %s failed: %s", self._address, exc)
-            self._channel._connect_failed(exc, fatal=fatal, reason=f"can't connect to {self._address}: {exc}")
+            self._channel._connect_failed(exc, reason=f"can't connect to {self._address}: {exc}")
             return
         sock.settimeout(None)
         configure_socket(sock, self._config)
@@ -152,12 +151,12 @@ class ClientChannel(Channel):
             self._changed.wait_for(lambda: self._link is None or self._stopping)
             return not self._stopping
 
-    def _connect_failed(self, error: BaseException, *, fatal: bool, reason: str) -> None:
-        """Connector: an attempt failed; ``fatal`` ones end the channel."""
+    def _connect_failed(self, error: BaseException, *, reason: str) -> None:
+        """Connector: an attempt failed; one not worth retrying ends the channel."""
         with self._locked:
             self._last_cause = error
             self._changed.notify_all()
-            if fatal and not self._ended:
+            if not is_retryable(error, reconnect=self._ever_connected) and not self._ended:
                 now = time.monotonic()
                 self._engine.close(now)
                 self._engine.events_received()

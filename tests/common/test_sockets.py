@@ -113,7 +113,16 @@ def test_retryable_errors() -> None:
     assert is_retryable(ConnectionRefusedError(errno.ECONNREFUSED, "refused"))
     assert is_retryable(TimeoutError())
     assert not is_retryable(socket.gaierror(socket.EAI_NONAME, "no such host"))
+    assert is_retryable(socket.gaierror(socket.EAI_AGAIN, "try again"))
     assert not is_retryable(ValueError())
+
+
+def test_on_a_reconnect_every_resolution_failure_is_transient() -> None:
+    """The name resolved before: an offline resolver's "no such name"
+    (airplane mode) must not end a session inside its resume window."""
+    for code in (socket.EAI_NONAME, socket.EAI_AGAIN, socket.EAI_FAIL):
+        assert is_retryable(socket.gaierror(code, "offline"), reconnect=True)
+    assert not is_retryable(ValueError(), reconnect=True)
 
 
 def test_pending_input_is_seen_without_being_taken() -> None:

@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -305,3 +306,39 @@ def test_every_call_raises_a_fresh_exception_chained_to_one_cause() -> None:
         with pytest.raises(rt.SessionLost):
             client.close()
         server.abort()
+
+
+def test_a_reconnect_rides_out_an_offline_resolver(front: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connected by host name; the link drops and, for a while, the resolver
+    answers "no such name" (EAI_NONAME, as an offline one does in airplane
+    mode). The session must keep retrying inside its resume window and
+    resume once names resolve again, not end with SessionLost."""
+    real = socket.getaddrinfo
+    offline = threading.Event()
+    refused: list[str] = []
+
+    def resolver(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if offline.is_set() and host == "localhost":
+            refused.append(host)
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    with front.listen(("127.0.0.1", 0), **fast_options()) as lst, FaultProxy(lst.address) as proxy:
+        client = front.connect(("localhost", proxy.address[1]), **fast_options())
+        try:
+            server = lst.accept(timeout=10)
+            client.send(b"before")
+            assert server.recv(timeout=10) == b"before"
+            offline.set()
+            proxy.reset()
+            wait_for(lambda: len(refused) >= 3, 20, "reconnects to meet the offline resolver")
+            client.send(b"while offline")  # queued: the session lives on
+            offline.clear()
+            assert server.recv(timeout=20) == b"while offline"
+            assert client.statistics().resumes >= 1
+            client.close(timeout=10)
+            server.close(timeout=10)
+        finally:
+            offline.clear()
+            client.abort()
