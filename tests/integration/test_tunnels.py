@@ -128,11 +128,32 @@ def tunnel_listener(procs: Processes, *extra: str, name: str = "listener") -> in
     return port
 
 
-def local_forward(procs: Processes, server_port: int, target_port: int, *extra: str, name: str = "forward") -> int:
+def local_forward(procs: Processes, server_port: int, target_port: int, *extra: str, name: str = "forward",
+                  probe: bool = True) -> int:
+    """Start ``rtcat -L``; with ``probe``, wait until it listens by connecting
+    to it (each connection opens a tunnel: against a listener that serves one
+    session, pass ``probe=False`` and use :func:`connect_when_listening`)."""
     port = free_port()
     procs.start(name, [*RTCAT, "-L", f"{port}:127.0.0.1:{target_port}", *FAST, *extra, "127.0.0.1", str(server_port)])
-    wait_listening(port)
+    if probe:
+        wait_listening(port)
     return port
+
+
+def connect_when_listening(port: int, timeout: float = 20.0) -> socket.socket:
+    """The first connection to ``port`` that succeeds (refused ones are retried),
+    so that no probe connection comes before it."""
+    connected: list[socket.socket] = []
+
+    def attempt() -> bool:
+        try:
+            connected.append(socket.create_connection(("127.0.0.1", port), timeout=30))
+            return True
+        except ConnectionRefusedError:
+            return False
+
+    wait_for(attempt, timeout, f"something listening on {port}")
+    return connected[0]
 
 
 def read_all(sock: socket.socket) -> bytes:
@@ -255,8 +276,12 @@ def test_a_target_not_allowed_is_refused(procs: Processes) -> None:
         plain_port = free_port()
         plain = procs.start("plain", [*RTCAT, "-l", "127.0.0.1", str(plain_port), *FAST], stdout=subprocess.PIPE)
         wait_listening(plain_port)
-        to_plain = local_forward(procs, plain_port, target.port, name="to-plain")
-        with socket.create_connection(("127.0.0.1", to_plain), timeout=30) as sock:
+        # No probe: a plain listener serves one session, and a probe's tunnel
+        # request (opened before the probe's close was seen, on a busy machine:
+        # CI with a CPU hog beside it) took it, so the test's own connection
+        # waited out the forwarder's connect timeout instead of a reset.
+        to_plain = local_forward(procs, plain_port, target.port, name="to-plain", probe=False)
+        with connect_when_listening(to_plain) as sock:
             expect_reset(sock)
         wait_for(lambda: "serves no tunnels" in procs.stderr("to-plain"), 10, "the plain listener's refusal")
         assert "serves no tunnels" in procs.stderr("plain")
