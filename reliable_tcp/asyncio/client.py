@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import ssl
 from collections.abc import Generator
@@ -18,6 +19,9 @@ from ..durable.session_journal import Durable
 from ..exceptions import TLSHandshakeError
 from ._link import NO_OWNER, LinkProtocol
 from .channel import Channel
+
+#: How long a cancelled connect waits for its journal to be released (an fsync and a close).
+_JOURNAL_RELEASE = 5.0
 
 __all__ = ["connect", "ClientChannel"]
 
@@ -82,6 +86,17 @@ class ClientChannel(Channel):
             self._engine.events_received()
             self._record_end(Ending.of("broken", f"can't connect to {self._address}: {exc}", self._engine.unacked(), error))
 
+    async def _abandon(self) -> None:
+        """A connect that was cancelled: stop dialling and release everything.
+        The session is not ended: its journal is kept as it is (released,
+        not retired), so a later connect with it resumes."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        await self._teardown(None, reported=False)
+        if self._tasks:  # the journal's release, run off the loop
+            await asyncio.wait(set(self._tasks), timeout=_JOURNAL_RELEASE)
+
     async def _wait_first_handshake(self, timeout: float) -> None:
         deadline = self._loop.time() + timeout
         while not self._ever_connected and self._ending is None:
@@ -144,7 +159,14 @@ async def _connect(
     loop = asyncio.get_running_loop()
     if journal is not None:
         resolved = Durable.durable_config(resolved)
-        durable, engine = await loop.run_in_executor(None, Durable.open_for_client, journal, resolved)
+        opening = loop.run_in_executor(None, Durable.open_for_client, journal, resolved)
+        try:
+            # Shielded: a cancellation must not orphan a journal the executor
+            # opens anyway; it is released once the open has finished.
+            durable, engine = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            opening.add_done_callback(_release_opened)
+            raise
     try:
         channel = ClientChannel(
             engine or SessionEngine(resolved, client=True), shell_options, durable=durable, restored=engine is not None
@@ -154,5 +176,27 @@ async def _connect(
             durable.release()  # the journal's lock must not outlive a connect that made no channel
         raise
     channel._start_connecting((address[0], int(address[1])))
-    await channel._wait_first_handshake(shell_options.connect_timeout if timeout is None else timeout)
+    try:
+        await channel._wait_first_handshake(shell_options.connect_timeout if timeout is None else timeout)
+    except asyncio.CancelledError:
+        # Cancelled (asyncio.timeout, a task cancelled): the connect raised,
+        # so nothing of it may go on. The reconnect task would otherwise keep
+        # dialling and hand a later listener a session nobody owns, holding
+        # the journal's lock meanwhile.
+        cleanup = loop.create_task(channel._abandon())
+        _ABANDONED.add(cleanup)
+        cleanup.add_done_callback(_ABANDONED.discard)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(cleanup)  # done before the cancellation goes on (unless cancelled again)
+        raise
     return channel
+
+
+#: Clean-ups of cancelled connects, kept referenced until they finish.
+_ABANDONED: set[asyncio.Task[None]] = set()
+
+
+def _release_opened(opening: asyncio.Future[tuple[Durable, SessionEngine | None]]) -> None:
+    """The journal a cancelled connect opened, released once the open is done."""
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result()[0].release()

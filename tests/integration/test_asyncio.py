@@ -15,7 +15,7 @@ import pytest
 
 import reliable_tcp as rt
 import reliable_tcp.asyncio as rta
-from helpers import UNIT, fast_options
+from helpers import UNIT, fast_options, free_port
 
 LOCAL = ("127.0.0.1", 0)
 
@@ -256,3 +256,37 @@ def test_a_cancelled_close_still_closes() -> None:
         await listener.close()
 
     run(test)
+
+
+def test_a_cancelled_connect_leaves_nothing_running_and_no_journal_locked(tmp_path: Any) -> None:
+    """`async with asyncio.timeout(...)` around a connect while nothing listens:
+    once the connect has raised, nothing of it dials on (a listener started
+    later on that port is offered no session nobody owns), and its journal is
+    free for the next try in the same process, kept as it was."""
+    port = free_port()
+    journal = str(tmp_path / "client")
+
+    async def test() -> None:
+        for _ in range(2):  # the second try would meet JournalLocked if the first held on
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.5 * UNIT):
+                    await rta.connect(("127.0.0.1", port), journal=journal, **fast_options())
+        assert [info.status for info in rt.list_journals(journal)] == ["empty"]
+        async with await rta.listen(("127.0.0.1", port), **fast_options()) as listener:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(2 * UNIT):  # several backoff periods: a live dialler would be here by now
+                    await listener.accept()
+            assert listener.statistics().sessions == 0
+
+    run(test)
+
+
+def test_a_connect_that_timed_out_leaves_nothing_running_on_the_threaded_front_too(tmp_path: Any) -> None:
+    port = free_port()
+    journal = str(tmp_path / "client")
+    for _ in range(2):
+        with pytest.raises(TimeoutError):
+            rt.connect(("127.0.0.1", port), timeout=0.5 * UNIT, journal=journal, **fast_options())
+    assert [info.status for info in rt.list_journals(journal)] == ["empty"]
+    with rt.listen(("127.0.0.1", port), **fast_options()) as listener, pytest.raises(TimeoutError):
+        listener.accept(timeout=2 * UNIT)
