@@ -18,6 +18,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import ssl
 import sys
 import threading
@@ -264,7 +265,7 @@ def _tunnel_main(
         if args.listen:
             server = tunnel_modes.TunnelListener(address, options, allow=allow, allow_remote=allow_remote,
                                                  exec_command=args.exec_command, report=report)
-            report(f"tunnels: listening on {server.address[0]}:{server.address[1]}")
+            report(f"tunnels: listening on {tunnel.format_address(server.address)}")
             try:
                 server.serve_forever()
             finally:
@@ -370,10 +371,24 @@ def _journal_main(argv: list[str]) -> int:
         return EXIT_USAGE
 
 
+def _any_address() -> str:
+    """Every address of the machine: IPv6's, which takes IPv4 connections
+    too (the listener makes it dual-stack), where the machine has IPv6;
+    IPv4's otherwise."""
+    if socket.has_ipv6:
+        try:
+            with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+                probe.bind(("::", 0))
+            return "::"
+        except OSError:
+            pass
+    return "0.0.0.0"
+
+
 def _address(args: argparse.Namespace) -> tuple[str, int]:
     parts = args.address
     if args.listen and len(parts) == 1:
-        parts = ["0.0.0.0", parts[0]]
+        parts = [_any_address(), parts[0]]
     if len(parts) != 2:
         raise ValueError("give HOST PORT (or, with -l, [HOST] PORT)")
     try:
@@ -438,11 +453,11 @@ class _Session:
         try:
             listener = listen((host, port), **options)
         except OSError as exc:
-            print(f"rtcat: can't listen on {host}:{port}: {exc}", file=sys.stderr)
+            print(f"rtcat: can't listen on {tunnel.format_address((host, port))}: {exc}", file=sys.stderr)
             return EXIT_CONNECT
         with listener:
             if self.args.verbose:
-                print(f"rtcat: listening on {listener.address[0]}:{listener.address[1]}", file=sys.stderr)
+                print(f"rtcat: listening on {tunnel.format_address(listener.address)}", file=sys.stderr)
             status = EXIT_OK
             first = True
             while True:

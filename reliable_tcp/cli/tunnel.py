@@ -45,6 +45,7 @@ __all__ = [
     "RelayResult",
     "encode_request",
     "decode_request",
+    "format_address",
     "parse_forward",
     "relay",
     "reset_socket",
@@ -115,6 +116,12 @@ def decode_id(body: bytes) -> int:
     if len(body) != _ID.size:
         raise TunnelError("a connection id is 8 bytes")
     return int(_ID.unpack(body)[0])
+
+
+def format_address(address: tuple[str, int]) -> str:
+    """``host:port``, with an IPv6 host in brackets (``[::]:7000``)."""
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def parse_hostport(text: str) -> tuple[str, int]:

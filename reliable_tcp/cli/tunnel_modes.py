@@ -31,6 +31,7 @@ from .tunnel import (
     decode_request,
     encode_id,
     encode_request,
+    format_address,
     parse_hostport,
     relay,
     reset_socket,
@@ -54,7 +55,7 @@ def _quiet(_: str) -> None:
 
 
 def _fmt(address: tuple[str, int]) -> str:
-    return f"{address[0]}:{address[1]}"
+    return format_address(address)
 
 
 def _done(report: Report, name: str, result: RelayResult) -> None:

@@ -94,6 +94,9 @@ class Listener:
         self._sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and address[0] in ("::", ""):
+                # Every address means IPv4's too, whatever net.ipv6.bindv6only says.
+                self._sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             configure_socket(self._sock, config)  # accepted sockets inherit these
             self._sock.bind(address)
             self._sock.listen(backlog)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -132,6 +133,30 @@ def test_keep_listening_serves_sessions_one_after_another(tmp_path: Path, procs:
         wait_for(lambda: listener.out.read_bytes().count(b"\n") == i + 1, 10, "output")  # noqa: B023
     assert listener.out.read_bytes() == b"session 0\nsession 1\nsession 2\n"
     assert listener.proc.poll() is None  # still listening
+    listener.kill()
+
+
+def test_listening_without_a_host_takes_ipv4_and_ipv6(tmp_path: Path, procs: list[Rtcat]) -> None:
+    """`rtcat -l PORT` listens on every address, as docs/cli.md says: IPv4
+    and IPv6 clients alike (it bound 0.0.0.0 only)."""
+    try:
+        socket.socket(socket.AF_INET6).close()
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("this machine has no IPv6 loopback")
+    port = free_port()
+    listener = Rtcat(tmp_path, "listener", ["-l", "-k", "-v", str(port), *FAST])
+    procs.append(listener)
+    for i, host in enumerate(["127.0.0.1", "::1"]):
+        data = tmp_path / f"in{i}"
+        data.write_bytes(b"over %s\n" % host.encode())
+        sender = Rtcat(tmp_path, f"sender{i}", [*FAST, host, str(port)], stdin=data)
+        procs.append(sender)
+        assert sender.wait() == 0, sender.err.read_text()
+        wait_for(lambda: listener.out.read_bytes().count(b"\n") == i + 1, 10, "output")  # noqa: B023
+    assert listener.out.read_bytes() == b"over 127.0.0.1\nover ::1\n"
+    assert f"listening on [::]:{port}" in listener.err.read_text()
     listener.kill()
 
 
