@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 #: After the session ended: how long the last frames may take to leave.
 _FINAL_FLUSH = 2.0
+#: How long a teardown waits for the journal to be closed (an fsync, a close, perhaps a delete).
+_JOURNAL_FINISH = 5.0
 
 _ids = itertools.count(1)
 
@@ -186,17 +188,26 @@ class LoopSession:
                 link.close(abort=True)
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=_FINAL_FLUSH)
-        self._finish_durable(reported=reported)
+        finishing = self._finish_durable(reported=reported)
+        if finishing is not None:
+            # As the threaded close: the journal is closed (deleted after a
+            # complete close) and its lock released before close() returns,
+            # so the next connect with it in this process finds it free.
+            await asyncio.wait({finishing}, timeout=_JOURNAL_FINISH)
 
-    def _finish_durable(self, *, reported: bool) -> None:
+    def _finish_durable(self, *, reported: bool) -> asyncio.Future[None] | None:
+        """Close the journal off the loop (finished, or released if the session
+        has not ended); the work, or None if there is no journal."""
         durable, self._durable = self._durable, None
         if durable is None:
-            return
+            return None
         if self._ending is not None:
             kind = self._ending.kind
-            self._background(self._loop.run_in_executor(None, lambda: durable.finish(kind, reported=reported)))
+            work = self._loop.run_in_executor(None, lambda: durable.finish(kind, reported=reported))
         else:
-            self._background(self._loop.run_in_executor(None, durable.release))
+            work = self._loop.run_in_executor(None, durable.release)
+        self._background(work)
+        return work
 
     async def _end_durable(self) -> None:
         """Wait until the journal holds the end (recv() reports it only then:

@@ -20,9 +20,6 @@ from ..exceptions import TLSHandshakeError
 from ._link import NO_OWNER, LinkProtocol
 from .channel import Channel
 
-#: How long a cancelled connect waits for its journal to be released (an fsync and a close).
-_JOURNAL_RELEASE = 5.0
-
 __all__ = ["connect", "ClientChannel"]
 
 
@@ -93,9 +90,7 @@ class ClientChannel(Channel):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        await self._teardown(None, reported=False)
-        if self._tasks:  # the journal's release, run off the loop
-            await asyncio.wait(set(self._tasks), timeout=_JOURNAL_RELEASE)
+        await self._teardown(None, reported=False)  # the journal released (not ended) by the time it returns
 
     async def _wait_first_handshake(self, timeout: float) -> None:
         deadline = self._loop.time() + timeout
