@@ -111,7 +111,7 @@ class AuthenticationFailed(ProtocolError):
 class RejectedByPeer(ReliableTCPError):
     """The peer sent REJECT: it refused the handshake or ended the session.
 
-    ``reason`` is the :class:`~reliable_tcp.frames.RejectReason` code (an
+    ``reason`` is the :class:`~reliable_tcp.core.frames.RejectReason` code (an
     ``int`` enum) and ``text`` the peer's explanation.
     """
 

@@ -192,6 +192,6 @@ class LinkProtocol(asyncio.Protocol):
         return OSError(code, os.strerror(code)) if code else None
 
     def seconds_since_peer_ack(self) -> float | None:
-        """See ``_transport.seconds_since_peer_ack``."""
+        """See ``common.sockets.seconds_since_peer_ack``."""
         sock = self._socket()
         return None if sock is None or self.lost else seconds_since_peer_ack(sock)

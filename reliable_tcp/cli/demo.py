@@ -70,7 +70,7 @@ class _Timeline:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The demo's options (shared by ``rtcat demo`` and ``python -m reliable_tcp.demo``)."""
+    """The demo's options (shared by ``rtcat demo`` and ``python -m reliable_tcp.cli.demo``)."""
     parser.add_argument("--rounds", type=int, default=2, help="rounds of faults (default 2)")
     parser.add_argument(
         "--faults", default=",".join(FAULT_KINDS), help=f"comma-separated fault kinds from {', '.join(FAULT_KINDS)}"

@@ -2,7 +2,7 @@
 ``--exec`` (a command's stdio), and the listening end that serves them.
 
 Each tunnelled connection is its own session, opened by the side that has
-the connection's initiator (see reliable_tcp.tunnel for the stream format).
+the connection's initiator (see reliable_tcp.cli.tunnel for the stream format).
 Every thread here is per connection or per listening socket; a failure in
 one connection resets that connection only.
 """
@@ -54,10 +54,6 @@ def _quiet(_: str) -> None:
     pass
 
 
-def _fmt(address: tuple[str, int]) -> str:
-    return format_address(address)
-
-
 def _done(report: Report, name: str, result: RelayResult) -> None:
     if result.clean:
         report(f"{name}: closed, {result.sent} bytes sent, {result.received} received")
@@ -103,10 +99,10 @@ def forward_local(
     lsock = socket.create_server(bind, backlog=512, reuse_port=False)
     lsock.settimeout(0.5)  # to notice ``stop``
     bound = lsock.getsockname()[:2]
-    report(f"forwarding {_fmt(bound)} to {_fmt(target)} through {_fmt(server)}")
+    report(f"forwarding {format_address(bound)} to {format_address(target)} through {format_address(server)}")
     if ready is not None:
         ready(bound)
-    request = encode_request(Kind.OPEN, _fmt(target).encode())
+    request = encode_request(Kind.OPEN, format_address(target).encode())
     try:
         while not stop.is_set():
             try:
@@ -114,7 +110,7 @@ def forward_local(
             except TimeoutError:
                 continue
             conn.settimeout(None)
-            name = f"{_fmt(peer)} -> {_fmt(target)}"
+            name = f"{format_address(peer)} -> {format_address(target)}"
             worker = threading.Thread(
                 target=_forward_one, args=(conn, name, server, request, options, connect_timeout, report),
                 name=f"rtcat-forward-{peer[1]}", daemon=True,
@@ -137,8 +133,8 @@ def _forward_one(
         endpoint.abort()
         return
     except (OSError, ReliableTCPError, TimeoutError) as exc:
-        logger.warning("%s: no session with %s: %s", name, _fmt(server), exc)
-        report(f"{name}: no session with {_fmt(server)}: {exc}")
+        logger.warning("%s: no session with %s: %s", name, format_address(server), exc)
+        report(f"{name}: no session with {format_address(server)}: {exc}")
         endpoint.abort()
         return
     report(f"{name}: opened, session {channel.session_id[:8]}")
@@ -157,7 +153,7 @@ def exec_client(
     """``rtcat --exec``: run ``command`` with its stdio as one tunnelled
     stream, to ``target`` on the far side or (None) to the listener's own
     ``--exec`` command. Raises TunnelRefused, OSError, ReliableTCPError."""
-    request = encode_request(Kind.OPEN, _fmt(target).encode()) if target else encode_request(Kind.EXEC)
+    request = encode_request(Kind.OPEN, format_address(target).encode()) if target else encode_request(Kind.EXEC)
     channel = _open(server, request, options, connect_timeout)
     endpoint = ProcessEndpoint(command)
     report(f"{endpoint.name}: opened, session {channel.session_id[:8]}")
@@ -182,9 +178,9 @@ def forward_remote(
     A control session asks for the port and hears of each connection; each
     connection then gets a session of its own. Returns when the control
     session ends; raises TunnelRefused if the listener won't bind the port."""
-    control = _open(server, encode_request(Kind.LISTEN, _fmt(remote_bind).encode()), options, connect_timeout)
+    control = _open(server, encode_request(Kind.LISTEN, format_address(remote_bind).encode()), options, connect_timeout)
     bound = parse_hostport(control.recv(timeout=connect_timeout).decode())
-    report(f"{_fmt(server)} listens on {_fmt(bound)} for {_fmt(target)}")
+    report(f"{format_address(server)} listens on {format_address(bound)} for {format_address(target)}")
     if ready is not None:
         ready(bound)
     try:
@@ -207,12 +203,12 @@ def _reverse_one(
     number: int, target: tuple[str, int], server: tuple[str, int], options: dict[str, Any], connect_timeout: float,
     report: Report,
 ) -> None:
-    name = f"reverse #{number} -> {_fmt(target)}"
+    name = f"reverse #{number} -> {format_address(target)}"
     try:
         sock: socket.socket | None = socket.create_connection(target, timeout=TARGET_TIMEOUT)
         refusal = ""
     except OSError as exc:
-        sock, refusal = None, f"{_fmt(target)}: {exc.strerror or exc}"
+        sock, refusal = None, f"{format_address(target)}: {exc.strerror or exc}"
     try:
         channel = _open(server, encode_request(Kind.ATTACH, encode_id(number)), options, connect_timeout)
     except (OSError, ReliableTCPError, TimeoutError) as exc:
@@ -326,16 +322,16 @@ class TunnelListener:
     def _open_target(self, channel: Channel, body: bytes) -> None:
         target = parse_hostport(body.decode(errors="replace"))
         if target not in self.allow:
-            allowed = ", ".join(sorted(_fmt(a) for a in self.allow)) or "none"
-            self._refuse(channel, f"{_fmt(target)} is not allowed here (allowed: {allowed})")
+            allowed = ", ".join(sorted(format_address(a) for a in self.allow)) or "none"
+            self._refuse(channel, f"{format_address(target)} is not allowed here (allowed: {allowed})")
             return
         try:
             sock = socket.create_connection(target, timeout=TARGET_TIMEOUT)
         except OSError as exc:
-            self._refuse(channel, f"{_fmt(target)}: {exc.strerror or exc}")
+            self._refuse(channel, f"{format_address(target)}: {exc.strerror or exc}")
             return
         sock.settimeout(None)
-        name = f"session {channel.session_id[:8]} -> {_fmt(target)}"
+        name = f"session {channel.session_id[:8]} -> {format_address(target)}"
         self._start(channel, SocketEndpoint(sock, name))
 
     def _run_command(self, channel: Channel) -> None:
@@ -364,18 +360,18 @@ class TunnelListener:
         host, _, port = bind_text.rpartition(":")
         wanted = (host or "127.0.0.1", int(port))
         if wanted not in self.allow_remote:
-            allowed = ", ".join(sorted(_fmt(a) for a in self.allow_remote)) or "none"
-            self._refuse(channel, f"reverse port {_fmt(wanted)} is not allowed here (allowed: {allowed})")
+            allowed = ", ".join(sorted(format_address(a) for a in self.allow_remote)) or "none"
+            self._refuse(channel, f"reverse port {format_address(wanted)} is not allowed here (allowed: {allowed})")
             return
         try:
             lsock = socket.create_server(wanted, backlog=512)
         except OSError as exc:
-            self._refuse(channel, f"can't listen on {_fmt(wanted)}: {exc.strerror or exc}")
+            self._refuse(channel, f"can't listen on {format_address(wanted)}: {exc.strerror or exc}")
             return
         bound = lsock.getsockname()[:2]
         channel.send(bytes([Kind.OPENED]))
-        channel.send(_fmt(bound).encode())
-        self._report(f"reverse forward: listening on {_fmt(bound)}")
+        channel.send(format_address(bound).encode())
+        self._report(f"reverse forward: listening on {format_address(bound)}")
         acceptor = threading.Thread(target=self._reverse_accept, args=(lsock, channel), name="rtcat-reverse-accept",
                                     daemon=True)
         acceptor.start()
@@ -392,7 +388,7 @@ class TunnelListener:
                 channel.close(timeout=5)
             except ReliableTCPError:
                 pass
-            self._report(f"reverse forward on {_fmt(bound)} ended")
+            self._report(f"reverse forward on {format_address(bound)} ended")
 
     def _reverse_accept(self, lsock: socket.socket, control: Channel) -> None:
         while True:
@@ -411,7 +407,7 @@ class TunnelListener:
             except ReliableTCPError:
                 self._expire(number)
                 return
-            self._report(f"reverse #{number}: connection from {_fmt(peer)}")
+            self._report(f"reverse #{number}: connection from {format_address(peer)}")
 
     def _expire(self, number: int) -> None:
         with self._pending_lock:

@@ -1,7 +1,7 @@
 """Options of the threaded front end: typed keyword arguments and the objects behind them.
 
 ``connect(address, heartbeat_interval=1.0, ...)`` takes every field of
-:class:`~reliable_tcp.config.SessionConfig` and of :class:`ShellOptions` as
+:class:`~reliable_tcp.core.config.SessionConfig` and of :class:`ShellOptions` as
 a keyword argument, typed by :class:`ChannelOptions` (so ``mypy --strict``
 checks names and types); ``config=`` and ``shell=`` take whole objects,
 which keyword arguments then override. An unknown name is a ``TypeError``

@@ -53,7 +53,7 @@ class SessionConfig:
     #: this side replays, whatever was not processed. For durable sessions.
     ack_on_commit: bool = False
     #: Pre-shared key: when set, every handshake (new or resume) runs the
-    #: HMAC challenge-response of reliable_tcp.auth, and both sides must hold it.
+    #: HMAC challenge-response of reliable_tcp.core.auth, and both sides must hold it.
     psk: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:

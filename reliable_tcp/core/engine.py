@@ -124,13 +124,13 @@ class SessionEngine:
     """One side of a session. ``client=True`` for the side that connects.
 
     A server-side engine is created and attached by
-    :class:`reliable_tcp.server_core.SessionRegistry`; a client-side engine
+    :class:`reliable_tcp.core.handshake.SessionRegistry`; a client-side engine
     starts idle and is told of each new connection with
     :meth:`connection_made`.
 
     Errors: a frame from the peer that breaks the protocol ends the session
     in ``FAILED`` (a REJECT tells the peer why) and is reported as a
-    :class:`~reliable_tcp.events.SessionFailed` event, never raised; a local
+    :class:`~reliable_tcp.core.events.SessionFailed` event, never raised; a local
     call the state does not allow raises
     :class:`~reliable_tcp.exceptions.InvalidState` and changes nothing.
     """
@@ -786,7 +786,7 @@ class SessionEngine:
         The session is closed once the peer has answered our CLOSE and sent
         (and had answered) its own; messages in flight either way are
         delivered and acknowledged first. Without a connection the session
-        ends at once; :class:`~reliable_tcp.events.SessionClosed` lists what
+        ends at once; :class:`~reliable_tcp.core.events.SessionClosed` lists what
         was not acknowledged.
         """
         state = self._state
@@ -810,7 +810,7 @@ class SessionEngine:
 
         Over a connection the peer is told (REJECT ABORTED), so its session
         ends promptly instead of waiting for a resume. Unsent output is
-        dropped; :class:`~reliable_tcp.events.SessionClosed` (``aborted``)
+        dropped; :class:`~reliable_tcp.core.events.SessionClosed` (``aborted``)
         lists the messages that were not acknowledged.
         """
         state = self._state

@@ -5,7 +5,7 @@ a frame from the peer, the engine moves to ``FAILED`` and tells the peer
 why; when it is a local call made in the wrong state, the engine raises
 :class:`~reliable_tcp.exceptions.InvalidState` and changes nothing.
 Terminal states absorb every input. ``docs/protocol.md`` draws its diagram
-from this same table (``python -m reliable_tcp.state``).
+from this same table (``python -m reliable_tcp.core.state``).
 
 Closing is symmetric, like TCP's FIN exchange: each side sends CLOSE once
 everything it queued is on the wire, answers the peer's CLOSE with

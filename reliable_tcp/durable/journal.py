@@ -5,8 +5,8 @@ it holds the resume secret and every unacknowledged payload) and ``lock``
 (an exclusive ``flock`` held while the journal is open, so two live
 processes never share it; the files are deleted while it is held, and a
 lock taken on a file that was just deleted is dropped and taken again).
-``_durable.py`` is how a channel uses it; ``journals.py`` how an operator
-lists and removes them.
+``session_journal.py`` is how a channel uses it; ``directory.py`` how an
+operator lists and removes them.
 
 Record layout (integers big-endian)::
 

@@ -211,5 +211,5 @@ class Link:
 
     def seconds_since_peer_ack(self) -> float | None:
         """How long ago the peer's kernel last acknowledged anything (see
-        ``_transport.seconds_since_peer_ack``), or None where unknown."""
+        ``common.sockets.seconds_since_peer_ack``), or None where unknown."""
         return None if self.closed else seconds_since_peer_ack(self.sock)

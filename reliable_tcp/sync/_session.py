@@ -4,7 +4,7 @@
 the one lock, starts and drops connections (``_link.Link``), fires the
 engine's timers when the shared timer thread calls it, turns the engine's
 events into the receive queue, wake-ups and callbacks, and records the
-session's end once. :class:`~reliable_tcp.channel.Channel` adds the API
+session's end once. :class:`~reliable_tcp.sync.channel.Channel` adds the API
 the application calls; ``client.ClientChannel`` adds the connecting
 side's door for its reconnect loop. See docs/design.md.
 
@@ -94,11 +94,11 @@ class _Locked:
 class SessionShell:
     """One session engine kept connected: connections, timers, events, the end.
 
-    It is the :class:`~reliable_tcp._link.LinkOwner` of its connections and
-    the :class:`~reliable_tcp._scheduler.TimerTarget` of the timer thread.
+    It is the :class:`~reliable_tcp.sync._link.LinkOwner` of its connections and
+    the :class:`~reliable_tcp.sync._timers.TimerTarget` of the timer thread.
     The doors other shell modules use: :meth:`_open_link` (attach a
-    connection: client.py, listener.py) and, in Channel, ``_begin_close`` /
-    ``_finish_close`` (listener.py).
+    connection: client.py, server.py) and, in Channel, ``_begin_close`` /
+    ``_finish_close`` (server.py).
     """
 
     def __init__(
@@ -365,7 +365,7 @@ class SessionShell:
         hello: Hello | None = None,
         new_secret: bytes = b"",
     ) -> None:
-        """The door for client.py and listener.py: make ``sock`` the current
+        """The door for client.py and server.py: make ``sock`` the current
         connection and start its threads.
 
         Connecting side: the engine sends its HELLO. Listening side: a new

@@ -193,9 +193,9 @@ def connect(
     ``connect_timeout`` option, 30 s) it raises TimeoutError chained to the
     last failure. A refusal that can't get better (wrong key, another
     protocol version) raises at once. Keyword options are those of
-    :class:`~reliable_tcp.config.SessionConfig` and
-    :class:`~reliable_tcp.options.ShellOptions` (typed by
-    :class:`~reliable_tcp.options.ChannelOptions`), applied over ``config``
+    :class:`~reliable_tcp.core.config.SessionConfig` and
+    :class:`~reliable_tcp.common.options.ShellOptions` (typed by
+    :class:`~reliable_tcp.common.options.ChannelOptions`), applied over ``config``
     and ``shell``. With ``journal`` (a directory) the session survives a
     restart of this process: see docs/durability.md.
     """

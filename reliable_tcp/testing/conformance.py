@@ -6,8 +6,8 @@ that the stored files equal what the code produces now, so they can't drift
 from the implementation. Another implementation uses the files alone (see
 docs/vectors/README.md)::
 
-    python -m reliable_tcp.conformance write docs/vectors   # regenerate
-    python -m reliable_tcp.conformance check docs/vectors   # compare (exit 1 if different)
+    python -m reliable_tcp.testing.conformance write docs/vectors   # regenerate
+    python -m reliable_tcp.testing.conformance check docs/vectors   # compare (exit 1 if different)
 """
 
 from __future__ import annotations
