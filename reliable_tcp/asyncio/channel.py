@@ -32,7 +32,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterable
 
-from ..common.ending import Ending, Unacked
+from ..common.ending import Unacked
 from ..common.status import ChannelState, ChannelStatistics, channel_state_of, statistics_of
 from ..core.state import TERMINAL_STATES
 from ..exceptions import ChannelClosed, JournalWriteFailed, UsageError
@@ -65,7 +65,7 @@ class Channel(LoopSession):
     @property
     def state(self) -> ChannelState:
         """The channel's current state."""
-        return channel_state_of(self._engine.state, self._ever_connected)
+        return channel_state_of(self._engine.state, self._session.ever_connected)
 
     @property
     def session_id(self) -> str:
@@ -90,8 +90,8 @@ class Channel(LoopSession):
 
     def statistics(self) -> ChannelStatistics:
         """A frozen snapshot of the counters."""
-        return statistics_of(self._engine, ever_connected=self._ever_connected, disconnects=self._disconnects,
-                             queued_messages=len(self._inbox), last_recovery_time=self._last_recovery)
+        return statistics_of(self._engine, ever_connected=self._session.ever_connected, disconnects=self._session.disconnects,
+                             queued_messages=len(self._inbox), last_recovery_time=self._session.last_recovery)
 
     # ------------------------------------------------------------ messaging
 
@@ -119,7 +119,7 @@ class Channel(LoopSession):
         try:
             while queued < len(pending):
                 batch = pending[queued:] if queued else pending
-                while not (self._closing or self._ending is not None or engine.can_send(len(batch[0]))):
+                while not (self._session.closing or self._session.ending is not None or engine.can_send(len(batch[0]))):
                     await self._changed.wait(None)
                 self._raise_if_closed()
                 engine.check_sendable()
@@ -162,10 +162,10 @@ class Channel(LoopSession):
     async def flush(self) -> None:
         """Wait until the peer has acknowledged every message sent so far."""
         engine = self._engine
-        while engine.unacked_count and self._ending is None:
+        while engine.unacked_count and self._session.ending is None:
             await self._changed.wait(None)
-        if self._ending is not None and engine.unacked_count:
-            raise self._ending.exception()
+        if self._session.ending is not None and engine.unacked_count:
+            raise self._session.ending.exception()
 
     async def recv(self) -> bytes:
         """The next message, in order; raises like :meth:`reliable_tcp.Channel.recv`
@@ -186,9 +186,9 @@ class Channel(LoopSession):
 
     async def _take(self) -> bytes:
         while not self._inbox:
-            if self._ending is not None:
+            if self._session.ending is not None:
                 await self._end_durable()
-                raise self._ending.exception()
+                raise self._session.ending.exception()
             await self._changed.wait(None)
         message = self._inbox.popleft()
         self._inbox_bytes -= len(message)
@@ -252,56 +252,49 @@ class Channel(LoopSession):
         if self._closer is None:
             self._closer = asyncio.ensure_future(self._close(timeout, commit=commit))
         await asyncio.shield(self._closer)
-        if self._ending is not None and self._ending.reportable and not self._close_reported:
-            self._close_reported = True
-            raise self._ending.exception()
-        self._close_reported = True
+        if self._session.ending is not None and self._session.ending.reportable and not self._session.close_reported:
+            self._session.close_reported = True
+            raise self._session.ending.exception()
+        self._session.close_reported = True
 
     async def _close(self, timeout: float | None, *, commit: bool) -> None:
         deadline = None if timeout is None else self._loop.time() + timeout
-        if commit and self._ending is None and not self._closing:
+        if commit and self._session.ending is None and not self._session.closing:
             await self._commit()  # what recv() returned is done with: the handshake acknowledges it
-        self._closing = True
+        self._session.closing = True
         self._changed.fire()
         engine = self._engine
         flush_deadline = None if deadline is None else deadline - _HANDSHAKE_SHARE * max(0.0, deadline - self._loop.time())
-        while engine.unacked_count and self._ending is None:
+        while engine.unacked_count and self._session.ending is None:
             if not await self._changed.wait(flush_deadline):
                 break
         self._begin_close()
         await self._finish_close(deadline)
 
     def _begin_close(self) -> None:
-        self._closing = True
-        self._changed.fire()
-        if self._ending is None:
-            now = self._loop.time()
-            self._engine.close(now)
-            self._absorb(now)
+        self._carry_out(self._session.close(self._loop.time()))
 
     async def _finish_close(self, deadline: float | None, *, reported: bool = True) -> None:
-        while self._ending is None:
+        while self._session.ending is None:
             if not await self._changed.wait(deadline):
-                self._drop_link("close timed out", None, abort=False)
-                if self._ending is None:
-                    self._record_end(Ending.of("closed", "close timed out", self._engine.unacked(), None))
+                self._carry_out(self._session.close_timed_out(self._loop.time()))
                 break
         await self._teardown(deadline, reported=reported)
 
     def abort(self) -> Unacked:
         """End the session at once; return the ``(seq, payload)`` discarded
         (the peer is told, as :meth:`reliable_tcp.Channel.abort`)."""
-        if self._ending is None:
+        if self._session.ending is None:
             now = self._loop.time()
             self._engine.abort(now)
             self._absorb(now)
         self._flush()
-        ending = self._ending
+        ending = self._session.ending
         unacked = ending.unacked if ending is not None else ()
-        self._stopping = True
+        self._session.stopping = True
         for task in list(self._tasks):
             task.cancel()
-        link = self._link
+        link = self._session.link
         if link is not None:
             link.close(abort=False)  # the REJECT is buffered: it leaves, then FIN
         self._finish_durable(reported=True)

@@ -9,8 +9,7 @@ import ssl
 from collections.abc import Generator
 from typing import Any, Unpack
 
-from ..common.backoff import is_retryable
-from ..common.ending import Ending, first_handshake_error
+from ..common.ending import first_handshake_error
 from ..common.options import ChannelOptions, ShellOptions, resolve_options
 from ..common.sockets import configure_socket
 from ..core.config import SessionConfig
@@ -36,10 +35,10 @@ class ClientChannel(Channel):
         delays = shell.backoff.delays(rng)
         first = True
         connections = self._engine.counters.handshakes
-        while not self._stopping:
-            while self._link is not None and not self._stopping:
+        while not self._session.stopping:
+            while self._session.link is not None and not self._session.stopping:
                 await self._changed.wait(None)
-            if self._stopping:
+            if self._session.stopping:
                 return
             if self._engine.counters.handshakes != connections:
                 connections = self._engine.counters.handshakes
@@ -68,20 +67,11 @@ class ClientChannel(Channel):
             self._open_link(link)
 
     def _connect_failed(self, exc: BaseException) -> None:
-        self._last_cause = exc
-        self._changed.fire()
+        error = exc
         if isinstance(exc, ssl.SSLError):
-            error: BaseException = TLSHandshakeError(f"TLS handshake failed: {exc}")
-            error.__cause__ = exc
-        elif not is_retryable(exc, reconnect=self._ever_connected):
-            error = exc
-        else:
-            return
-        if self._ending is None:
-            now = self._loop.time()
-            self._engine.close(now)
-            self._engine.events_received()
-            self._record_end(Ending.of("broken", f"can't connect to {self._address}: {exc}", self._engine.unacked(), error))
+            error = TLSHandshakeError(f"TLS handshake failed: {exc}")
+            error.__cause__ = exc  # a certificate or a version: not retried
+        self._carry_out(self._session.connect_failed(self._loop.time(), error, f"can't connect to {self._address}: {exc}"))
 
     async def _abandon(self) -> None:
         """A connect that was cancelled: stop dialling and release everything.
@@ -94,12 +84,13 @@ class ClientChannel(Channel):
 
     async def _wait_first_handshake(self, timeout: float) -> None:
         deadline = self._loop.time() + timeout
-        while not self._ever_connected and self._ending is None:
+        session = self._session
+        while not session.ever_connected and session.ending is None:
             if not await self._changed.wait(deadline):
                 break
-        if self._ever_connected:
+        if session.ever_connected:
             return
-        error = first_handshake_error(self._ending, restored=self.restored, address=self._address, last_cause=self._last_cause)
+        error = first_handshake_error(session.ending, restored=self.restored, address=self._address, last_cause=session.last_cause)
         self.abort()
         await self._teardown(None, reported=True)
         raise error

@@ -54,13 +54,13 @@ class Channel(SessionShell):
     def state(self) -> ChannelState:
         """The channel's current state."""
         with self._lock:
-            return channel_state_of(self._engine.state, self._ever_connected)
+            return channel_state_of(self._engine.state, self._session.ever_connected)
 
     def statistics(self) -> ChannelStatistics:
         """A frozen snapshot of the counters."""
         with self._lock:
-            return statistics_of(self._engine, ever_connected=self._ever_connected, disconnects=self._disconnects,
-                                 queued_messages=len(self._inbox), last_recovery_time=self._last_recovery)
+            return statistics_of(self._engine, ever_connected=self._session.ever_connected, disconnects=self._session.disconnects,
+                                 queued_messages=len(self._inbox), last_recovery_time=self._session.last_recovery)
 
     @property
     def last_sent_seq(self) -> int:
@@ -100,14 +100,14 @@ class Channel(SessionShell):
             # journal) takes the general path below.
             direct = None
             with self._lock:
-                if self._closing or self._ended:
+                if self._session.closing or self._session.ended:
                     seq = 0
                 else:
                     try:
                         seq = self._engine.send_message(data, 0.0)
                     except WindowFull:
                         seq = 0  # wait for room below
-                    link = self._link
+                    link = self._session.link
                     if seq and link is not None and link.writer_waiting:
                         if self._engine.unacked_count == 1:
                             # Nothing else in flight (a request, a reply): write it
@@ -131,6 +131,7 @@ class Channel(SessionShell):
 
     def _queue(self, pending: list[bytes], deadline: Deadline) -> int:
         engine = self._engine
+        session = self._session
         engine.check_message_size(max(map(len, pending)))
         durable = self._durable
         queued = 0
@@ -141,7 +142,7 @@ class Channel(SessionShell):
                 with self._lock:
                     batch = pending[queued:] if queued else pending
                     size = len(batch[0])
-                    if not deadline.wait(self._sendable, lambda: self._closing or self._ended or engine.can_send(size)):  # noqa: B023
+                    if not deadline.wait(self._sendable, lambda: session.closing or session.ended or engine.can_send(size)):  # noqa: B023
                         error = TimeoutError(f"the retransmit window stayed full; {queued} messages were queued")
                         error.queued = queued  # type: ignore[attr-defined]
                         raise error
@@ -175,8 +176,8 @@ class Channel(SessionShell):
     def _flush(self, deadline: Deadline, *, for_owner: bool) -> bool:
         with self._lock:
             engine = self._engine
-            done = deadline.wait(self._sendable, lambda: not engine.unacked_count or self._ended)
-            if self._ended and engine.unacked_count and for_owner:
+            done = deadline.wait(self._sendable, lambda: not engine.unacked_count or self._session.ended)
+            if self._session.ended and engine.unacked_count and for_owner:
                 raise self._end_exception()
             if not done and for_owner:
                 raise TimeoutError(f"{engine.unacked_count} messages still unacknowledged")
@@ -292,13 +293,13 @@ class Channel(SessionShell):
     def _close_and_report(self, timeout: float | None, *, commit: bool) -> None:
         deadline = Deadline(timeout)
         with self._lock:
-            first_close = not (self._ended or self._closing)
+            first_close = not (self._session.ended or self._session.closing)
         if first_close and commit:
             self._commit()
         self._close(deadline)
         with self._lock:
-            report = self._ending is not None and self._ending.reportable and not self._close_reported
-            self._close_reported = True
+            report = self._session.ending is not None and self._session.ending.reportable and not self._session.close_reported
+            self._session.close_reported = True
         if report:
             raise self._end_exception()
 
@@ -306,7 +307,7 @@ class Channel(SessionShell):
         """close() without the report (so the owner of a channel the
         listener closes still learns of the unacknowledged from its own calls)."""
         with self._locked:
-            self._closing = True
+            self._session.closing = True
             self._sendable.notify_all()
         # Flush first: an outage now is resumed, one during the handshake is not.
         remaining = deadline.remaining()
@@ -318,23 +319,14 @@ class Channel(SessionShell):
         """Refuse new sends and send CLOSE behind what is queued (the
         listener's door, so it can start every session's close at once)."""
         with self._locked:
-            self._closing = True
-            self._sendable.notify_all()
-            if not self._ended:
-                now = time.monotonic()
-                self._engine.close(now)
-                self._absorb(now)
+            self._carry_out(self._session.close(time.monotonic()))
 
     def _finish_close(self, deadline: Deadline, *, reported: bool = True) -> None:
         """Wait for the close handshake within ``deadline``, then release
         everything (the listener's door, after :meth:`_begin_close`)."""
         with self._locked:
-            if not deadline.wait(self._changed, lambda: self._ended):
-                # Out of time: the session ends here. The connection closes
-                # in order (FIN), so the peer still reads our CLOSE.
-                self._drop_link("close timed out", None, abort=False)
-                if not self._ended:
-                    self._end("closed", "close timed out", self._engine.unacked(), None)
+            if not deadline.wait(self._changed, lambda: self._session.ended):
+                self._carry_out(self._session.close_timed_out(time.monotonic()))
         self._teardown(deadline, linger=True, reported=reported)
 
     def abort(self) -> Unacked:
@@ -343,12 +335,12 @@ class Channel(SessionShell):
         (they are discarded). Over a live connection the peer is told
         (REJECT ABORTED): its session ends at once with SessionLost."""
         with self._locked:
-            if not self._ended:
+            if not self._session.ended:
                 now = time.monotonic()
                 self._engine.abort(now)
                 self._absorb(now)
-            unacked = self._ending.unacked if self._ending is not None else ()
-            link = self._link
+            unacked = self._session.ending.unacked if self._session.ending is not None else ()
+            link = self._session.link
         if link is not None:
             link.finished.wait(_ABORT_FLUSH)  # the writer puts the REJECT out
         self._teardown(Deadline(_FINAL_FLUSH), linger=False)
@@ -372,7 +364,4 @@ class Channel(SessionShell):
 
     def _raise_if_closed(self) -> None:
         """Raise what a send gets once the channel is closing or ended. Lock held."""
-        if self._ended:
-            raise self._end_exception()
-        if self._closing:
-            raise ChannelClosed("the channel is closing")
+        self._session.raise_if_closed()

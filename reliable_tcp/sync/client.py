@@ -9,7 +9,6 @@ import threading
 import time
 from typing import Unpack
 
-from ..common.backoff import is_retryable
 from ..common.ending import first_handshake_error
 from ..common.options import ChannelOptions, ShellOptions, resolve_options
 from ..common.sockets import close_socket, configure_socket
@@ -148,30 +147,25 @@ class ClientChannel(Channel):
         """Connector: block until the channel needs a new connection; False
         once it never will."""
         with self._lock:
-            self._changed.wait_for(lambda: self._link is None or self._stopping)
-            return not self._stopping
+            self._changed.wait_for(lambda: self._session.link is None or self._session.stopping)
+            return not self._session.stopping
 
     def _connect_failed(self, error: BaseException, *, reason: str) -> None:
         """Connector: an attempt failed; one not worth retrying ends the channel."""
         with self._locked:
-            self._last_cause = error
-            self._changed.notify_all()
-            if not is_retryable(error, reconnect=self._ever_connected) and not self._ended:
-                now = time.monotonic()
-                self._engine.close(now)
-                self._engine.events_received()
-                self._end("broken", reason, self._engine.unacked(), error)
+            self._carry_out(self._session.connect_failed(time.monotonic(), error, reason))
 
     def _set_connector(self, connector: Connecting) -> None:
         self._connector = connector
 
     def _wait_first_handshake(self, deadline: Deadline, address: object) -> None:
         """connect(): return once the first handshake is done, or raise why not."""
+        session = self._session
         with self._lock:
-            deadline.wait(self._changed, lambda: self._ever_connected or self._ended)
-            if self._ever_connected:
+            deadline.wait(self._changed, lambda: session.ever_connected or session.ended)
+            if session.ever_connected:
                 return
-            error = first_handshake_error(self._ending, restored=self.restored, address=address, last_cause=self._last_cause)
+            error = first_handshake_error(session.ending, restored=self.restored, address=address, last_cause=session.last_cause)
         self._teardown(Deadline(_FINAL_FLUSH), linger=False)
         raise error
 

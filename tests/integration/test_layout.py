@@ -90,4 +90,4 @@ def test_the_checks_see_real_imports() -> None:
     """The checks above would pass vacuously if _imports found nothing."""
     imports = dict(_imports(PACKAGE / "sync" / "client.py"))
     assert "core.engine" in imports and "durable.session_journal" in imports
-    assert ("core.events", []) in _imports(PACKAGE / "asyncio" / "_session.py")
+    assert ("core.events", []) in _imports(PACKAGE / "common" / "session.py")
