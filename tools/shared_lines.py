@@ -28,9 +28,9 @@ def code_lines(path: Path) -> Counter[str]:
     docstring_lines: set[int] = set()
     for node in ast.walk(ast.parse(source)):
         body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-            if isinstance(body[0].value.value, str):
-                docstring_lines.update(range(body[0].lineno, (body[0].end_lineno or body[0].lineno) + 1))
+        first = body[0] if isinstance(body, list) and body else None
+        if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+            docstring_lines.update(range(first.lineno, (first.end_lineno or first.lineno) + 1))
     comment_only: set[int] = set()
     for token in tokenize.generate_tokens(io.StringIO(source).readline):
         if token.type == tokenize.COMMENT and not token.line[: token.start[1]].strip():

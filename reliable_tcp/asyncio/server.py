@@ -1,11 +1,10 @@
-"""The listening side on the event loop: handshakes, the registry, ``accept`` and ``serve``.
+"""The listening side on the event loop: handshakes, ``accept`` and ``serve``.
 
-The same pure pieces as the threaded listener (``ServerHandshake`` for the
-HELLO, CHALLENGE and PROOF, ``SessionRegistry``, ``SessionEngine.resume``),
-the same rules: a new session is offered once its client confirmed it; a
-resume older than the session's current connection, or one whose client
-already left, can't take the session over; a refusal is REJECT, FIN, and a
-short wait for the peer's.
+The same decisions as the threaded listener, made once in
+``common/listener.py`` (who may open or resume a session, what a refusal
+says, the restore after a restart, what is offered to ``accept()``); this
+file reads, writes and waits: a refusal is REJECT, FIN, and a short wait
+for the peer's.
 """
 
 from __future__ import annotations
@@ -14,19 +13,19 @@ import asyncio
 import functools
 import itertools
 import logging
-import os
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Unpack
 
+from ..common.listener import ListenerBook, read_hello
 from ..common.options import ListenOptions, ShellOptions, resolve_options
 from ..common.sockets import configure_socket, input_waits
-from ..common.status import ChannelState, ListenerStatistics
+from ..common.status import ListenerStatistics
 from ..core.config import SessionConfig
+from ..core.engine import SessionEngine
 from ..core.frames import Hello, RejectReason
-from ..core.handshake import ServerHandshake, SessionRegistry, reject_reply
+from ..core.handshake import ServerHandshake, reject_reply
 from ..durable.session_journal import Durable
-from ..exceptions import ChannelClosed, FrameError, HandshakeRejected, ProtocolError, ReliableTCPError, UnsupportedVersion
+from ..exceptions import ChannelClosed, HandshakeRejected, ReliableTCPError
 from ._link import NO_OWNER, LinkProtocol
 from ._session import Signal
 from .channel import Channel
@@ -51,20 +50,12 @@ class _Handshake:
     def link_data(self, link: LinkProtocol, data: bytes) -> None:
         if self.done:
             return
-        try:
-            hello = self._reader.receive_data(data)
-            challenge = self._reader.data_to_send()
-            if challenge:
-                link.write([challenge])
-        except HandshakeRejected as rejected:
-            self._refuse(RejectReason(rejected.reason), rejected.text)
+        hello, challenge, refusal = read_hello(self._reader, data)
+        if refusal is not None:
+            self._refuse(refusal)
             return
-        except UnsupportedVersion as exc:
-            self._refuse(RejectReason.UNSUPPORTED_VERSION, str(exc))
-            return
-        except (FrameError, ProtocolError) as exc:
-            self._refuse(RejectReason.PROTOCOL_ERROR, str(exc))
-            return
+        if challenge:
+            link.write([challenge])
         if hello is None:
             return
         self._finish()
@@ -72,10 +63,9 @@ class _Handshake:
             logger.info("the client already left; ignored")
             link.close(abort=True)
             return
-        try:
-            self._listener._admit(link, hello)
-        except HandshakeRejected as rejected:
-            self._refuse(RejectReason(rejected.reason), rejected.text, finished=True)
+        refusal = self._listener._admit(link, hello)
+        if refusal is not None:
+            self._refuse(refusal, finished=True)
 
     def link_lost(self, link: LinkProtocol, error: BaseException | None) -> None:
         self._finish()
@@ -91,16 +81,16 @@ class _Handshake:
 
     def _timed_out(self) -> None:
         if not self.done:
-            self._refuse(RejectReason.HANDSHAKE_TIMEOUT, "no HELLO in time")
+            self._refuse(HandshakeRejected(RejectReason.HANDSHAKE_TIMEOUT, "no HELLO in time"))
 
-    def _refuse(self, reason: RejectReason, text: str, *, finished: bool = False) -> None:
+    def _refuse(self, refusal: HandshakeRejected, *, finished: bool = False) -> None:
         """REJECT, then FIN, then (a moment later) the close."""
         if not finished:
             self._finish()
-        self._listener._rejected += 1
-        logger.info("handshake refused: %s (%s)", reason.name, text)
+        self._listener._book.rejected_handshakes += 1
+        logger.info("handshake refused: %s (%s)", RejectReason(refusal.reason).name, refusal.text)
         link = self._link
-        link.write([reject_reply(HandshakeRejected(reason, text))])
+        link.write([reject_reply(refusal)])
         transport = link.transport
         if transport is not None and transport.can_write_eof():
             transport.write_eof()
@@ -129,21 +119,14 @@ class Listener:
         node_id: int = 0,
         journal: str | None = None,
     ) -> None:
-        if journal is not None:
-            config = Durable.durable_config(config)
-        self._config = config
+        self._book: ListenerBook[Channel] = ListenerBook(config, max_sessions=max_sessions, node_id=node_id, journal=journal)
+        self._config = self._book.config
         self._shell = shell
-        self._journal_dir = journal
         self._max_pending = max_pending_handshakes
-        self._registry = SessionRegistry(config, max_sessions=max_sessions, node_id=node_id)
-        self._channels: dict[bytes, Channel] = {}
-        self._offered: deque[Channel] = deque()
         self._changed = Signal()
         self._pending: set[LinkProtocol] = set()
         self._order = itertools.count(1)
-        self._closed = False
-        self._rejected = 0
-        self._failed = 0
+        self._restorable: list[Durable] = []
         self._server: asyncio.Server | None = None
         self.address: tuple[str, int] = ("", 0)
 
@@ -157,9 +140,10 @@ class Listener:
             reuse_address=True, start_serving=False,
         )
         try:
-            if self._journal_dir is not None:
-                await loop.run_in_executor(None, self._restore_prepare, self._journal_dir)
-                self._restore_sessions()
+            journal = self._book.journal
+            if journal is not None:
+                durables = await loop.run_in_executor(None, Durable.open_all_for_listener, journal, self._config)
+                self._book.restore(durables, self._restored_channel)
         except BaseException:
             server.close()
             raise
@@ -168,27 +152,13 @@ class Listener:
         self.address = (bound[0], bound[1])
         await server.start_serving()
 
-    def _restore_prepare(self, directory: str) -> None:
-        self._restorable = Durable.open_all_for_listener(directory, self._config)
-
-    def _restore_sessions(self) -> None:
-        for durable in self._restorable:
-            restored = durable.restore_for_listener(self._config)
-            if restored is None:
-                continue
-            engine, ended = restored
-            channel = Channel(engine, self._shell, durable=durable, restored=True, on_end=self._session_ended)
-            if ended is not None:
-                channel._end_restored(f"{ended[1]} (before the restart)", engine.unacked())
-            else:
-                self._registry.adopt(engine)
-                self._channels[engine.session_id] = channel
-            self._offered.append(channel)
+    def _restored_channel(self, engine: SessionEngine, durable: Durable) -> Channel:
+        return Channel(engine, self._shell, durable=durable, restored=True, on_end=self._session_ended)
 
     def _new_connection(self) -> LinkProtocol:
         link = LinkProtocol(NO_OWNER, order=next(self._order))
-        if self._closed or len(self._pending) >= self._max_pending:
-            self._rejected += 1
+        if self._book.closed or len(self._pending) >= self._max_pending:
+            self._book.rejected_handshakes += 1
             logger.warning("too many pending handshakes; dropped")
             link.refuse_when_made = True
             return link
@@ -202,70 +172,67 @@ class Listener:
         if sock is not None:
             configure_socket(sock, self._config)
 
-    def _admit(self, link: LinkProtocol, hello: Hello) -> None:
-        """Start or resume the session ``hello`` names; raises HandshakeRejected."""
-        if self._closed:
-            raise HandshakeRejected(RejectReason.SERVER_BUSY, "the server is closing")
+    def _admit(self, link: LinkProtocol, hello: Hello) -> HandshakeRejected | None:
+        """Start or resume the session ``hello`` names (ListenerBook decides);
+        the refusal, if it may not."""
+        book = self._book
         if hello.resume:
-            channel = self._channels.get(hello.session_id)
-            if channel is None:
-                raise self._registry.unknown_session(hello)
-            channel._open_link(link, hello=hello, new_secret=self._registry.new_secret())
-            return
-        engine = self._registry.start(hello, asyncio.get_running_loop().time())
-        durable = None
-        if self._journal_dir is not None:
+            target = book.resume_target(hello)
+            if isinstance(target, HandshakeRejected):
+                return target
             try:
-                durable = Durable.open(os.path.join(self._journal_dir, engine.session_id.hex()), self._config)
+                target._open_link(link, hello=hello, new_secret=book.registry.new_secret())
+            except HandshakeRejected as rejected:
+                return rejected
+            return None
+        started = book.start(hello, asyncio.get_running_loop().time())
+        if isinstance(started, HandshakeRejected):
+            return started
+        engine = started
+        durable = None
+        path = book.journal_path(engine)
+        if path is not None:
+            try:
+                durable = Durable.open(path, self._config)
             except (OSError, ReliableTCPError) as exc:
-                logger.error("no journal for a new session: %s", exc)
-                self._registry.forget(engine.session_id)
-                raise HandshakeRejected(RejectReason.SERVER_BUSY, "the server can't journal a new session") from exc
+                return book.journal_failed(engine, exc)
         channel = Channel(engine, self._shell, durable=durable, on_end=self._session_ended, on_confirmed=self._offer)
-        self._channels[engine.session_id] = channel
+        book.add(engine, channel)
         channel._open_link(link)
+        return None
 
     def _offer(self, channel: Channel) -> None:
-        if not self._closed:
-            self._offered.append(channel)
+        if self._book.offer(channel):
             self._changed.fire()
 
     def _session_ended(self, channel: Channel) -> None:
-        self._failed += channel.state is ChannelState.FAILED
-        session_id = bytes.fromhex(channel.session_id) if channel.session_id else b""
-        self._registry.forget(session_id)
-        if self._channels.get(session_id) is channel:
-            del self._channels[session_id]
+        self._book.ended(channel)
 
     async def accept(self) -> Channel:
         """The next new session (cancel to stop waiting: nothing is taken).
         Raises ChannelClosed once the listener is closed."""
-        while not self._offered:
-            if self._closed:
+        book = self._book
+        while not book.offered:
+            if book.closed:
                 raise ChannelClosed("the listener is closed")
             await self._changed.wait(None)
-        return self._offered.popleft()
+        return book.offered.popleft()
 
     def statistics(self) -> ListenerStatistics:
         """A frozen snapshot of the listener's counters."""
-        return ListenerStatistics(
-            sessions=len(self._registry),
-            pending_handshakes=len(self._pending),
-            rejected_handshakes=self._rejected,
-            sessions_failed=self._failed,
-        )
+        return self._book.statistics(len(self._pending))
 
     @property
     def session_count(self) -> int:
         """Sessions currently registered."""
-        return len(self._registry)
+        return len(self._book.registry)
 
     async def close(self, timeout: float = 5.0) -> None:
         """Stop accepting and end every session within ``timeout`` (see
         :meth:`reliable_tcp.Listener.close`)."""
-        if self._closed:
+        if self._book.closed:
             return
-        self._closed = True
+        channels = self._book.close()
         self._changed.fire()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -273,7 +240,6 @@ class Listener:
             self._server.close()
         for link in list(self._pending):
             link.close(abort=True)
-        channels = list(self._channels.values())
         for channel in channels:
             channel._begin_close()
         await asyncio.gather(*(channel._finish_close(deadline, reported=False) for channel in channels))

@@ -129,8 +129,7 @@ class LivenessCheck:
     """What the front reads from the current connection before the timers
     fire (system calls, so the threaded front makes them outside its lock)."""
 
-    #: Read the socket's pending error: it may be hidden from the front
-    #: (reading is paused, or nothing arrives to make a read fail).
+    #: Read the socket's pending error (once per heartbeat interval).
     read_error: bool
     #: The dead verdict is near: ask the kernel whether the peer is there
     #: (when the peer last acknowledged our bytes if reading is paused,
@@ -415,10 +414,11 @@ class Session(Generic[L]):
         connection before :meth:`timers_due`; None if nothing is due yet
         (the front asks :meth:`next_timer` again).
 
-        The socket's pending error is read once per heartbeat interval, and
-        only when it could be hidden: a reader paused on purpose meets no
-        error, and a silent socket gives no read to fail (an error is
-        reported once, to whoever reads it first). The peer's liveness is
+        The socket's pending error is read once per heartbeat interval (the
+        seed's zero-byte send): an error the kernel already holds (a reset,
+        a keepalive timeout) becomes a verdict at once, even while reading
+        is paused and no read would meet it. An error is reported once, to
+        whoever reads it first, so the front drops the link on it. The peer's liveness is
         asked when the dead verdict is due: a peer whose bytes wait unread
         (a starved reader) or whose kernel still acknowledges ours (reading
         paused on purpose) is alive.
@@ -431,8 +431,7 @@ class Session(Generic[L]):
         if self.link is None:
             return LivenessCheck(False, False, reading_paused)
         config = self.config
-        quiet = reading_paused or engine.silence(now) >= config.heartbeat_interval
-        read_error = quiet and now >= self._next_probe
+        read_error = now >= self._next_probe
         if read_error:
             self._next_probe = now + config.heartbeat_interval
         judge = engine.state in LIVE_STATES and engine.silence(now) >= config.dead_after_seconds

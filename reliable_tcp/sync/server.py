@@ -1,4 +1,8 @@
-"""The listening side: the accept loop, handshakes, and the registry of sessions.
+"""The threaded listening side: the accept loop, handshakes, the sessions.
+
+What is decided (who may open or resume a session, what a refusal says,
+the restore after a restart, what is offered to ``accept()``) is
+``common/listener.py``'s; this file accepts, reads, writes and waits.
 
 Threads: one accept thread, and a short-lived handshake thread per new
 connection (bounded by ``max_pending_handshakes`` and ``handshake_timeout``)
@@ -17,29 +21,21 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import socket
 import threading
 import time
-from collections import deque
 from typing import Any, Unpack
 
+from ..common.listener import ListenerBook, read_hello
 from ..common.options import ListenOptions, ShellOptions, resolve_options
 from ..common.sockets import close_socket, configure_socket
-from ..common.status import ChannelState, ListenerStatistics
+from ..common.status import ListenerStatistics
 from ..core.config import SessionConfig
+from ..core.engine import SessionEngine
 from ..core.frames import Hello, RejectReason
-from ..core.handshake import ServerHandshake, SessionRegistry, reject_reply
+from ..core.handshake import ServerHandshake, reject_reply
 from ..durable.session_journal import Durable
-from ..exceptions import (
-    ChannelClosed,
-    FrameError,
-    HandshakeRejected,
-    ProtocolError,
-    ReliableTCPError,
-    TLSHandshakeError,
-    UnsupportedVersion,
-)
+from ..exceptions import ChannelClosed, HandshakeRejected, ReliableTCPError, TLSHandshakeError
 from ._deadline import Deadline
 from .channel import Channel
 from .tls import TLSLayer
@@ -73,23 +69,15 @@ class Listener:
         backlog: int = 128,
         journal: str | None = None,
     ) -> None:
-        self._journal_dir = journal
-        if journal is not None:
-            config = Durable.durable_config(config)
-        self._config = config
+        self._book: ListenerBook[Channel] = ListenerBook(config, max_sessions=max_sessions, node_id=node_id, journal=journal)  # lock
+        self._config = config = self._book.config
         self._shell = shell
         self._max_pending = max_pending_handshakes
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # a session to offer, or closed
-        self._registry = SessionRegistry(config, max_sessions=max_sessions, node_id=node_id)
-        self._channels: dict[bytes, Channel] = {}
-        self._offered: deque[Channel] = deque()
         self._pending: set[socket.socket] = set()
         self._threads: list[threading.Thread] = []
         self._accept_order = itertools.count(1)
-        self._closed = False
-        self._rejected_handshakes = 0
-        self._sessions_failed = 0
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -114,24 +102,13 @@ class Listener:
         self._spawn(self._accept_loop, "accept")
 
     def _restore_sessions(self, directory: str) -> None:
-        """Bring back every journaled session after a restart: each waits for
-        its client's resume and is offered again by accept(). A session that
-        had ended is never resumed: a closed one is deleted, a lost one is
-        offered already ended, so its owner learns once what was never
-        acknowledged, then its journal is retired."""
-        for durable in Durable.open_all_for_listener(directory, self._config):
-            restored = durable.restore_for_listener(self._config)
-            if restored is None:
-                continue
-            engine, ended = restored
-            channel = Channel(engine, self._shell, durable=durable, restored=True, on_end=self._session_ended)
-            if ended is not None:
-                channel._end_restored(f"{ended[1]} (before the restart)", engine.unacked())
-            else:
-                self._registry.adopt(engine)
-                self._channels[engine.session_id] = channel
-            self._offered.append(channel)
-            logger.info("restored session %s from %s", engine.session_id.hex()[:8], durable.directory)
+        """Bring back every journaled session after a restart (ListenerBook.restore)."""
+        # No lock: no other thread runs yet, and a channel's lock is never
+        # taken under the listener's.
+        self._book.restore(Durable.open_all_for_listener(directory, self._config), self._restored_channel)
+
+    def _restored_channel(self, engine: SessionEngine, durable: Durable) -> Channel:
+        return Channel(engine, self._shell, durable=durable, restored=True, on_end=self._session_ended)
 
     def _spawn(self, target: Any, role: str, *args: Any) -> None:
         thread = threading.Thread(target=target, args=args, name=f"rtcp-listener-{self.address[1]}-{role}", daemon=True)
@@ -146,17 +123,17 @@ class Listener:
         """The next new session. Raises TimeoutError, or ChannelClosed once
         the listener is closed."""
         with self._lock:
-            if not Deadline(timeout).wait(self._changed, lambda: bool(self._offered) or self._closed):
+            book = self._book
+            if not Deadline(timeout).wait(self._changed, lambda: bool(book.offered) or book.closed):
                 raise TimeoutError("no new session arrived in time")
-            if self._offered:
-                return self._offered.popleft()
+            if book.offered:
+                return book.offered.popleft()
             raise ChannelClosed("the listener is closed")
 
     def _offer(self, channel: Channel) -> None:
         """A new session's client confirmed it: accept() may hand it out."""
         with self._lock:
-            if not self._closed:
-                self._offered.append(channel)
+            if self._book.offer(channel):
                 self._changed.notify()
 
     def _accept_loop(self) -> None:
@@ -164,18 +141,18 @@ class Listener:
             try:
                 sock, peer = self._sock.accept()
             except OSError as exc:
-                if self._closed:
+                if self._book.closed:
                     return
                 logger.warning("accept failed: %s", exc)
                 time.sleep(0.05)  # e.g. EMFILE: the condition is external; don't spin
                 continue
             order = next(self._accept_order)
             with self._lock:
-                too_many = self._closed or len(self._pending) >= self._max_pending
+                too_many = self._book.closed or len(self._pending) >= self._max_pending
                 if not too_many:
                     self._pending.add(sock)
                 else:
-                    self._rejected_handshakes += 1
+                    self._book.rejected_handshakes += 1
             if too_many:
                 logger.warning("%s: too many pending handshakes; dropped", peer)
                 close_socket(sock, abort=True)
@@ -217,7 +194,7 @@ class Listener:
         while True:
             remaining = deadline.remaining()
             if remaining is not None and remaining <= 0:
-                self._refuse(sock, peer, tls, RejectReason.HANDSHAKE_TIMEOUT, "no HELLO in time")
+                self._refuse(sock, peer, tls, HandshakeRejected(RejectReason.HANDSHAKE_TIMEOUT, "no HELLO in time"))
                 return None
             sock.settimeout(remaining)
             try:
@@ -235,77 +212,67 @@ class Listener:
                     return None
                 if not data:
                     continue  # part of a TLS record
+            hello, challenge, refusal = read_hello(reader, data)
+            if refusal is not None:
+                self._refuse(sock, peer, tls, refusal)
+                return None
             try:
-                hello = reader.receive_data(data)
-                challenge = reader.data_to_send()
                 if challenge:
                     sock.sendall(tls.encrypt(challenge) if tls is not None else challenge)
             except OSError as exc:
                 logger.info("%s: connection failed during the handshake: %s", peer, exc)
-                return None
-            except HandshakeRejected as rejected:
-                self._refuse(sock, peer, tls, RejectReason(rejected.reason), rejected.text)
-                return None
-            except UnsupportedVersion as exc:
-                self._refuse(sock, peer, tls, RejectReason.UNSUPPORTED_VERSION, str(exc))
-                return None
-            except (FrameError, ProtocolError) as exc:
-                self._refuse(sock, peer, tls, RejectReason.PROTOCOL_ERROR, str(exc))
                 return None
             if hello is not None:
                 sock.settimeout(None)
                 return hello
 
     def _admit(self, sock: socket.socket, hello: Hello, peer: Any, tls: TLSLayer | None, order: int) -> bool:
-        """Start or resume the session ``hello`` names; whether it took the socket."""
+        """Start or resume the session ``hello`` names (ListenerBook decides);
+        whether it took the socket."""
         if hello.resume:
             with self._lock:
-                channel = None if self._closed else self._channels.get(hello.session_id)
-            try:
-                if channel is None:
-                    raise self._registry.unknown_session(hello)
-                channel._open_link(sock, tls, order=order, hello=hello, new_secret=self._registry.new_secret())
-            except HandshakeRejected as rejected:
-                self._refuse(sock, peer, tls, RejectReason(rejected.reason), rejected.text)
+                target = self._book.resume_target(hello)
+            refusal = target if isinstance(target, HandshakeRejected) else None
+            if not isinstance(target, HandshakeRejected):
+                try:
+                    target._open_link(sock, tls, order=order, hello=hello, new_secret=self._book.registry.new_secret())
+                except HandshakeRejected as rejected:
+                    refusal = rejected
+            if refusal is not None:
+                self._refuse(sock, peer, tls, refusal)
                 return False
             logger.info("%s: resumed session %s", peer, hello.session_id.hex()[:8])
             return True
         with self._lock:
-            if self._closed:
-                return False
-            try:
-                engine = self._registry.start(hello, time.monotonic())
-            except HandshakeRejected as rejected:
-                refusal: HandshakeRejected | None = rejected
-            else:
-                refusal = None
-        if refusal is not None:
-            self._refuse(sock, peer, tls, RejectReason(refusal.reason), refusal.text)
+            started = self._book.start(hello, time.monotonic())
+        if isinstance(started, HandshakeRejected):
+            self._refuse(sock, peer, tls, started)
             return False
+        engine = started
         durable = None
-        if self._journal_dir is not None:
+        path = self._book.journal_path(engine)
+        if path is not None:
             try:
-                durable = Durable.open(os.path.join(self._journal_dir, engine.session_id.hex()), self._config)
+                durable = Durable.open(path, self._config)
             except (OSError, ReliableTCPError) as exc:
-                logger.error("%s: no journal for a new session: %s", peer, exc)
                 with self._lock:
-                    self._registry.forget(engine.session_id)
-                self._refuse(sock, peer, tls, RejectReason.SERVER_BUSY, "the server can't journal a new session")
+                    refusal = self._book.journal_failed(engine, exc)
+                self._refuse(sock, peer, tls, refusal)
                 return False
         channel = Channel(engine, self._shell, durable=durable, on_end=self._session_ended, on_confirmed=self._offer)
         with self._lock:
-            self._channels[engine.session_id] = channel
+            self._book.add(engine, channel)
         channel._open_link(sock, tls, order=order)
         # accept() gets it once the client has spoken after ACCEPT (PeerConfirmed).
         logger.info("%s: new session %s", peer, engine.session_id.hex()[:8])
         return True
 
-    def _refuse(self, sock: socket.socket, peer: Any, tls: TLSLayer | None, reason: RejectReason, text: str) -> None:
+    def _refuse(self, sock: socket.socket, peer: Any, tls: TLSLayer | None, refusal: HandshakeRejected) -> None:
         """Answer REJECT, then end the connection in order: our FIN, and a
         short wait for the peer's, so the REJECT is read, not reset away."""
-        logger.info("%s: handshake refused: %s (%s)", peer, reason.name, text)
+        logger.info("%s: handshake refused: %s (%s)", peer, RejectReason(refusal.reason).name, refusal.text)
         self._count_rejected()
-        data = reject_reply(HandshakeRejected(reason, text))
+        data = reject_reply(refusal)
         deadline = Deadline(min(_REJECT_LINGER, self._config.handshake_timeout))
         try:
             sock.settimeout(deadline.remaining())
@@ -320,34 +287,24 @@ class Listener:
 
     def _count_rejected(self) -> None:
         with self._lock:
-            self._rejected_handshakes += 1
+            self._book.rejected_handshakes += 1
 
     def _session_ended(self, channel: Channel) -> None:
-        failed = channel.state is ChannelState.FAILED
-        session_id = bytes.fromhex(channel.session_id)
         with self._lock:
-            self._sessions_failed += failed
-            self._registry.forget(session_id)
-            if self._channels.get(session_id) is channel:
-                del self._channels[session_id]
+            self._book.ended(channel)
 
     # --------------------------------------------------------------- ending
 
     def statistics(self) -> ListenerStatistics:
         """A frozen snapshot of the listener's counters."""
         with self._lock:
-            return ListenerStatistics(
-                sessions=len(self._registry),
-                pending_handshakes=len(self._pending),
-                rejected_handshakes=self._rejected_handshakes,
-                sessions_failed=self._sessions_failed,
-            )
+            return self._book.statistics(len(self._pending))
 
     @property
     def session_count(self) -> int:
         """Sessions currently registered (connected or waiting to resume)."""
         with self._lock:
-            return len(self._registry)
+            return len(self._book.registry)
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop accepting and end every session within ``timeout``: all of
@@ -356,10 +313,9 @@ class Listener:
         its report: its own calls raise SessionLost for what was not acknowledged."""
         deadline = Deadline(timeout)
         with self._lock:
-            if self._closed:
+            if self._book.closed:
                 return
-            self._closed = True
-            channels = list(self._channels.values())
+            channels = self._book.close()
             pending = list(self._pending)
             self._changed.notify_all()
         close_socket(self._sock)  # shutdown() wakes the blocked accept()

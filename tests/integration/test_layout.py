@@ -1,7 +1,9 @@
 """The package's layers, checked on its import statements (docs/design.md).
 
 core/ is sans-I/O and imports nothing of the package but ``exceptions``;
-common/ and durable/ serve both fronts and import neither; the two fronts
+durable/ (the journal) builds on core/ only; common/ (what both fronts
+share, the session and listener policy among it) on core/ and durable/;
+neither imports a front; the two fronts
 do not import each other; cli/ and testing/ sit on top, and nothing in the
 library imports them; no module imports another module's private name.
 """
@@ -18,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "reliable_tcp"
 #: For each layer, the layers of the package its modules may import.
 ALLOWED = {
     "core": {"core", "exceptions"},
-    "common": {"core", "common", "exceptions"},
+    "common": {"core", "common", "durable", "exceptions"},
     "durable": {"core", "durable", "exceptions"},
     "sync": {"core", "common", "durable", "sync", "exceptions"},
     "asyncio": {"core", "common", "durable", "asyncio", "exceptions"},
