@@ -2,11 +2,21 @@
 
 Every message is delivered exactly once and in order across pulled
 cables, resets and sleeps, or the sender is told which ones were not.
+
+The threaded front end (``Channel``, ``connect``, ``Listener``,
+``listen``) and the subpackages ``asyncio``, ``testing`` and ``cli`` load
+on first use, so ``import reliable_tcp.asyncio`` starts nothing of the
+threaded one.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from .common.backoff import Backoff
 from .common.options import ChannelOptions, ListenOptions, ShellOptions
-from .common.status import ChannelEvent, ChannelState, ChannelStatistics, ListenerStatistics
+from .common.status import ChannelEvent, ChannelState, ChannelStatistics, EventKind, ListenerStatistics
 from .core.auth import load_psk
 from .core.config import SessionConfig
 from .durable.directory import JournalInfo, list_journals, remove_journal
@@ -33,11 +43,39 @@ from .exceptions import (
     UsageError,
     WindowFull,
 )
-from .sync.channel import Channel
-from .sync.client import connect
-from .sync.server import Listener, listen
+
+if TYPE_CHECKING:
+    from . import asyncio as asyncio, cli as cli, testing as testing  # not in __all__: "import *" must not shadow asyncio
+    from .sync.channel import Channel
+    from .sync.client import connect
+    from .sync.server import Listener, listen
 
 __version__ = "0.2.0"
+
+#: Names loaded on first use: each with the module that defines it.
+_LAZY = {
+    "Channel": ".sync.channel",
+    "connect": ".sync.client",
+    "Listener": ".sync.server",
+    "listen": ".sync.server",
+    "asyncio": "",
+    "cli": "",
+    "testing": "",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = importlib.import_module(f".{name}", __name__) if not module else getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # the next lookup is an ordinary one
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "AuthenticationFailed",
@@ -50,6 +88,7 @@ __all__ = [
     "ChannelState",
     "ChannelStatistics",
     "CorruptFrame",
+    "EventKind",
     "FrameError",
     "FrameTooLarge",
     "InvalidState",

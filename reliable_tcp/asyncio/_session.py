@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..common.consumer import ConsumerRule
-from ..common.ending import Ending, Unacked
+from ..common.ending import EndKind, Ending, Unacked
 from ..common.options import ShellOptions
 from ..common.session import CHANGED, OUTPUT, Acknowledged, Action, Confirmed, Deliver, DropLink, Ended, Notify, Persist, Session
 from ..common.sockets import link_error_reason
@@ -129,7 +129,7 @@ class LoopSession:
 
     def _end_restored(self, reason: str, unacked: Unacked) -> None:
         """A journal says this session was lost before the restart."""
-        self._carry_out(self._session.end(Ending.of("lost", reason, unacked, None)))
+        self._carry_out(self._session.end(Ending.of(EndKind.LOST, reason, unacked, None)))
 
     async def _teardown(self, deadline: float | None, *, reported: bool) -> None:
         self._session.stop()

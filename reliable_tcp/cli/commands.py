@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, BinaryIO
 
-from ..common.status import ChannelEvent, ChannelStatistics
+from ..common.status import ChannelEvent, ChannelStatistics, EventKind
 from ..core.auth import load_psk
 from ..exceptions import ChannelClosed, ReliableTCPError, SessionLost
 from ..sync.channel import Channel
@@ -403,7 +403,7 @@ def _address(args: argparse.Namespace) -> tuple[str, int]:
 def _reporter() -> Any:
     def report(event: ChannelEvent) -> None:
         extra = f" ({event.detail})" if event.detail else ""
-        replayed = f", {event.replayed} messages replayed" if event.kind == "resumed" else ""
+        replayed = f", {event.replayed} messages replayed" if event.kind is EventKind.RESUMED else ""
         print(f"rtcat: {event.kind}{extra}{replayed}", file=sys.stderr, flush=True)
 
     return report

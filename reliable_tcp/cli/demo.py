@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from ..common.status import ChannelEvent
+from ..common.status import ChannelEvent, EventKind
 from ..exceptions import ChannelClosed, SessionLost
 from ..sync.channel import Channel
 from ..sync.client import connect
@@ -56,9 +56,9 @@ class _Timeline:
     def observer(self, side: str) -> Callable[[ChannelEvent], None]:
         def on_event(event: ChannelEvent) -> None:
             with self.lock:
-                if event.kind == "disconnected":
+                if event.kind is EventKind.DISCONNECTED:
                     self.disconnected[side].append(time.monotonic())
-                elif event.kind == "resumed":
+                elif event.kind is EventKind.RESUMED:
                     self.resumed[side].append(time.monotonic())
                 self.changed.notify_all()
 

@@ -7,6 +7,7 @@ ended, and every call raises a fresh exception chained to one root cause.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 from ..core import events as ev
@@ -20,9 +21,18 @@ from ..exceptions import (
     TLSHandshakeError,
 )
 
-__all__ = ["Ending", "Unacked", "first_handshake_error"]
+__all__ = ["EndKind", "Ending", "Unacked", "first_handshake_error"]
 
 Unacked = tuple[tuple[int, bytes], ...]
+
+
+class EndKind(enum.StrEnum):
+    """How a session ended (string-valued: ``EndKind.LOST == "lost"``)."""
+
+    CLOSED = "closed"  # a complete close: everything acknowledged
+    ABORTED = "aborted"  # abort(), by either side
+    LOST = "lost"  # ended with messages unacknowledged, or refused, expired, failed
+    BROKEN = "broken"  # a local failure with nothing unacknowledged
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,19 +41,19 @@ class Ending:
     (ended with messages unacknowledged, or refused, expired, failed) or
     ``broken`` (a local failure with nothing unacknowledged)."""
 
-    kind: str
+    kind: EndKind
     reason: str
     unacked: Unacked
     cause: BaseException | None
 
     @classmethod
-    def of(cls, kind: str, reason: str, unacked: Unacked, cause: BaseException | None) -> Ending:
+    def of(cls, kind: EndKind, reason: str, unacked: Unacked, cause: BaseException | None) -> Ending:
         """The end, with the rule applied: closed or broken with messages
         unacknowledged is lost (SessionLost lists them)."""
-        if kind == "closed" and unacked:
-            kind, reason = "lost", f"{reason} before every message was acknowledged"
-        elif kind == "broken" and unacked:
-            kind = "lost"  # SessionLost is a ChannelBroken that also lists what was not acknowledged
+        if kind is EndKind.CLOSED and unacked:
+            kind, reason = EndKind.LOST, f"{reason} before every message was acknowledged"
+        elif kind is EndKind.BROKEN and unacked:
+            kind = EndKind.LOST  # SessionLost is a ChannelBroken that also lists what was not acknowledged
         return cls(kind, reason, unacked, cause)
 
     @classmethod
@@ -51,10 +61,10 @@ class Ending:
         """The end an engine event reports, if it is one."""
         if isinstance(event, ev.SessionClosed):
             if event.aborted:
-                return cls.of("aborted", "aborted", event.unacked, None)
-            return cls.of("closed", "closed by peer" if event.by_peer else "closed", event.unacked, None)
+                return cls.of(EndKind.ABORTED, "aborted", event.unacked, None)
+            return cls.of(EndKind.CLOSED, "closed by peer" if event.by_peer else "closed", event.unacked, None)
         if isinstance(event, ev.SessionFailed):
-            return cls.of("lost", event.reason, event.unacked, event.error)
+            return cls.of(EndKind.LOST, event.reason, event.unacked, event.error)
         return None
 
     def with_cause(self, cause: BaseException | None) -> Ending:
@@ -66,19 +76,19 @@ class Ending:
     @property
     def failed(self) -> bool:
         """Lost or broken (not a close or an abort)."""
-        return self.kind in ("lost", "broken")
+        return self.kind in (EndKind.LOST, EndKind.BROKEN)
 
     @property
     def reportable(self) -> bool:
         """Lost with messages the owner must be told about."""
-        return self.kind == "lost" and bool(self.unacked)
+        return self.kind is EndKind.LOST and bool(self.unacked)
 
     def exception(self) -> ReliableTCPError:
         """A fresh exception for this end, chained to its root cause."""
         error: ReliableTCPError
-        if self.kind == "lost":
+        if self.kind is EndKind.LOST:
             error = SessionLost(self.reason, self.unacked)
-        elif self.kind == "broken":
+        elif self.kind is EndKind.BROKEN:
             error = ChannelBroken(self.reason)
         else:
             error = ChannelClosed(self.reason, self.unacked)

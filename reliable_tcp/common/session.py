@@ -46,8 +46,8 @@ from ..core.frames import Hello, RejectReason
 from ..core.state import LIVE_STATES, TERMINAL_STATES
 from ..exceptions import ChannelClosed, HandshakeRejected, ReliableTCPError
 from .backoff import is_retryable
-from .ending import Ending
-from .status import ChannelEvent, channel_state_of
+from .ending import EndKind, Ending
+from .status import ChannelEvent, EventKind, channel_state_of
 
 __all__ = [
     "Session", "Action", "Deliver", "Acknowledged", "Persist", "Confirmed", "DropLink", "Notify", "Ended",
@@ -195,14 +195,14 @@ class Session(Generic[L]):
         if self.closing:
             raise ChannelClosed("the channel is closing")
 
-    def event(self, kind: str, detail: str = "", replayed: int = 0) -> ChannelEvent | None:
+    def event(self, kind: EventKind, detail: str = "", replayed: int = 0) -> ChannelEvent | None:
         """The event as of now (the state it reports is read now), or None
         if nobody listens."""
         if not self._wants_events:
             return None
         return ChannelEvent(kind, channel_state_of(self.engine.state, self.ever_connected), detail, replayed)
 
-    def _notify(self, actions: list[Action], kind: str, detail: str = "", replayed: int = 0) -> None:
+    def _notify(self, actions: list[Action], kind: EventKind, detail: str = "", replayed: int = 0) -> None:
         event = self.event(kind, detail, replayed)
         if event is not None:
             actions.append(Notify(event))
@@ -275,7 +275,7 @@ class Session(Generic[L]):
                 self._disconnected_at = now
             if not self.stopping:
                 logger.info("%s: disconnected: %s", self._name, reason)
-                self._notify(actions, "disconnected", reason)
+                self._notify(actions, EventKind.DISCONNECTED, reason)
         self._absorb(now, actions)
         actions.append(CHANGED)
 
@@ -289,7 +289,7 @@ class Session(Generic[L]):
         if self.ending is None and not is_retryable(error, reconnect=self.ever_connected):
             self.engine.close(now)
             self.engine.events_received()  # the close's own events: the end below says it all
-            self._end(Ending.of("broken", reason, self.engine.unacked(), error), actions)
+            self._end(Ending.of(EndKind.BROKEN, reason, self.engine.unacked(), error), actions)
         return actions
 
     def received(self, link: L, data: bytes | memoryview, now: float) -> list[Action]:
@@ -304,7 +304,8 @@ class Session(Generic[L]):
         """The journal took the session record (or refused it: the session breaks)."""
         actions: list[Action] = []
         if error is not None:
-            self._end(Ending.of("broken", f"the journal refused the session record: {error}", self.engine.unacked(), error), actions)
+            reason = f"the journal refused the session record: {error}"
+            self._end(Ending.of(EndKind.BROKEN, reason, self.engine.unacked(), error), actions)
         self._output_held = False
         actions.append(OUTPUT)
         return actions
@@ -323,7 +324,7 @@ class Session(Generic[L]):
         The connection closes in order (FIN), so the peer still reads our CLOSE."""
         actions: list[Action] = []
         self._link_lost(now, "close timed out", None, False, actions)
-        self._end(Ending.of("closed", "close timed out", self.engine.unacked(), None), actions)
+        self._end(Ending.of(EndKind.CLOSED, "close timed out", self.engine.unacked(), None), actions)
         return actions
 
     def stop(self) -> None:
@@ -380,9 +381,9 @@ class Session(Generic[L]):
             if self._disconnected_at is not None:
                 self.last_recovery = now - self._disconnected_at
             logger.info("%s: session resumed, %d messages replayed", self._name, event.replayed)
-            self._notify(actions, "resumed", replayed=event.replayed)
+            self._notify(actions, EventKind.RESUMED, replayed=event.replayed)
         elif first_connection:
-            self._notify(actions, "connected", self.engine.session_id.hex())
+            self._notify(actions, EventKind.CONNECTED, self.engine.session_id.hex())
         self._disconnected_at = None
 
     def _end(self, ending: Ending, actions: list[Action]) -> None:
@@ -393,7 +394,7 @@ class Session(Generic[L]):
         self._timer_due = None
         if ending.failed:
             logger.warning("%s: %s (%d unacknowledged)", self._name, ending.reason, len(ending.unacked))
-        actions.append(Ended(ending, self.event("failed" if ending.failed else "closed", ending.reason)))
+        actions.append(Ended(ending, self.event(EventKind.FAILED if ending.failed else EventKind.CLOSED, ending.reason)))
         actions.append(CHANGED)
 
     # ----------------------------------------------------------------- timers

@@ -11,7 +11,7 @@ from ..core.state import CLOSING_STATES, SessionState
 if TYPE_CHECKING:
     from ..core.engine import SessionEngine
 
-__all__ = ["ChannelState", "ChannelEvent", "ChannelStatistics", "ListenerStatistics", "channel_state_of"]
+__all__ = ["ChannelState", "EventKind", "ChannelEvent", "ChannelStatistics", "ListenerStatistics", "channel_state_of"]
 
 
 class ChannelState(enum.Enum):
@@ -38,6 +38,17 @@ def channel_state_of(state: SessionState, ever_connected: bool) -> ChannelState:
     return ChannelState.DISCONNECTED if ever_connected else ChannelState.CONNECTING
 
 
+class EventKind(enum.StrEnum):
+    """What a :class:`ChannelEvent` reports (string-valued:
+    ``EventKind.RESUMED == "resumed"``)."""
+
+    CONNECTED = "connected"  # the first handshake is done
+    DISCONNECTED = "disconnected"  # the connection was lost; the session waits for a resume
+    RESUMED = "resumed"  # the session continues on a new connection
+    CLOSED = "closed"  # the session ended in order (a close or an abort)
+    FAILED = "failed"  # the session was lost or broke
+
+
 @dataclass(frozen=True, slots=True)
 class ChannelEvent:
     """A state change reported to ``on_event``: ``kind`` is one of
@@ -47,7 +58,7 @@ class ChannelEvent:
     ``replayed`` counts the messages sent again after a resume.
     """
 
-    kind: str
+    kind: EventKind
     state: ChannelState
     detail: str = ""
     replayed: int = 0

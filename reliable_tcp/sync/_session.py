@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..common.consumer import ConsumerRule
-from ..common.ending import Ending, Unacked
+from ..common.ending import EndKind, Ending, Unacked
 from ..common.options import ShellOptions
 from ..common.session import (
     CHANGED,
@@ -169,7 +169,7 @@ class SessionShell:
         assert self._session.ending is not None
         return self._session.ending.exception()
 
-    def _end(self, kind: str, reason: str, unacked: Unacked, cause: BaseException | None) -> None:
+    def _end(self, kind: EndKind, reason: str, unacked: Unacked, cause: BaseException | None) -> None:
         """End the session now (a local failure). Lock held."""
         self._carry_out(self._session.end(Ending.of(kind, reason, unacked, cause)))
 
@@ -177,7 +177,7 @@ class SessionShell:
         """A journal says this session was lost before the restart: end it
         now, so its owner is told (once) what was never acknowledged."""
         with self._locked:
-            self._end("lost", reason, unacked, None)
+            self._end(EndKind.LOST, reason, unacked, None)
 
     def _teardown(self, deadline: Deadline, *, linger: bool, reported: bool = True) -> None:
         """Stop the connector and the connections, join every thread, close
@@ -292,7 +292,7 @@ class SessionShell:
             # recv() and the final event report the end only once the journal
             # holds it: an application that saw the peer's close and then died
             # must not be offered the finished session again by the restart.
-            def record_then_report(kind: str = action.ending.kind, reason: str = action.ending.reason) -> None:
+            def record_then_report(kind: EndKind = action.ending.kind, reason: str = action.ending.reason) -> None:
                 durable.record_end(kind, reason)
                 self._inbox.end(self._end_exception)
                 self._dispatch(final)
@@ -426,7 +426,7 @@ class SessionShell:
         """LinkOwner: the connection failed, saw EOF, or a thread crashed."""
         with self._locked:
             if crashed:
-                self._end("broken", reason, self._engine.unacked(), error)
+                self._end(EndKind.BROKEN, reason, self._engine.unacked(), error)
             elif self._session.ended:
                 return
             elif not reason:
