@@ -7,10 +7,12 @@ timers (``loop.call_at`` on its next deadline). Backpressure both ways: a
 full window suspends ``send``; a full receive queue pauses reading.
 
 What is shared with the threaded front end, not copied: the engine and
-its state table, the options and their defaults, the exceptions and how a
-session's end maps to them (``_ending.Ending``), the journal
-(``_durable.Durable``, its fsyncs run in the loop's executor with group
-commit), the socket probes, the statistics.
+its state table, the session policy (``common.session.SessionPolicy``),
+the options and their defaults, the exceptions and how a session's end
+maps to them (``common.ending.Ending``), the journal (``durable.Durable``;
+its fsyncs run in the loop's executor with group commit), the socket
+probes, the statistics. As there, a Channel holds its machinery (a
+``_session.LoopSession``) and carries only the API.
 
 Cancellation: a coroutine cancelled while it waits has done nothing it
 does not say. ``send`` queues its message only after the wait, in one
@@ -33,7 +35,7 @@ import logging
 from collections.abc import AsyncIterator, Iterable
 
 from ..common.ending import Unacked
-from ..common.status import ChannelState, ChannelStatistics, channel_state_of, statistics_of
+from ..common.status import ChannelState, ChannelStatistics
 from ..core.state import TERMINAL_STATES
 from ..exceptions import ChannelClosed, JournalWriteFailed, UsageError
 from ._session import LoopSession
@@ -46,7 +48,7 @@ logger = logging.getLogger(__name__)
 _HANDSHAKE_SHARE = 0.25
 
 
-class Channel(LoopSession):
+class Channel:
     """A reliable, ordered, exactly-once message channel for asyncio programs.
 
     Get one from :func:`reliable_tcp.asyncio.connect` or
@@ -55,43 +57,55 @@ class Channel(LoopSession):
     cancelled safely (see the module docstring).
     """
 
+    __slots__ = ("_session", "__weakref__")
+
+    def __init__(self, session: LoopSession) -> None:
+        # The machinery (the connection, timers, the shared policy) is the
+        # session's; the channel only carries the API. Made by connect() and
+        # the listener, never by the application.
+        self._session = session
+        session.channel = self
+
     # -------------------------------------------------------------- queries
 
     @property
     def name(self) -> str:
         """The channel's name in logs."""
-        return self._name
+        return self._session.name
 
     @property
     def state(self) -> ChannelState:
         """The channel's current state."""
-        return channel_state_of(self._engine.state, self._session.ever_connected)
+        return self._session.state
 
     @property
     def session_id(self) -> str:
         """The session id in hex (empty until the first handshake)."""
-        session_id = self._engine.session_id
-        return session_id.hex() if any(session_id) else ""
+        return self._session.session_id
+
+    @property
+    def restored(self) -> bool:
+        """True for a session brought back from a journal after a restart."""
+        return self._session.restored
 
     @property
     def last_sent_seq(self) -> int:
         """Sequence number of the last message sent."""
-        return self._engine.next_seq - 1
+        return self._session.engine.next_seq - 1
 
     @property
     def last_committed_seq(self) -> int:
         """Sequence number of the last received message committed."""
-        return self._engine.committed
+        return self._session.engine.committed
 
     @property
     def last_received_seq(self) -> int:
         """Sequence number of the last message ``recv`` returned."""
-        return self._committed_base + self._taken
+        return self._session.committed_base + self._session.taken
 
     def statistics(self) -> ChannelStatistics:
         """A frozen snapshot of the counters."""
-        return statistics_of(self._engine, ever_connected=self._session.ever_connected, disconnects=self._session.disconnects,
-                             queued_messages=len(self._inbox), last_recovery_time=self._session.last_recovery)
+        return self._session.statistics()
 
     # ------------------------------------------------------------ messaging
 
@@ -111,7 +125,7 @@ class Channel(LoopSession):
         return await self._queue(pending) if pending else self.last_sent_seq
 
     async def _queue(self, pending: list[bytes]) -> int:
-        engine = self._engine
+        engine = self._session.engine
         engine.check_message_size(max(map(len, pending)))
         queued = 0
         seq = 0
@@ -119,18 +133,18 @@ class Channel(LoopSession):
         try:
             while queued < len(pending):
                 batch = pending[queued:] if queued else pending
-                while not (self._session.closing or self._session.ending is not None or engine.can_send(len(batch[0]))):
-                    await self._changed.wait(None)
-                self._raise_if_closed()
+                while not (self._session.policy.closing or self._session.policy.ending is not None or engine.can_send(len(batch[0]))):
+                    await self._session.changed.wait(None)
+                self._session.raise_if_closed()
                 engine.check_sendable()
-                if self._durable is not None:
+                if self._session.durable is not None:
                     batch = batch[: engine.room_for(batch)]
-                    position = self._durable.record_sent(engine.next_seq, batch)  # journaled exactly when queued
-                first, count = engine.send_messages(batch, self._loop.time())
+                    position = self._session.durable.record_sent(engine.next_seq, batch)  # journaled exactly when queued
+                first, count = engine.send_messages(batch, self._session.loop.time())
                 queued += count
                 seq = first + count - 1
-                self._flush_soon()
-            if self._durable is not None and position is not None:
+                self._session.flush_soon()
+            if self._session.durable is not None and position is not None:
                 await self._made_durable(position)
         except asyncio.CancelledError as exc:
             # The caller can tell what a cancelled send did: ``queued`` is how
@@ -143,8 +157,8 @@ class Channel(LoopSession):
         """Wait for the fsync off the loop. A cancellation meanwhile is held
         back until the queued messages are durable, then raised: what was
         queued stays queued, and the caller learns how much from ``queued``."""
-        assert self._durable is not None
-        work = asyncio.ensure_future(self._loop.run_in_executor(None, self._durable.wait_durable, position))
+        assert self._session.durable is not None
+        work = asyncio.ensure_future(self._session.loop.run_in_executor(None, self._session.durable.wait_durable, position))
         cancelled: asyncio.CancelledError | None = None
         while not work.done():
             try:
@@ -155,45 +169,45 @@ class Channel(LoopSession):
                 cancelled = exc
         if cancelled is not None:
             if work.exception() is not None:
-                logger.warning("%s: a cancelled send was not made durable: %s", self._name, work.exception())
+                logger.warning("%s: a cancelled send was not made durable: %s", self._session.name, work.exception())
             raise cancelled
         work.result()
 
     async def flush(self) -> None:
         """Wait until the peer has acknowledged every message sent so far."""
-        engine = self._engine
-        while engine.unacked_count and self._session.ending is None:
-            await self._changed.wait(None)
-        if self._session.ending is not None and engine.unacked_count:
-            raise self._session.ending.exception()
+        engine = self._session.engine
+        while engine.unacked_count and self._session.policy.ending is None:
+            await self._session.changed.wait(None)
+        if self._session.policy.ending is not None and engine.unacked_count:
+            raise self._session.policy.ending.exception()
 
     async def recv(self) -> bytes:
         """The next message, in order; raises like :meth:`reliable_tcp.Channel.recv`
         (with a journal, one task consumes at a time, as one thread does there)."""
-        if self._durable is None:
+        if self._session.durable is None:
             return await self._take()
-        async with self._consumer_lock:
+        async with self._session.consumer_lock:
             me = asyncio.current_task()
-            self._consumers.check(me, self._uncommitted())
-            if self._shell.auto_commit:
+            self._session.consumers.check(me, self._uncommitted())
+            if self._session.options.auto_commit:
                 await self._commit()  # the application came back for more: it is done with the last one
             message = await self._take()
-            self._consumers.took(me)
+            self._session.consumers.took(me)
             return message
 
     def _uncommitted(self) -> int:
-        return self.last_received_seq - self._engine.committed
+        return self.last_received_seq - self._session.engine.committed
 
     async def _take(self) -> bytes:
-        while not self._inbox:
-            if self._session.ending is not None:
-                await self._end_durable()
-                raise self._session.ending.exception()
-            await self._changed.wait(None)
-        message = self._inbox.popleft()
-        self._inbox_bytes -= len(message)
-        self._taken += 1
-        self._resume_reading()
+        while not self._session.inbox:
+            if self._session.policy.ending is not None:
+                await self._session.end_durable()
+                raise self._session.policy.ending.exception()
+            await self._session.changed.wait(None)
+        message = self._session.inbox.popleft()
+        self._session.inbox_bytes -= len(message)
+        self._session.taken += 1
+        self._session.resume_reading()
         return message
 
     async def recv_many(self, max_messages: int = 1024) -> list[bytes]:
@@ -201,12 +215,12 @@ class Channel(LoopSession):
         first = await self.recv()
         # Nothing awaits from here on: the rest are taken by the same consumer.
         out = [first]
-        while self._inbox and len(out) < max_messages:
-            message = self._inbox.popleft()
-            self._inbox_bytes -= len(message)
+        while self._session.inbox and len(out) < max_messages:
+            message = self._session.inbox.popleft()
+            self._session.inbox_bytes -= len(message)
             out.append(message)
-        self._taken += len(out) - 1
-        self._resume_reading()
+        self._session.taken += len(out) - 1
+        self._session.resume_reading()
         return out
 
     def __aiter__(self) -> AsyncIterator[bytes]:
@@ -222,24 +236,24 @@ class Channel(LoopSession):
     async def commit(self) -> None:
         """Confirm every message ``recv`` has returned so far (see
         :meth:`reliable_tcp.Channel.commit`); the journal's fsync runs off the loop."""
-        if self._durable is not None:
-            self._consumers.check(asyncio.current_task(), self._uncommitted())
+        if self._session.durable is not None:
+            self._session.consumers.check(asyncio.current_task(), self._uncommitted())
         await self._commit()
 
     async def _commit(self) -> None:
         upto = self.last_received_seq
-        if upto <= self._engine.committed:
+        if upto <= self._session.engine.committed:
             return
-        if self._durable is not None:
+        if self._session.durable is not None:
             try:
-                await self._loop.run_in_executor(None, self._durable.record_consumed, upto)
+                await self._session.loop.run_in_executor(None, self._session.durable.record_consumed, upto)
             except JournalWriteFailed as exc:
-                logger.warning("%s: commit not journaled, retried at the next one: %s", self._name, exc)
+                logger.warning("%s: commit not journaled, retried at the next one: %s", self._session.name, exc)
                 return
-        if self._engine.state not in TERMINAL_STATES:
-            now = self._loop.time()
-            self._engine.commit(upto, now)
-            self._absorb(now)
+        if self._session.engine.state not in TERMINAL_STATES:
+            now = self._session.loop.time()
+            self._session.engine.commit(upto, now)
+            self._session.absorb(now)
 
     # --------------------------------------------------------------- ending
 
@@ -249,57 +263,33 @@ class Channel(LoopSession):
         await self._close_and_report(timeout, commit=True)
 
     async def _close_and_report(self, timeout: float | None, *, commit: bool) -> None:
-        if self._closer is None:
-            self._closer = asyncio.ensure_future(self._close(timeout, commit=commit))
-        await asyncio.shield(self._closer)
-        if self._session.ending is not None and self._session.ending.reportable and not self._session.close_reported:
-            self._session.close_reported = True
-            raise self._session.ending.exception()
-        self._session.close_reported = True
+        if self._session.closer is None:
+            self._session.closer = asyncio.ensure_future(self._close(timeout, commit=commit))
+        await asyncio.shield(self._session.closer)
+        report = self._session.policy.close_report()
+        if report is not None:
+            raise report
 
     async def _close(self, timeout: float | None, *, commit: bool) -> None:
-        deadline = None if timeout is None else self._loop.time() + timeout
-        if commit and self._session.ending is None and not self._session.closing:
+        deadline = None if timeout is None else self._session.loop.time() + timeout
+        if commit and self._session.policy.ending is None and not self._session.policy.closing:
             await self._commit()  # what recv() returned is done with: the handshake acknowledges it
-        self._session.closing = True
-        self._changed.fire()
-        engine = self._engine
-        flush_deadline = None if deadline is None else deadline - _HANDSHAKE_SHARE * max(0.0, deadline - self._loop.time())
-        while engine.unacked_count and self._session.ending is None:
-            if not await self._changed.wait(flush_deadline):
+        self._session.policy.closing = True
+        self._session.changed.fire()
+        engine = self._session.engine
+        flush_deadline = None if deadline is None else deadline - _HANDSHAKE_SHARE * max(0.0, deadline - self._session.loop.time())
+        while engine.unacked_count and self._session.policy.ending is None:
+            if not await self._session.changed.wait(flush_deadline):
                 break
-        self._begin_close()
-        await self._finish_close(deadline)
-
-    def _begin_close(self) -> None:
-        self._carry_out(self._session.close(self._loop.time()))
-
-    async def _finish_close(self, deadline: float | None, *, reported: bool = True) -> None:
-        while self._session.ending is None:
-            if not await self._changed.wait(deadline):
-                self._carry_out(self._session.close_timed_out(self._loop.time()))
-                break
-        await self._teardown(deadline, reported=reported)
+        self._session.begin_close()
+        await self._session.finish_close(deadline)
 
     def abort(self) -> Unacked:
         """End the session at once; return the ``(seq, payload)`` discarded
         (the peer is told, as :meth:`reliable_tcp.Channel.abort`)."""
-        if self._session.ending is None:
-            now = self._loop.time()
-            self._engine.abort(now)
-            self._absorb(now)
-        self._flush()
-        ending = self._session.ending
-        unacked = ending.unacked if ending is not None else ()
-        self._session.stopping = True
-        for task in list(self._tasks):
-            task.cancel()
-        link = self._session.link
-        if link is not None:
-            link.close(abort=False)  # the REJECT is buffered: it leaves, then FIN
-        self._finish_durable(reported=True)
+        unacked = self._session.abort()
         if unacked:
-            logger.warning("%s: aborted with %d unacknowledged messages", self._name, len(unacked))
+            logger.warning("%s: aborted with %d unacknowledged messages", self.name, len(unacked))
         return unacked
 
     async def __aenter__(self) -> Channel:
@@ -311,4 +301,4 @@ class Channel(LoopSession):
         await self._close_and_report(10.0, commit=exc_info[0] is None)
 
     def __repr__(self) -> str:
-        return f"<asyncio Channel {self._name} {self.state.value} session={self.session_id[:8]}>"
+        return f"<asyncio Channel {self._session.name} {self.state.value} session={self.session_id[:8]}>"

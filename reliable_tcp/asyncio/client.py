@@ -9,7 +9,6 @@ import ssl
 from collections.abc import Generator
 from typing import Any, Unpack
 
-from ..common.ending import first_handshake_error
 from ..common.options import ChannelOptions, ShellOptions, resolve_options
 from ..common.sockets import configure_socket
 from ..core.config import SessionConfig
@@ -17,31 +16,41 @@ from ..core.engine import SessionEngine
 from ..durable.session_journal import Durable
 from ..exceptions import TLSHandshakeError
 from ._link import NO_OWNER, LinkProtocol
+from ._session import LoopSession
 from .channel import Channel
 
-__all__ = ["connect", "ClientChannel"]
+__all__ = ["connect", "Connector"]
 
 
-class ClientChannel(Channel):
-    """A channel on the connecting side: it keeps itself connected."""
+class Connector:
+    """Keeps a client session connected (the asyncio twin of the threaded
+    ``Connector``): whenever it has no connection, open one, after a
+    backoff delay (none for the very first), until the session ends. One
+    task on the session, cancelled by its teardown."""
 
-    def _start_connecting(self, address: tuple[str, int]) -> None:
+    def __init__(self, session: LoopSession, address: tuple[str, int]) -> None:
+        self._session = session
         self._address = address
-        self._background(self._connect_loop())
 
-    async def _connect_loop(self) -> None:
-        shell, config = self._shell, self._config
+    def start(self) -> None:
+        """Start the loop as one of the session's tasks."""
+        self._session.background(self._run())
+
+    async def _run(self) -> None:
+        session = self._session
+        policy, engine = session.policy, session.engine
+        shell, config = session.options, engine.config
         rng = random.Random()
         delays = shell.backoff.delays(rng)
         first = True
-        connections = self._engine.counters.handshakes
-        while not self._session.stopping:
-            while self._session.link is not None and not self._session.stopping:
-                await self._changed.wait(None)
-            if self._session.stopping:
+        connections = engine.counters.handshakes
+        while not policy.stopping:
+            while policy.link is not None and not policy.stopping:
+                await session.changed.wait(None)
+            if policy.stopping:
                 return
-            if self._engine.counters.handshakes != connections:
-                connections = self._engine.counters.handshakes
+            if engine.counters.handshakes != connections:
+                connections = engine.counters.handshakes
                 delays = shell.backoff.delays(rng)  # a working link resets the backoff
             delay = 0.0 if first else next(delays)
             first = False
@@ -50,7 +59,7 @@ class ClientChannel(Channel):
             host, port = self._address
             try:
                 async with asyncio.timeout(min(config.handshake_timeout, shell.connect_timeout)):
-                    _, link = await self._loop.create_connection(
+                    _, link = await session.loop.create_connection(
                         lambda: LinkProtocol(NO_OWNER),
                         host,
                         port,
@@ -58,42 +67,20 @@ class ClientChannel(Channel):
                         server_hostname=(shell.server_hostname or host) if shell.ssl_context is not None else None,
                     )
             except (OSError, TimeoutError) as exc:
-                self._connect_failed(exc)
+                self._failed(exc)
                 continue
             assert link.transport is not None
             sock = link.transport.get_extra_info("socket")
             if sock is not None:
                 configure_socket(sock, config)
-            self._open_link(link)
+            session.open_link(link)
 
-    def _connect_failed(self, exc: BaseException) -> None:
+    def _failed(self, exc: BaseException) -> None:
         error = exc
         if isinstance(exc, ssl.SSLError):
             error = TLSHandshakeError(f"TLS handshake failed: {exc}")
             error.__cause__ = exc  # a certificate or a version: not retried
-        self._carry_out(self._session.connect_failed(self._loop.time(), error, f"can't connect to {self._address}: {exc}"))
-
-    async def _abandon(self) -> None:
-        """A connect that was cancelled: stop dialling and release everything.
-        The session is not ended: its journal is kept as it is (released,
-        not retired), so a later connect with it resumes."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        await self._teardown(None, reported=False)  # the journal released (not ended) by the time it returns
-
-    async def _wait_first_handshake(self, timeout: float) -> None:
-        deadline = self._loop.time() + timeout
-        session = self._session
-        while not session.ever_connected and session.ending is None:
-            if not await self._changed.wait(deadline):
-                break
-        if session.ever_connected:
-            return
-        error = first_handshake_error(session.ending, restored=self.restored, address=self._address, last_cause=session.last_cause)
-        self.abort()
-        await self._teardown(None, reported=True)
-        raise error
+        self._session.connect_failed(error, reason=f"can't connect to {self._address}: {exc}")
 
 
 class _Connecting:
@@ -154,22 +141,23 @@ async def _connect(
             opening.add_done_callback(_release_opened)
             raise
     try:
-        channel = ClientChannel(
-            engine or SessionEngine(resolved, client=True), shell_options, durable=durable, restored=engine is not None
-        )
+        restored = engine is not None
+        session = LoopSession(engine or SessionEngine(resolved, client=True), shell_options, durable=durable, restored=restored)
     except BaseException:
         if durable is not None:
             durable.release()  # the journal's lock must not outlive a connect that made no channel
         raise
-    channel._start_connecting((address[0], int(address[1])))
+    channel = Channel(session)
+    target = (address[0], int(address[1]))
+    Connector(session, target).start()
     try:
-        await channel._wait_first_handshake(shell_options.connect_timeout if timeout is None else timeout)
+        await session.wait_first_handshake(shell_options.connect_timeout if timeout is None else timeout, target)
     except asyncio.CancelledError:
         # Cancelled (asyncio.timeout, a task cancelled): the connect raised,
         # so nothing of it may go on. The reconnect task would otherwise keep
         # dialling and hand a later listener a session nobody owns, holding
         # the journal's lock meanwhile.
-        cleanup = loop.create_task(channel._abandon())
+        cleanup = loop.create_task(session.abandon())
         _ABANDONED.add(cleanup)
         cleanup.add_done_callback(_ABANDONED.discard)
         with contextlib.suppress(asyncio.CancelledError):

@@ -27,7 +27,7 @@ from ..core.handshake import ServerHandshake, reject_reply
 from ..durable.session_journal import Durable
 from ..exceptions import ChannelClosed, HandshakeRejected, ReliableTCPError
 from ._link import NO_OWNER, LinkProtocol
-from ._session import Signal
+from ._session import LoopSession, Signal
 from .channel import Channel
 
 __all__ = ["Listener", "Server", "listen", "serve"]
@@ -119,7 +119,7 @@ class Listener:
         node_id: int = 0,
         journal: str | None = None,
     ) -> None:
-        self._book: ListenerBook[Channel] = ListenerBook(config, max_sessions=max_sessions, node_id=node_id, journal=journal)
+        self._book: ListenerBook[LoopSession] = ListenerBook(config, max_sessions=max_sessions, node_id=node_id, journal=journal)
         self._config = self._book.config
         self._shell = shell
         self._max_pending = max_pending_handshakes
@@ -152,8 +152,10 @@ class Listener:
         self.address = (bound[0], bound[1])
         await server.start_serving()
 
-    def _restored_channel(self, engine: SessionEngine, durable: Durable) -> Channel:
-        return Channel(engine, self._shell, durable=durable, restored=True, on_end=self._session_ended)
+    def _restored_channel(self, engine: SessionEngine, durable: Durable) -> LoopSession:
+        session = LoopSession(engine, self._shell, durable=durable, restored=True, on_end=self._session_ended)
+        Channel(session)
+        return session
 
     def _new_connection(self) -> LinkProtocol:
         link = LinkProtocol(NO_OWNER, order=next(self._order))
@@ -181,7 +183,7 @@ class Listener:
             if isinstance(target, HandshakeRejected):
                 return target
             try:
-                target._open_link(link, hello=hello, new_secret=book.registry.new_secret())
+                target.open_link(link, hello=hello, new_secret=book.registry.new_secret())
             except HandshakeRejected as rejected:
                 return rejected
             return None
@@ -196,17 +198,18 @@ class Listener:
                 durable = Durable.open(path, self._config)
             except (OSError, ReliableTCPError) as exc:
                 return book.journal_failed(engine, exc)
-        channel = Channel(engine, self._shell, durable=durable, on_end=self._session_ended, on_confirmed=self._offer)
-        book.add(engine, channel)
-        channel._open_link(link)
+        session = LoopSession(engine, self._shell, durable=durable, on_end=self._session_ended, on_confirmed=self._offer)
+        Channel(session)
+        book.add(engine, session)
+        session.open_link(link)
         return None
 
-    def _offer(self, channel: Channel) -> None:
-        if self._book.offer(channel):
+    def _offer(self, session: LoopSession) -> None:
+        if self._book.offer(session):
             self._changed.fire()
 
-    def _session_ended(self, channel: Channel) -> None:
-        self._book.ended(channel)
+    def _session_ended(self, session: LoopSession) -> None:
+        self._book.ended(session)
 
     async def accept(self) -> Channel:
         """The next new session (cancel to stop waiting: nothing is taken).
@@ -216,7 +219,9 @@ class Listener:
             if book.closed:
                 raise ChannelClosed("the listener is closed")
             await self._changed.wait(None)
-        return book.offered.popleft()
+        channel = book.offered.popleft().channel
+        assert channel is not None  # every session the listener makes has its channel
+        return channel
 
     def statistics(self) -> ListenerStatistics:
         """A frozen snapshot of the listener's counters."""
@@ -232,7 +237,7 @@ class Listener:
         :meth:`reliable_tcp.Listener.close`)."""
         if self._book.closed:
             return
-        channels = self._book.close()
+        sessions = self._book.close()
         self._changed.fire()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -240,9 +245,9 @@ class Listener:
             self._server.close()
         for link in list(self._pending):
             link.close(abort=True)
-        for channel in channels:
-            channel._begin_close()
-        await asyncio.gather(*(channel._finish_close(deadline, reported=False) for channel in channels))
+        for session in sessions:
+            session.begin_close()
+        await asyncio.gather(*(session.finish_close(deadline, reported=False) for session in sessions))
         if self._server is not None:
             try:
                 await asyncio.wait_for(self._server.wait_closed(), max(0.1, deadline - loop.time()))

@@ -41,7 +41,7 @@ from ..exceptions import FrameError, HandshakeRejected, ProtocolError, ReliableT
 from .ending import Unacked
 from .status import ChannelState, ListenerStatistics
 
-__all__ = ["ListenerBook", "ListenedChannel", "read_hello"]
+__all__ = ["ListenerBook", "ListenedSession", "read_hello"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +61,8 @@ def read_hello(reader: ServerHandshake, data: bytes) -> tuple[Hello | None, byte
         return None, b"", HandshakeRejected(RejectReason.PROTOCOL_ERROR, str(exc))
 
 
-class ListenedChannel(Protocol):
-    """What the book needs of a front's channel."""
+class ListenedSession(Protocol):
+    """What the book needs of a front's session."""
 
     @property
     def session_id(self) -> str: ...
@@ -70,15 +70,15 @@ class ListenedChannel(Protocol):
     @property
     def state(self) -> ChannelState: ...
 
-    def _end_restored(self, reason: str, unacked: Unacked) -> None: ...
+    def end_restored(self, reason: str, unacked: Unacked) -> None: ...
 
 
-C = TypeVar("C", bound=ListenedChannel)
+C = TypeVar("C", bound=ListenedSession)
 
 
 class ListenerBook(Generic[C]):
-    """One listener's sessions: the registry, each session's channel, the
-    ones waiting for ``accept()``, and the counters."""
+    """One listener's sessions: the registry, each session's front-end
+    session (``C``), the ones waiting for ``accept()``, and the counters."""
 
     def __init__(self, config: SessionConfig, *, max_sessions: int, node_id: int, journal: str | None) -> None:
         if journal is not None:
@@ -106,7 +106,7 @@ class ListenerBook(Generic[C]):
             engine, ended = restored
             channel = make_channel(engine, durable)
             if ended is not None:
-                channel._end_restored(f"{ended[1]} (before the restart)", engine.unacked())
+                channel.end_restored(f"{ended[1]} (before the restart)", engine.unacked())
             else:
                 self.registry.adopt(engine)
                 self.channels[engine.session_id] = channel

@@ -9,7 +9,7 @@ actions returned, in order:
 - :class:`Deliver`: messages for the receive queue;
 - :class:`Acknowledged`: senders may go on; a durable session journals the ack;
 - :class:`Persist`: journal the session's id and secrets, then call
-  :meth:`Session.persisted` (output is held until then);
+  :meth:`SessionPolicy.persisted` (output is held until then);
 - :class:`Confirmed`: the peer confirmed the session (a listener offers it now);
 - :class:`DropLink`: forget the current connection and close it;
 - :class:`Notify`: an event for ``on_event``;
@@ -20,14 +20,14 @@ actions returned, in order:
 
 Rules kept here, one place each:
 - which connection holds the session: a resume older than the current
-  connection may not take it over (:meth:`Session.open_link`);
+  connection may not take it over (:meth:`SessionPolicy.open_link`);
 - a durable session's new secret is journaled before any frame carrying or
-  confirming it leaves (:attr:`Session.output_allowed`);
+  confirming it leaves (:attr:`SessionPolicy.output_allowed`);
 - what a lost connection costs (counters, the "disconnected" event, only
   while the session still runs);
 - the liveness verdict: when to look at the socket, and what counts as proof
-  that a silent peer is alive (:meth:`Session.liveness_check`,
-  :meth:`Session.timers_due`);
+  that a silent peer is alive (:meth:`SessionPolicy.liveness_check`,
+  :meth:`SessionPolicy.timers_due`);
 - the end, recorded once and chained to the last connection failure.
 
 Nothing here locks: the threaded front calls it under its lock, the asyncio
@@ -50,7 +50,7 @@ from .ending import EndKind, Ending
 from .status import ChannelEvent, EventKind, channel_state_of
 
 __all__ = [
-    "Session", "Action", "Deliver", "Acknowledged", "Persist", "Confirmed", "DropLink", "Notify", "Ended",
+    "SessionPolicy", "Action", "Deliver", "Acknowledged", "Persist", "Confirmed", "DropLink", "Notify", "Ended",
     "Signal", "OUTPUT", "CHANGED", "LivenessCheck",
 ]
 
@@ -77,7 +77,7 @@ class Acknowledged:
 
 @dataclass(frozen=True, slots=True)
 class Persist:
-    """Journal the session's id and secrets, then call :meth:`Session.persisted`."""
+    """Journal the session's id and secrets, then call :meth:`SessionPolicy.persisted`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +139,7 @@ class LivenessCheck:
     reading_paused: bool
 
 
-class Session(Generic[L]):
+class SessionPolicy(Generic[L]):
     """One session's shared bookkeeping around its engine.
 
     It owns the engine and the facts both fronts keep about the session:
@@ -163,8 +163,7 @@ class Session(Generic[L]):
         #: No more connections (the end, or a teardown).
         self.stopping = False
         self.ending: Ending | None = None
-        #: close() raised the end's SessionLost once; later calls don't.
-        self.close_reported = False
+        self.close_reported = False  # see close_report()
         self.last_cause: BaseException | None = None
         self.disconnects = 0
         self.last_recovery: float | None = None
@@ -194,6 +193,15 @@ class Session(Generic[L]):
             raise self.ending.exception()
         if self.closing:
             raise ChannelClosed("the channel is closing")
+
+    def close_report(self) -> ReliableTCPError | None:
+        """What close() raises once it returns: the SessionLost of an end
+        that left messages unacknowledged, the first time only (later calls
+        return quietly; send, recv and flush keep raising it)."""
+        reported, self.close_reported = self.close_reported, True
+        if reported or self.ending is None or not self.ending.reportable:
+            return None
+        return self.ending.exception()
 
     def event(self, kind: EventKind, detail: str = "", replayed: int = 0) -> ChannelEvent | None:
         """The event as of now (the state it reports is read now), or None

@@ -1,20 +1,22 @@
 """The machinery under a threaded channel: this file only waits and moves bytes.
 
 :class:`SessionShell` keeps one session connected on threads: it owns the
-one lock, starts and drops connections (``_link.Link``), calls the shared
-session (``common/session.py``, where every decision lives) when a
-connection reads, ends or the timer thread fires, and carries out the
-actions it returns: the receive queue, wake-ups, journal writes, callbacks.
-:class:`~reliable_tcp.sync.channel.Channel` adds the API the application calls; ``client.ClientChannel`` adds the connecting
-side's door for its reconnect loop. See docs/design.md.
+one lock, starts and drops connections (``_link.Link``), asks the shared
+policy (``common/session.py``, where every decision lives) what to do when
+a connection reads or ends and when the timer thread fires, and carries
+out the actions it returns: the receive queue, wake-ups, journal writes,
+callbacks. The public :class:`~reliable_tcp.sync.channel.Channel` holds one
+and carries the API; ``client.Connector`` and ``server.Listener`` use its
+doors. Its attributes without an underscore are for those three; nothing
+outside the package sees this class. See docs/design.md.
 
-Lock rules: ``self._lock`` guards the engine and every attribute marked
-``lock``, and the shared session. Nothing under it blocks on I/O or calls user code, with one
+Lock rules: ``self.lock`` guards the engine, the policy and every attribute
+marked ``lock``. Nothing under it blocks on I/O or calls user code, with one
 exception, commented where it happens: a durable send appends its journal
 record under the lock, so that a message is journaled exactly when it is
 queued. Socket closes, journal writes and callbacks are queued in
 ``self._after`` while the lock is held and run once it is released
-(``with self._locked:`` does both). Helpers that need the lock assert it.
+(``with self.locked:`` does both). Helpers that need the lock assert it.
 The inbox's lock nests inside it; the listener's is never held with it.
 """
 
@@ -27,10 +29,10 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..common.consumer import ConsumerRule
-from ..common.ending import EndKind, Ending, Unacked
+from ..common.ending import EndKind, Ending, Unacked, first_handshake_error
 from ..common.options import ShellOptions
 from ..common.session import (
     CHANGED,
@@ -44,10 +46,10 @@ from ..common.session import (
     LivenessCheck,
     Notify,
     Persist,
-    Session,
+    SessionPolicy,
 )
 from ..common.sockets import link_error_reason
-from ..common.status import ChannelEvent
+from ..common.status import ChannelEvent, ChannelState, ChannelStatistics, channel_state_of, statistics_of
 from ..core.engine import SessionEngine
 from ..core.frames import Hello
 from ..durable.session_journal import Durable
@@ -57,6 +59,9 @@ from ._inbox import Inbox
 from ._link import Link
 from ._timers import CALLBACKS, TIMERS
 from .tls import TLSLayer
+
+if TYPE_CHECKING:
+    from .channel import Channel
 
 __all__ = ["SessionShell", "Connecting", "Unacked"]
 
@@ -93,23 +98,25 @@ class _Locked:
         self._channel = channel
 
     def __enter__(self) -> None:
-        self._channel._lock.acquire()
+        self._channel.lock.acquire()
 
     def __exit__(self, *exc_info: object) -> None:
-        self._channel._lock.release()
+        self._channel.lock.release()
         self._channel._run_after_lock()
 
 
 class SessionShell:
     """One session kept connected on threads: connections, timers, events, the end.
 
-    The decisions are the shared :class:`~reliable_tcp.common.session.Session`'s;
+    The decisions are the shared :class:`~reliable_tcp.common.session.SessionPolicy`'s;
     this class waits and moves bytes for it and carries out its actions.
     It is the :class:`~reliable_tcp.sync._link.LinkOwner` of its connections and
     the :class:`~reliable_tcp.sync._timers.TimerTarget` of the timer thread.
-    The doors other shell modules use: :meth:`_open_link` (attach a
-    connection: client.py, server.py) and, in Channel, ``_begin_close`` /
-    ``_finish_close`` (server.py).
+    Doors: :meth:`open_link` (attach a connection: the Connector, the
+    listener), :meth:`begin_close` / :meth:`finish_close` (the channel, the
+    listener), :meth:`end_restored` (the listener), and the Connector's
+    :meth:`wait_disconnected`, :meth:`connect_failed`,
+    :meth:`wait_first_handshake`.
     """
 
     def __init__(
@@ -119,37 +126,39 @@ class SessionShell:
         *,
         durable: Durable | None = None,
         restored: bool = False,
-        on_end: Callable[[Any], None] | None = None,
-        on_confirmed: Callable[[Any], None] | None = None,
+        on_end: Callable[[SessionShell], None] | None = None,
+        on_confirmed: Callable[[SessionShell], None] | None = None,
     ) -> None:
+        #: The public channel that carries this session's API (set by it).
+        self.channel: Channel | None = None
         self._name = f"rtcp-{'client' if engine.client else 'server'}-{next(_ids)}"
-        self._session: Session[Link] = Session(
+        self.policy: SessionPolicy[Link] = SessionPolicy(
             engine, self._name, durable=durable is not None, restored=restored, wants_events=shell.on_event is not None)
-        self._engine = engine  # lock
+        self.engine = engine  # lock
         self._config = engine.config
-        self._shell = shell
-        self._durable = durable
+        self.options = shell
+        self.durable = durable
         #: True for a session brought back from a journal after a restart.
         self.restored = restored
         self._on_end = on_end
         self._on_confirmed = on_confirmed
-        self._lock = threading.Lock()
-        self._locked = _Locked(self)
-        self._sendable = threading.Condition(self._lock)  # window room, acks, the end
-        self._writable = threading.Condition(self._lock)  # output for the writer, a link change, the end
-        self._changed = threading.Condition(self._lock)  # link or state changed
-        self._inbox = Inbox(shell.max_queued_messages, shell.max_queued_bytes)
-        self._committed_base = engine.committed  # what was committed before the inbox's first message
+        self.lock = threading.Lock()
+        self.locked = _Locked(self)
+        self.sendable = threading.Condition(self.lock)  # window room, acks, the end
+        self.writable = threading.Condition(self.lock)  # output for the writer, a link change, the end
+        self.changed = threading.Condition(self.lock)  # link or state changed
+        self.inbox = Inbox(shell.max_queued_messages, shell.max_queued_bytes)
+        self.committed_base = engine.committed  # what was committed before the inbox's first message
         # A durable channel's consumer: recv waits under this lock, and the
         # rule says whose uncommitted messages they are (common/consumer.py).
-        self._consumer_lock = threading.Lock()
-        self._consumers: ConsumerRule[threading.Thread] = ConsumerRule(threading.Thread.is_alive, lambda t: f"thread {t.name!r}")
+        self.consumer_lock = threading.Lock()
+        self.consumers: ConsumerRule[threading.Thread] = ConsumerRule(threading.Thread.is_alive, lambda t: f"thread {t.name!r}")
         self._after: list[Callable[[], None]] = []  # lock
         self._links: list[Link] = []  # lock: every link started, to join
         self._link_numbers = itertools.count(1)
-        self._connector: Connecting | None = None
+        self.connector: Connecting | None = None
         self._journal_order = threading.Lock()  # session records reach the journal in order
-        with self._locked:
+        with self.locked:
             self._reschedule()
 
     @property
@@ -158,73 +167,100 @@ class SessionShell:
         return self._name
 
     @property
+    def state(self) -> ChannelState:
+        """The channel state the application sees."""
+        with self.lock:
+            return channel_state_of(self.engine.state, self.policy.ever_connected)
+
+    def statistics(self) -> ChannelStatistics:
+        """A frozen snapshot of the counters."""
+        policy = self.policy
+        with self.lock:
+            return statistics_of(self.engine, ever_connected=policy.ever_connected, disconnects=policy.disconnects,
+                                 queued_messages=len(self.inbox), last_recovery_time=policy.last_recovery)
+
+    @property
     def session_id(self) -> str:
         """The session id in hex (empty until the first handshake)."""
-        session_id = self._engine.session_id
+        session_id = self.engine.session_id
         return session_id.hex() if any(session_id) else ""
 
-    def _end_exception(self) -> ReliableTCPError:
+    def end_exception(self) -> ReliableTCPError:
         """A fresh exception for the end, chained to its root cause (the lock
         may or may not be held: the end never changes once recorded)."""
-        assert self._session.ending is not None
-        return self._session.ending.exception()
+        assert self.policy.ending is not None
+        return self.policy.ending.exception()
 
-    def _end(self, kind: EndKind, reason: str, unacked: Unacked, cause: BaseException | None) -> None:
+    def end(self, kind: EndKind, reason: str, unacked: Unacked, cause: BaseException | None) -> None:
         """End the session now (a local failure). Lock held."""
-        self._carry_out(self._session.end(Ending.of(kind, reason, unacked, cause)))
+        self.carry_out(self.policy.end(Ending.of(kind, reason, unacked, cause)))
 
-    def _end_restored(self, reason: str, unacked: Unacked) -> None:
+    def end_restored(self, reason: str, unacked: Unacked) -> None:
         """A journal says this session was lost before the restart: end it
         now, so its owner is told (once) what was never acknowledged."""
-        with self._locked:
-            self._end(EndKind.LOST, reason, unacked, None)
+        with self.locked:
+            self.end(EndKind.LOST, reason, unacked, None)
 
-    def _teardown(self, deadline: Deadline, *, linger: bool, reported: bool = True) -> None:
+    def teardown(self, deadline: Deadline, *, linger: bool, reported: bool = True) -> None:
         """Stop the connector and the connections, join every thread, close
         the journal (``reported``: the owner has been told how it ended, so
         a lost session's journal can be retired)."""
-        with self._locked:
-            self._session.stop()
-            connector = self._connector
-            link = self._session.link
+        with self.locked:
+            self.policy.stop()
+            connector = self.connector
+            link = self.policy.link
             self._wake_all()
         if connector is not None:
             connector.stop()
         if link is not None:
-            if self._session.ended and linger:
+            if self.policy.ended and linger:
                 # An orderly end: the last frames leave, our FIN, the peer's EOF.
                 final = deadline.earlier(_FINAL_FLUSH)
                 link.finished.wait(final.remaining())
                 link.join(final)
-            with self._locked:
-                if self._session.link is link:
-                    self._session.release_link()
-                    self._inbox.interrupt()
-                    self._writable.notify_all()
+            with self.locked:
+                if self.policy.link is link:
+                    self.policy.release_link()
+                    self.inbox.interrupt()
+                    self.writable.notify_all()
             link.close(abort=not link.finished.is_set())
-        with self._lock:
+        with self.lock:
             links = list(self._links)
         stopped = connector.join(deadline.earlier(_FINAL_FLUSH)) if connector is not None else True
         for each in links:
             stopped = each.join(deadline.earlier(_FINAL_FLUSH)) and stopped
         if not stopped:
             logger.error("%s: a thread did not stop in time", self._name)
-        with self._journal_order, self._lock:  # not while a session record is being written
+        with self._journal_order, self.lock:  # not while a session record is being written
             self._links = [each for each in self._links if any(t.is_alive() for t in each.threads)]
-            durable, self._durable = self._durable, None
-            ending = self._session.ending
+            durable, self.durable = self.durable, None
+            ending = self.policy.ending
         if durable is not None:
             if ending is not None:
                 durable.finish(ending.kind, reported=reported)
             else:
                 durable.release()
 
+    def begin_close(self) -> None:
+        """Refuse new sends and send CLOSE behind what is queued (also the
+        listener's door, so it can start every session's close at once)."""
+        with self.locked:
+            self.carry_out(self.policy.close(time.monotonic()))
+
+    def finish_close(self, deadline: Deadline, *, reported: bool = True) -> None:
+        """Wait for the close handshake within ``deadline``, then release
+        everything (after :meth:`begin_close`)."""
+        with self.locked:
+            if not deadline.wait(self.changed, lambda: self.policy.ended):
+                self.carry_out(self.policy.close_timed_out(time.monotonic()))
+        self.teardown(deadline, linger=True, reported=reported)
+
     # -------------------------------------------------------- locking help
 
     def _run_after_lock(self) -> None:
         """Run what was deferred until the lock was released."""
         while self._after:
-            with self._lock:
+            with self.lock:
                 actions, self._after = self._after, []
             for action in actions:
                 try:
@@ -233,44 +269,44 @@ class SessionShell:
                     logger.exception("%s: deferred action failed", self._name)
 
     def _dispatch(self, event: ChannelEvent | None) -> None:
-        callback = self._shell.on_event
+        callback = self.options.on_event
         if event is not None and callback is not None:
             CALLBACKS.call(lambda: callback(event))
 
     def _wake_all(self) -> None:
-        for condition in (self._sendable, self._writable, self._changed):
+        for condition in (self.sendable, self.writable, self.changed):
             condition.notify_all()
 
     def _reschedule(self) -> None:
         """Tell the timer thread when we next have work, if that is sooner. Lock held."""
-        due = self._session.next_timer()
+        due = self.policy.next_timer()
         if due is not None:
             TIMERS.schedule(self, due)
 
-    def _absorb(self, now: float) -> None:
+    def absorb(self, now: float) -> None:
         """Act on what the engine did (after a send or a close). Lock held."""
-        self._carry_out(self._session.absorb(now))
+        self.carry_out(self.policy.absorb(now))
 
-    def _carry_out(self, actions: list[Action]) -> None:
+    def carry_out(self, actions: list[Action]) -> None:
         """Do what the session decided. Lock held: what does I/O or calls
         user code is queued in ``self._after``."""
-        assert self._lock.locked()
+        assert self.lock.locked()
         for action in actions:
             if action is OUTPUT:
-                self._writable.notify()
+                self.writable.notify()
             elif action is CHANGED:
                 self._wake_all()
             elif isinstance(action, Deliver):
-                self._inbox.put(action.messages, action.nbytes)
+                self.inbox.put(action.messages, action.nbytes)
             elif isinstance(action, Acknowledged):
-                self._sendable.notify_all()
-                if self._durable is not None:
-                    self._after.append(functools.partial(self._durable.record_acked, action.ack))
+                self.sendable.notify_all()
+                if self.durable is not None:
+                    self._after.append(functools.partial(self.durable.record_acked, action.ack))
             elif isinstance(action, DropLink):
                 link: Link = action.link
                 link.closed = True  # its threads stop at their next step
                 self._after.append(functools.partial(link.close, abort=action.abort))
-                self._inbox.interrupt()
+                self.inbox.interrupt()
             elif isinstance(action, Notify):
                 self._dispatch(action.event)
             elif isinstance(action, Persist):
@@ -284,9 +320,9 @@ class SessionShell:
 
     def _ended(self, action: Ended) -> None:
         """The session ended: report it (once the journal holds it). Lock held."""
-        durable, final = self._durable, action.final
+        durable, final = self.durable, action.final
         if durable is None:
-            self._inbox.end(self._end_exception)
+            self.inbox.end(self.end_exception)
             self._dispatch(final)
         else:
             # recv() and the final event report the end only once the journal
@@ -294,7 +330,7 @@ class SessionShell:
             # must not be offered the finished session again by the restart.
             def record_then_report(kind: EndKind = action.ending.kind, reason: str = action.ending.reason) -> None:
                 durable.record_end(kind, reason)
-                self._inbox.end(self._end_exception)
+                self.inbox.end(self.end_exception)
                 self._dispatch(final)
 
             self._after.append(record_then_report)
@@ -305,9 +341,9 @@ class SessionShell:
     def _persist_session(self) -> None:
         """Journal the session's current id and secrets, then release the output."""
         with self._journal_order:  # the newest secret is the last one written; no finish meanwhile
-            with self._lock:
-                durable = self._durable
-                engine = self._engine
+            with self.lock:
+                durable = self.durable
+                engine = self.engine
                 snapshot = (engine.session_id, engine.secret, engine.previous_secret)
             error: ReliableTCPError | None = None
             if durable is not None:
@@ -315,13 +351,13 @@ class SessionShell:
                     durable.record_session(*snapshot)
                 except ReliableTCPError as exc:
                     error = exc
-        with self._locked:
-            self._carry_out(self._session.persisted(error))
-            self._writable.notify_all()
+        with self.locked:
+            self.carry_out(self.policy.persisted(error))
+            self.writable.notify_all()
 
     # ----------------------------------------------------------- connections
 
-    def _open_link(
+    def open_link(
         self,
         sock: Any,
         tls: TLSLayer | None = None,
@@ -331,14 +367,14 @@ class SessionShell:
         new_secret: bytes = b"",
     ) -> None:
         """The door for client.py and server.py: make ``sock`` the current
-        connection and start its threads (``Session.open_link`` decides).
+        connection and start its threads (``SessionPolicy.open_link`` decides).
         Raises HandshakeRejected (listening side)."""
         link = Link(sock, self, tls=tls, order=order)
-        with self._locked:
-            actions, refusal = self._session.open_link(link, time.monotonic(), order=order, hello=hello, new_secret=new_secret)
-            self._carry_out(actions)
+        with self.locked:
+            actions, refusal = self.policy.open_link(link, time.monotonic(), order=order, hello=hello, new_secret=new_secret)
+            self.carry_out(actions)
             if refusal is not None:
-                if not self._engine.client:
+                if not self.engine.client:
                     raise refusal  # the listener answers and closes
                 self._after.append(functools.partial(link.close, abort=True))
                 return
@@ -347,44 +383,44 @@ class SessionShell:
 
     def _drop_link(self, reason: str, cause: BaseException | None, *, abort: bool) -> None:
         """Give up the current connection. Lock held."""
-        link = self._session.link
+        link = self.policy.link
         if link is not None:
-            self._carry_out(self._session.link_lost(link, time.monotonic(), reason, cause, abort=abort))
+            self.carry_out(self.policy.link_lost(link, time.monotonic(), reason, cause, abort=abort))
 
     # ------------------------------------------------------- link callbacks
 
     def link_received(self, link: Link, data: bytes | memoryview, now: float) -> bool:
         """LinkOwner: bytes arrived; returns once there is room for more."""
         direct = None
-        with self._locked:
-            if link is self._session.link:
+        with self.locked:
+            if link is self.policy.link:
                 if data:
-                    self._carry_out(self._session.received(link, data, now))
-                    direct = self._take_direct()
+                    self.carry_out(self.policy.received(link, data, now))
+                    direct = self.take_direct()
                 if link.tls_pending:
-                    self._writable.notify()
+                    self.writable.notify()
         if direct is not None:
-            self._write_direct(direct)  # an answer (PONG, ACK, a reply) without waking the writer
+            self.write_direct(direct)  # an answer (PONG, ACK, a reply) without waking the writer
         # Backpressure: stop reading while the application is behind, so TCP
         # flow control slows the sender instead of our memory growing.
-        self._inbox.wait_room(lambda: link.closed)
+        self.inbox.wait_room(lambda: link.closed)
         return not link.closed
 
-    def _take_direct(self) -> Link | None:
+    def take_direct(self) -> Link | None:
         """Lock held. When the writer is idle (waiting), hand the engine's
         output to the calling thread instead of waking the writer: a thread
         hand-off costs more than a non-blocking send. Not with TLS (only the
         writer encrypts) nor while output is held."""
-        link = self._session.link
+        link = self.policy.link
         if link is None or not link.writer_waiting or link.direct_writing or link.tls is not None:
             return None
-        if not self._session.output_allowed or not self._engine.has_output():
+        if not self.policy.output_allowed or not self.engine.has_output():
             return None
-        link.pending = self._engine.data_to_send(time.monotonic())
+        link.pending = self.engine.data_to_send(time.monotonic())
         link.direct_writing = True
         return link
 
-    def _write_direct(self, link: Link) -> None:
+    def write_direct(self, link: Link) -> None:
         """Outside the lock: write what :meth:`_take_direct` took, without
         blocking; whatever does not fit is left for the writer."""
         data = link.pending
@@ -392,18 +428,18 @@ class SessionShell:
             sent = link.sock.send(data, socket.MSG_DONTWAIT)
         except OSError:
             sent = 0  # full, or broken: the writer sends it, or meets the same error and reports it
-        with self._lock:
+        with self.lock:
             link.pending = data[sent:]
             link.direct_writing = False
-            if link.pending or self._engine.has_output() or self._session.ended:  # (ended: the writer finishes)
+            if link.pending or self.engine.has_output() or self.policy.ended:  # (ended: the writer finishes)
                 link.writer_waiting = False
-                self._writable.notify_all()
+                self.writable.notify_all()
 
     def link_output(self, link: Link) -> bytes | list[bytes] | None:
         """LinkOwner: the writer's next bytes; None once nothing more goes out."""
-        with self._lock:
-            engine = self._engine
-            session = self._session
+        with self.lock:
+            engine = self.engine
+            session = self.policy
             while True:
                 if link is not session.link:
                     return None
@@ -419,19 +455,19 @@ class SessionShell:
                 elif session.ended:
                     return None  # the last frame is out
                 link.writer_waiting = True  # a send must wake it; otherwise it finds the output itself
-                self._writable.wait()
+                self.writable.wait()
                 link.writer_waiting = False
 
     def link_ended(self, link: Link, error: BaseException | None, reason: str, crashed: bool) -> None:
         """LinkOwner: the connection failed, saw EOF, or a thread crashed."""
-        with self._locked:
+        with self.locked:
             if crashed:
-                self._end(EndKind.BROKEN, reason, self._engine.unacked(), error)
-            elif self._session.ended:
+                self.end(EndKind.BROKEN, reason, self.engine.unacked(), error)
+            elif self.policy.ended:
                 return
             elif not reason:
                 reason = (link_error_reason(error) or str(error)) if error is not None else "connection lost"
-            self._carry_out(self._session.link_lost(link, time.monotonic(), reason, error, abort=crashed or error is not None))
+            self.carry_out(self.policy.link_lost(link, time.monotonic(), reason, error, abort=crashed or error is not None))
 
     # ---------------------------------------------------------------- timers
 
@@ -439,12 +475,12 @@ class SessionShell:
         """TimerTarget: fire what is due (heartbeats, acks, dead and expiry
         verdicts) and schedule the next deadline. The look at the socket
         that the verdict needs happens outside the lock."""
-        with self._lock:
-            check = self._session.liveness_check(now, reading_paused=self._inbox.full)
+        with self.lock:
+            check = self.policy.liveness_check(now, reading_paused=self.inbox.full)
             if check is None:
                 self._reschedule()
                 return
-            link = self._session.link
+            link = self.policy.link
         error = link.pending_error() if link is not None and check.read_error else None
         peer_ack_age = input_waiting = None
         if link is not None and check.judge:
@@ -452,10 +488,37 @@ class SessionShell:
                 peer_ack_age = link.seconds_since_peer_ack()
             else:
                 input_waiting = link.has_pending_input()
-        with self._locked:
-            if link is not self._session.link:
+        with self.locked:
+            if link is not self.policy.link:
                 error, peer_ack_age, input_waiting = None, None, False  # judged another connection
                 check = LivenessCheck(False, False, check.reading_paused)
-            self._carry_out(self._session.timers_due(
+            self.carry_out(self.policy.timers_due(
                 now, check, error=error, error_reason=(link_error_reason(error) or "") if error is not None else "",
                 peer_ack_age=peer_ack_age, input_waiting=bool(input_waiting)))
+
+    # ------------------------------------------------- the connecting side
+
+    def wait_disconnected(self) -> bool:
+        """The Connector's door: block until the session needs a new
+        connection; False once it never will."""
+        with self.lock:
+            self.changed.wait_for(lambda: self.policy.link is None or self.policy.stopping)
+            return not self.policy.stopping
+
+    def connect_failed(self, error: BaseException, *, reason: str) -> None:
+        """The Connector's door: an attempt failed; one not worth retrying
+        ends the session (SessionPolicy.connect_failed)."""
+        with self.locked:
+            self.carry_out(self.policy.connect_failed(time.monotonic(), error, reason))
+
+    def wait_first_handshake(self, deadline: Deadline, address: object) -> None:
+        """connect(): return once the first handshake is done, or release
+        everything and raise why not."""
+        policy = self.policy
+        with self.lock:
+            deadline.wait(self.changed, lambda: policy.ever_connected or policy.ended)
+            if policy.ever_connected:
+                return
+            error = first_handshake_error(policy.ending, restored=self.restored, address=address, last_cause=policy.last_cause)
+        self.teardown(Deadline(_FINAL_FLUSH), linger=False)
+        raise error

@@ -1,8 +1,9 @@
 """The public channel: what the application calls (send, recv, flush, close, abort).
 
-The machinery below it (connections, timers, events, the end) is
-``_session.SessionShell``; the connecting side's reconnect loop is in
-``client.py``. See docs/design.md.
+A Channel holds its machinery, a ``_session.SessionShell`` (connections,
+timers, the shared policy, the end), and carries only the API, its argument
+checks and its documentation; the connecting side's reconnect loop is
+``client.Connector``. See docs/design.md.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
-from ..common.status import ChannelState, ChannelStatistics, channel_state_of, statistics_of
+from ..common.status import ChannelState, ChannelStatistics
 from ..core.state import TERMINAL_STATES, SessionState
 from ..exceptions import ChannelClosed, JournalWriteFailed, UsageError, WindowFull
 from ._deadline import Deadline
@@ -33,7 +34,7 @@ _FINAL_FLUSH = 2.0
 _HANDSHAKE_SHARE = 0.25
 
 
-class Channel(SessionShell):
+class Channel:
     """A reliable, ordered, exactly-once message channel that survives broken links.
 
     Get one from :func:`reliable_tcp.connect` or
@@ -48,37 +49,58 @@ class Channel(SessionShell):
     ``close()``.
     """
 
+    __slots__ = ("_session", "__weakref__")
+
+    def __init__(self, session: SessionShell) -> None:
+        # The machinery (connections, timers, the shared policy) is the
+        # session's; the channel only carries the API. Made by connect() and
+        # the listener, never by the application.
+        self._session = session
+        session.channel = self
+
     # -------------------------------------------------------------- queries
+
+    @property
+    def name(self) -> str:
+        """The channel's name in logs and thread names (``rtcp-client-3``)."""
+        return self._session.name
+
+    @property
+    def session_id(self) -> str:
+        """The session id in hex (empty until the first handshake)."""
+        return self._session.session_id
+
+    @property
+    def restored(self) -> bool:
+        """True for a session brought back from a journal after a restart."""
+        return self._session.restored
 
     @property
     def state(self) -> ChannelState:
         """The channel's current state."""
-        with self._lock:
-            return channel_state_of(self._engine.state, self._session.ever_connected)
+        return self._session.state
 
     def statistics(self) -> ChannelStatistics:
         """A frozen snapshot of the counters."""
-        with self._lock:
-            return statistics_of(self._engine, ever_connected=self._session.ever_connected, disconnects=self._session.disconnects,
-                                 queued_messages=len(self._inbox), last_recovery_time=self._session.last_recovery)
+        return self._session.statistics()
 
     @property
     def last_sent_seq(self) -> int:
         """Sequence number of the last message sent (durable, with a journal)."""
-        with self._lock:
-            return self._engine.next_seq - 1
+        with self._session.lock:
+            return self._session.engine.next_seq - 1
 
     @property
     def last_committed_seq(self) -> int:
         """Sequence number of the last received message committed."""
-        with self._lock:
-            return self._engine.committed
+        with self._session.lock:
+            return self._session.engine.committed
 
     @property
     def last_received_seq(self) -> int:
         """Sequence number of the last message ``recv`` returned (numbering
         continues across restarts of a durable session)."""
-        return self._committed_base + self._inbox.taken
+        return self._session.committed_base + self._session.inbox.taken
 
     # ------------------------------------------------------------ messaging
 
@@ -94,30 +116,30 @@ class Channel(SessionShell):
             if not isinstance(data, (bytes, bytearray, memoryview)):
                 raise UsageError(f"send takes bytes, not {type(data).__name__}")
             data = bytes(data)
-        if self._durable is None:
+        if self._session.durable is None:
             # The common case, in one short hold of the lock: room in the
             # window, nothing ended. Everything else (waiting, errors, a
             # journal) takes the general path below.
             direct = None
-            with self._lock:
-                if self._session.closing or self._session.ended:
+            with self._session.lock:
+                if self._session.policy.closing or self._session.policy.ended:
                     seq = 0
                 else:
                     try:
-                        seq = self._engine.send_message(data, 0.0)
+                        seq = self._session.engine.send_message(data, 0.0)
                     except WindowFull:
                         seq = 0  # wait for room below
-                    link = self._session.link
+                    link = self._session.policy.link
                     if seq and link is not None and link.writer_waiting:
-                        if self._engine.unacked_count == 1:
+                        if self._session.engine.unacked_count == 1:
                             # Nothing else in flight (a request, a reply): write it
                             # from this thread rather than wake the writer.
-                            direct = self._take_direct()
+                            direct = self._session.take_direct()
                         if direct is None:
                             link.writer_waiting = False  # one wake-up is enough; the writer takes everything
-                            self._writable.notify()
+                            self._session.writable.notify()
             if direct is not None:
-                self._write_direct(direct)
+                self._session.write_direct(direct)
             if seq:
                 return seq
         return self._queue([data], Deadline(timeout))
@@ -130,19 +152,19 @@ class Channel(SessionShell):
         return self._queue(pending, Deadline(timeout)) if pending else self.last_sent_seq
 
     def _queue(self, pending: list[bytes], deadline: Deadline) -> int:
-        engine = self._engine
-        session = self._session
+        engine = self._session.engine
+        session = self._session.policy
         engine.check_message_size(max(map(len, pending)))
-        durable = self._durable
+        durable = self._session.durable
         queued = 0
         seq = 0
         position = None
         try:
             while queued < len(pending):
-                with self._lock:
+                with self._session.lock:
                     batch = pending[queued:] if queued else pending
                     size = len(batch[0])
-                    if not deadline.wait(self._sendable, lambda: session.closing or session.ended or engine.can_send(size)):  # noqa: B023
+                    if not deadline.wait(self._session.sendable, lambda: session.closing or session.ended or engine.can_send(size)):  # noqa: B023
                         error = TimeoutError(f"the retransmit window stayed full; {queued} messages were queued")
                         error.queued = queued  # type: ignore[attr-defined]
                         raise error
@@ -157,7 +179,7 @@ class Channel(SessionShell):
                         position = durable.record_sent(engine.next_seq, batch)
                     first, count = engine.send_messages(batch, time.monotonic())
                     if engine.state is SessionState.OPEN:
-                        self._writable.notify()
+                        self._session.writable.notify()
                 queued += count
                 seq = first + count - 1
         finally:
@@ -174,11 +196,11 @@ class Channel(SessionShell):
         self._flush(Deadline(timeout), for_owner=True)
 
     def _flush(self, deadline: Deadline, *, for_owner: bool) -> bool:
-        with self._lock:
-            engine = self._engine
-            done = deadline.wait(self._sendable, lambda: not engine.unacked_count or self._session.ended)
-            if self._session.ended and engine.unacked_count and for_owner:
-                raise self._end_exception()
+        with self._session.lock:
+            engine = self._session.engine
+            done = deadline.wait(self._session.sendable, lambda: not engine.unacked_count or self._session.policy.ended)
+            if self._session.policy.ended and engine.unacked_count and for_owner:
+                raise self._session.end_exception()
             if not done and for_owner:
                 raise TimeoutError(f"{engine.unacked_count} messages still unacknowledged")
             return done
@@ -191,32 +213,32 @@ class Channel(SessionShell):
         With a journal, one thread consumes at a time: while messages another
         live thread took are not committed, this raises UsageError (see
         docs/durability.md, "Several consumer threads")."""
-        if self._durable is None:
-            return self._inbox.get(timeout)
-        return self._consume(lambda remaining: self._inbox.get(remaining), timeout)
+        if self._session.durable is None:
+            return self._session.inbox.get(timeout)
+        return self._consume(lambda remaining: self._session.inbox.get(remaining), timeout)
 
     def recv_many(self, max_messages: int = 1024, timeout: float | None = None) -> list[bytes]:
         """Up to ``max_messages`` messages at once (at least one), in order."""
-        if self._durable is None:
-            return self._inbox.get_many(max_messages, timeout)
-        return self._consume(lambda remaining: self._inbox.get_many(max_messages, remaining), timeout)
+        if self._session.durable is None:
+            return self._session.inbox.get_many(max_messages, timeout)
+        return self._consume(lambda remaining: self._session.inbox.get_many(max_messages, remaining), timeout)
 
     def _consume(self, take: Callable[[float | None], _Taken], timeout: float | None) -> _Taken:
         """A durable channel's recv: one consumer at a time (common/consumer.py)."""
         deadline = Deadline(timeout)
         remaining = deadline.remaining()
-        if not self._consumer_lock.acquire(timeout=-1 if remaining is None else remaining):
+        if not self._session.consumer_lock.acquire(timeout=-1 if remaining is None else remaining):
             raise TimeoutError("no message arrived in time (another thread was waiting in recv)")
         try:
             me = threading.current_thread()
-            self._consumers.check(me, self._uncommitted())
-            if self._shell.auto_commit:
+            self._session.consumers.check(me, self._uncommitted())
+            if self._session.options.auto_commit:
                 self._commit()  # the application came back for more: it is done with the last one
             taken = take(deadline.remaining())
-            self._consumers.took(me)
+            self._session.consumers.took(me)
             return taken
         finally:
-            self._consumer_lock.release()
+            self._session.consumer_lock.release()
 
     def _uncommitted(self) -> int:
         return self.last_received_seq - self.last_committed_seq
@@ -243,29 +265,29 @@ class Channel(SessionShell):
         With a journal, only the thread that took them may commit them
         (UsageError otherwise, while it lives).
         """
-        if self._durable is not None:
-            self._consumers.check(threading.current_thread(), self._uncommitted())
+        if self._session.durable is not None:
+            self._session.consumers.check(threading.current_thread(), self._uncommitted())
         self._commit()
 
     def _commit(self) -> None:
         upto = self.last_received_seq
-        with self._lock:
-            if upto <= self._engine.committed:
+        with self._session.lock:
+            if upto <= self._session.engine.committed:
                 return
-        if self._durable is not None:
+        if self._session.durable is not None:
             try:
-                self._durable.record_consumed(upto)  # durable before the peer is told
+                self._session.durable.record_consumed(upto)  # durable before the peer is told
             except JournalWriteFailed as exc:
                 # Not fatal: the commit point stays where it was, so the peer
                 # keeps these messages (a restart now would deliver them
                 # again); the next commit tries again.
-                logger.warning("%s: commit not journaled, retried at the next one: %s", self._name, exc)
+                logger.warning("%s: commit not journaled, retried at the next one: %s", self.name, exc)
                 return
-        with self._locked:
+        with self._session.locked:
             now = time.monotonic()
-            if self._engine.state not in TERMINAL_STATES:
-                self._engine.commit(upto, now)
-                self._absorb(now)
+            if self._session.engine.state not in TERMINAL_STATES:
+                self._session.engine.commit(upto, now)
+                self._session.absorb(now)
 
     # --------------------------------------------------------------- ending
 
@@ -292,60 +314,45 @@ class Channel(SessionShell):
 
     def _close_and_report(self, timeout: float | None, *, commit: bool) -> None:
         deadline = Deadline(timeout)
-        with self._lock:
-            first_close = not (self._session.ended or self._session.closing)
+        with self._session.lock:
+            first_close = not (self._session.policy.ended or self._session.policy.closing)
         if first_close and commit:
             self._commit()
         self._close(deadline)
-        with self._lock:
-            report = self._session.ending is not None and self._session.ending.reportable and not self._session.close_reported
-            self._session.close_reported = True
-        if report:
-            raise self._end_exception()
+        with self._session.lock:
+            report = self._session.policy.close_report()
+        if report is not None:
+            raise report
 
     def _close(self, deadline: Deadline) -> None:
         """close() without the report (so the owner of a channel the
         listener closes still learns of the unacknowledged from its own calls)."""
-        with self._locked:
-            self._session.closing = True
-            self._sendable.notify_all()
+        with self._session.locked:
+            self._session.policy.closing = True
+            self._session.sendable.notify_all()
         # Flush first: an outage now is resumed, one during the handshake is not.
         remaining = deadline.remaining()
         self._flush(deadline.before(_HANDSHAKE_SHARE * remaining) if remaining else deadline, for_owner=False)
-        self._begin_close()
-        self._finish_close(deadline)
-
-    def _begin_close(self) -> None:
-        """Refuse new sends and send CLOSE behind what is queued (the
-        listener's door, so it can start every session's close at once)."""
-        with self._locked:
-            self._carry_out(self._session.close(time.monotonic()))
-
-    def _finish_close(self, deadline: Deadline, *, reported: bool = True) -> None:
-        """Wait for the close handshake within ``deadline``, then release
-        everything (the listener's door, after :meth:`_begin_close`)."""
-        with self._locked:
-            if not deadline.wait(self._changed, lambda: self._session.ended):
-                self._carry_out(self._session.close_timed_out(time.monotonic()))
-        self._teardown(deadline, linger=True, reported=reported)
+        self._session.begin_close()
+        self._session.finish_close(deadline)
 
     def abort(self) -> Unacked:
         """End the session at once, without the close handshake; return the
         ``(seq, payload)`` of the messages the peer had not acknowledged
         (they are discarded). Over a live connection the peer is told
         (REJECT ABORTED): its session ends at once with SessionLost."""
-        with self._locked:
-            if not self._session.ended:
+        with self._session.locked:
+            if not self._session.policy.ended:
                 now = time.monotonic()
-                self._engine.abort(now)
-                self._absorb(now)
-            unacked = self._session.ending.unacked if self._session.ending is not None else ()
-            link = self._session.link
+                self._session.engine.abort(now)
+                self._session.absorb(now)
+            unacked = self._session.policy.ending.unacked if self._session.policy.ending is not None else ()
+            link = self._session.policy.link
         if link is not None:
             link.finished.wait(_ABORT_FLUSH)  # the writer puts the REJECT out
-        self._teardown(Deadline(_FINAL_FLUSH), linger=False)
+        self._session.teardown(Deadline(_FINAL_FLUSH), linger=False)
         if unacked:
-            logger.warning("%s: aborted with %d unacknowledged messages", self._name, len(unacked))
+            logger.warning("%s: aborted with %d unacknowledged messages", self.name, len(unacked))
         return unacked
 
     def __enter__(self) -> Channel:
@@ -360,8 +367,8 @@ class Channel(SessionShell):
         self._close_and_report(10.0, commit=exc_info[0] is None)
 
     def __repr__(self) -> str:
-        return f"<Channel {self._name} {self.state.value} session={self.session_id[:8]}>"
+        return f"<Channel {self.name} {self.state.value} session={self.session_id[:8]}>"
 
     def _raise_if_closed(self) -> None:
         """Raise what a send gets once the channel is closing or ended. Lock held."""
-        self._session.raise_if_closed()
+        self._session.policy.raise_if_closed()

@@ -6,10 +6,8 @@ import logging
 import random
 import socket
 import threading
-import time
 from typing import Unpack
 
-from ..common.ending import first_handshake_error
 from ..common.options import ChannelOptions, ShellOptions, resolve_options
 from ..common.sockets import close_socket, configure_socket
 from ..core.config import SessionConfig
@@ -17,7 +15,7 @@ from ..core.engine import SessionEngine
 from ..durable.session_journal import Durable
 from ..exceptions import TLSHandshakeError
 from ._deadline import Deadline
-from ._session import Connecting
+from ._session import SessionShell
 from .channel import Channel
 from .tls import TLSLayer
 
@@ -37,17 +35,17 @@ class Connector:
     unanswered."""
 
     def __init__(
-        self, channel: ClientChannel, address: tuple[str, int], config: SessionConfig, shell: ShellOptions, name: str
+        self, session: SessionShell, address: tuple[str, int], config: SessionConfig, shell: ShellOptions
     ) -> None:
-        self._channel = channel
+        self._session = session
         self._address = address
         self._config = config
-        self._shell = shell
+        self.options = shell
         self._stopped = threading.Event()
         self._dialing_lock = threading.Lock()
         self._dialing: socket.socket | None = None  # the socket of the attempt under way
         self._rng = random.Random()
-        self._thread = threading.Thread(target=self._run, name=f"{name}-connector", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"{session.name}-connector", daemon=True)
 
     def start(self) -> None:
         """Start the loop."""
@@ -70,14 +68,14 @@ class Connector:
         return deadline.join(self._thread)
 
     def _run(self) -> None:
-        delays = self._shell.backoff.delays(self._rng)
+        delays = self.options.backoff.delays(self._rng)
         first = True
-        connections = self._channel.statistics().connections
-        while self._channel._wait_disconnected() and not self._stopped.is_set():
-            now_connections = self._channel.statistics().connections
+        connections = self._session.statistics().connections
+        while self._session.wait_disconnected() and not self._stopped.is_set():
+            now_connections = self._session.statistics().connections
             if now_connections != connections:
                 connections = now_connections
-                delays = self._shell.backoff.delays(self._rng)  # a working link resets the backoff
+                delays = self.options.backoff.delays(self._rng)  # a working link resets the backoff
             delay = 0.0 if first else next(delays)
             first = False
             if self._stopped.wait(delay):
@@ -85,16 +83,16 @@ class Connector:
             self._attempt()
 
     def _attempt(self) -> None:
-        timeout = min(self._config.handshake_timeout, self._shell.connect_timeout)
+        timeout = min(self._config.handshake_timeout, self.options.connect_timeout)
         try:
             sock = self._dial(timeout)
-            tls = self._secure(sock, timeout) if self._shell.ssl_context is not None else None
+            tls = self._secure(sock, timeout) if self.options.ssl_context is not None else None
         except OSError as exc:
             self._forget_dialing()
             if self._stopped.is_set():
                 return
             logger.debug("connect to %s failed: %s", self._address, exc)
-            self._channel._connect_failed(exc, reason=f"can't connect to {self._address}: {exc}")
+            self._session.connect_failed(exc, reason=f"can't connect to {self._address}: {exc}")
             return
         sock.settimeout(None)
         configure_socket(sock, self._config)
@@ -102,7 +100,7 @@ class Connector:
         if self._stopped.is_set():
             close_socket(sock, abort=True)
             return
-        self._channel._open_link(sock, tls)
+        self._session.open_link(sock, tls)
 
     def _dial(self, timeout: float) -> socket.socket:
         """A TCP connection to the address (each of its resolved addresses in turn)."""
@@ -126,8 +124,8 @@ class Connector:
         raise error if error is not None else OSError(f"no address for {host}")
 
     def _secure(self, sock: socket.socket, timeout: float) -> TLSLayer:
-        assert self._shell.ssl_context is not None
-        tls = TLSLayer(self._shell.ssl_context, server_side=False, server_hostname=self._shell.server_hostname or self._address[0])
+        assert self.options.ssl_context is not None
+        tls = TLSLayer(self.options.ssl_context, server_side=False, server_hostname=self.options.server_hostname or self._address[0])
         try:
             tls.handshake(sock, timeout)
         except TLSHandshakeError:
@@ -138,36 +136,6 @@ class Connector:
     def _forget_dialing(self) -> None:
         with self._dialing_lock:
             self._dialing = None
-
-
-class ClientChannel(Channel):
-    """A channel on the connecting side: the door its reconnect loop uses."""
-
-    def _wait_disconnected(self) -> bool:
-        """Connector: block until the channel needs a new connection; False
-        once it never will."""
-        with self._lock:
-            self._changed.wait_for(lambda: self._session.link is None or self._session.stopping)
-            return not self._session.stopping
-
-    def _connect_failed(self, error: BaseException, *, reason: str) -> None:
-        """Connector: an attempt failed; one not worth retrying ends the channel."""
-        with self._locked:
-            self._carry_out(self._session.connect_failed(time.monotonic(), error, reason))
-
-    def _set_connector(self, connector: Connecting) -> None:
-        self._connector = connector
-
-    def _wait_first_handshake(self, deadline: Deadline, address: object) -> None:
-        """connect(): return once the first handshake is done, or raise why not."""
-        session = self._session
-        with self._lock:
-            deadline.wait(self._changed, lambda: session.ever_connected or session.ended)
-            if session.ever_connected:
-                return
-            error = first_handshake_error(session.ending, restored=self.restored, address=address, last_cause=session.last_cause)
-        self._teardown(Deadline(_FINAL_FLUSH), linger=False)
-        raise error
 
 
 def connect(
@@ -201,16 +169,15 @@ def connect(
         resolved = Durable.durable_config(resolved)
         durable, engine = Durable.open_for_client(journal, resolved)
     try:
-        channel = ClientChannel(
-            engine or SessionEngine(resolved, client=True), shell_options, durable=durable, restored=engine is not None
-        )
+        restored = engine is not None
+        session = SessionShell(engine or SessionEngine(resolved, client=True), shell_options, durable=durable, restored=restored)
     except BaseException:
         if durable is not None:
             durable.release()
         raise
+    channel = Channel(session)
     target = (address[0], int(address[1]))
-    connector = Connector(channel, target, resolved, shell_options, channel.name)
-    channel._set_connector(connector)
+    session.connector = connector = Connector(session, target, resolved, shell_options)
     connector.start()
-    channel._wait_first_handshake(deadline, target)
+    session.wait_first_handshake(deadline, target)
     return channel

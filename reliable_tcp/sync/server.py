@@ -10,11 +10,13 @@ that reads the HELLO, then starts or resumes its session. Sessions' timers
 (including the resume window of detached ones) are fired by the shared
 timer thread, not here.
 
-The listener uses a channel through its door only: ``Channel._open_link``
-(attach a connection), plus the ``on_end`` and ``on_confirmed`` callbacks
-it passes in, and ``Channel._begin_close`` / ``_finish_close`` when it
-closes. Lock order: the listener's lock is never held while a channel's
-is taken; the two are used one after the other.
+The listener makes each session's machinery (``_session.SessionShell``)
+and its public ``Channel``, and uses the machinery through its doors only:
+``open_link`` (attach a connection), ``end_restored``, ``begin_close`` /
+``finish_close`` when it closes, and the ``on_end`` and ``on_confirmed``
+callbacks it passes in. ``accept()`` hands out the Channel. Lock order: the
+listener's lock is never held while a session's is taken; the two are used
+one after the other.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from ..core.handshake import ServerHandshake, reject_reply
 from ..durable.session_journal import Durable
 from ..exceptions import ChannelClosed, HandshakeRejected, ReliableTCPError, TLSHandshakeError
 from ._deadline import Deadline
+from ._session import SessionShell
 from .channel import Channel
 from .tls import TLSLayer
 
@@ -69,7 +72,8 @@ class Listener:
         backlog: int = 128,
         journal: str | None = None,
     ) -> None:
-        self._book: ListenerBook[Channel] = ListenerBook(config, max_sessions=max_sessions, node_id=node_id, journal=journal)  # lock
+        # lock:
+        self._book: ListenerBook[SessionShell] = ListenerBook(config, max_sessions=max_sessions, node_id=node_id, journal=journal)
         self._config = config = self._book.config
         self._shell = shell
         self._max_pending = max_pending_handshakes
@@ -107,8 +111,10 @@ class Listener:
         # taken under the listener's.
         self._book.restore(Durable.open_all_for_listener(directory, self._config), self._restored_channel)
 
-    def _restored_channel(self, engine: SessionEngine, durable: Durable) -> Channel:
-        return Channel(engine, self._shell, durable=durable, restored=True, on_end=self._session_ended)
+    def _restored_channel(self, engine: SessionEngine, durable: Durable) -> SessionShell:
+        session = SessionShell(engine, self._shell, durable=durable, restored=True, on_end=self._session_ended)
+        Channel(session)
+        return session
 
     def _spawn(self, target: Any, role: str, *args: Any) -> None:
         thread = threading.Thread(target=target, args=args, name=f"rtcp-listener-{self.address[1]}-{role}", daemon=True)
@@ -127,13 +133,15 @@ class Listener:
             if not Deadline(timeout).wait(self._changed, lambda: bool(book.offered) or book.closed):
                 raise TimeoutError("no new session arrived in time")
             if book.offered:
-                return book.offered.popleft()
+                channel = book.offered.popleft().channel
+                assert channel is not None  # every session the listener makes has its channel
+                return channel
             raise ChannelClosed("the listener is closed")
 
-    def _offer(self, channel: Channel) -> None:
+    def _offer(self, session: SessionShell) -> None:
         """A new session's client confirmed it: accept() may hand it out."""
         with self._lock:
-            if self._book.offer(channel):
+            if self._book.offer(session):
                 self._changed.notify()
 
     def _accept_loop(self) -> None:
@@ -235,7 +243,7 @@ class Listener:
             refusal = target if isinstance(target, HandshakeRejected) else None
             if not isinstance(target, HandshakeRejected):
                 try:
-                    target._open_link(sock, tls, order=order, hello=hello, new_secret=self._book.registry.new_secret())
+                    target.open_link(sock, tls, order=order, hello=hello, new_secret=self._book.registry.new_secret())
                 except HandshakeRejected as rejected:
                     refusal = rejected
             if refusal is not None:
@@ -259,10 +267,11 @@ class Listener:
                     refusal = self._book.journal_failed(engine, exc)
                 self._refuse(sock, peer, tls, refusal)
                 return False
-        channel = Channel(engine, self._shell, durable=durable, on_end=self._session_ended, on_confirmed=self._offer)
+        session = SessionShell(engine, self._shell, durable=durable, on_end=self._session_ended, on_confirmed=self._offer)
+        Channel(session)
         with self._lock:
-            self._book.add(engine, channel)
-        channel._open_link(sock, tls, order=order)
+            self._book.add(engine, session)
+        session.open_link(sock, tls, order=order)
         # accept() gets it once the client has spoken after ACCEPT (PeerConfirmed).
         logger.info("%s: new session %s", peer, engine.session_id.hex()[:8])
         return True
@@ -289,9 +298,9 @@ class Listener:
         with self._lock:
             self._book.rejected_handshakes += 1
 
-    def _session_ended(self, channel: Channel) -> None:
+    def _session_ended(self, session: SessionShell) -> None:
         with self._lock:
-            self._book.ended(channel)
+            self._book.ended(session)
 
     # --------------------------------------------------------------- ending
 
@@ -315,18 +324,18 @@ class Listener:
         with self._lock:
             if self._book.closed:
                 return
-            channels = self._book.close()
+            sessions = self._book.close()
             pending = list(self._pending)
             self._changed.notify_all()
         close_socket(self._sock)  # shutdown() wakes the blocked accept()
         for sock in pending:
             close_socket(sock, abort=True)
-        for channel in channels:
-            channel._begin_close()
-        for channel in channels:
+        for session in sessions:
+            session.begin_close()
+        for session in sessions:
             # Not the owner's report: a lost session's journal stays, to be
             # reported after a restart (the owner's own calls report it now).
-            channel._finish_close(deadline, reported=False)
+            session.finish_close(deadline, reported=False)
         with self._lock:
             threads = list(self._threads)
         for thread in threads:

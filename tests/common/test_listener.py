@@ -22,7 +22,7 @@ CONFIG = SessionConfig(heartbeat_interval=1.0, resume_window=30.0)
 
 @dataclass
 class FakeChannel:
-    """A channel as the book sees it."""
+    """A front's session as the book sees it."""
 
     engine: SessionEngine
     state: ChannelState = ChannelState.CONNECTED
@@ -32,7 +32,7 @@ class FakeChannel:
     def session_id(self) -> str:
         return self.engine.session_id.hex()
 
-    def _end_restored(self, reason: str, unacked: Unacked) -> None:
+    def end_restored(self, reason: str, unacked: Unacked) -> None:
         self.ended_with.append((reason, unacked))
         self.state = ChannelState.FAILED
 

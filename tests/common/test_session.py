@@ -23,7 +23,7 @@ from reliable_tcp.common.session import (
     LivenessCheck,
     Notify,
     Persist,
-    Session,
+    SessionPolicy,
 )
 from reliable_tcp.core.config import SessionConfig
 from reliable_tcp.core.engine import SessionEngine
@@ -50,9 +50,9 @@ class Pair:
         rng = random.Random(7)
         self.now = 100.0
         self.registry = SessionRegistry(CONFIG, token_source=rng.randbytes)
-        self.client: Session[str] = Session(
+        self.client: SessionPolicy[str] = SessionPolicy(
             SessionEngine(CONFIG, client=True, token_source=rng.randbytes), "client", durable=False, restored=False, wants_events=True)
-        self.server: Session[str] | None = None
+        self.server: SessionPolicy[str] | None = None
         self._durable_server = durable_server
         self._handshake = ServerHandshake(None, rng.randbytes)
         self.server_actions: list[Action] = []
@@ -68,7 +68,7 @@ class Pair:
     def connect(self) -> list[Action]:
         """The first handshake over links c1/s1; the server's actions."""
         engine = self.registry.start(self.hello(), self.now)
-        self.server = Session(engine, "server", durable=self._durable_server, restored=False, wants_events=True)
+        self.server = SessionPolicy(engine, "server", durable=self._durable_server, restored=False, wants_events=True)
         actions, refusal = self.server.open_link("s1", self.now)
         assert refusal is None
         self.server_actions = actions

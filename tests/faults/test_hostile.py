@@ -253,7 +253,7 @@ def test_replayed_resume_handshake_is_refused(served: tuple[Any, LegitStream]) -
         with FaultProxy(other.address) as proxy:
             client = rt.connect(proxy.address, **OPTIONS)
             server = other.accept(timeout=5)
-            recorded = f.Hello(True, bytes.fromhex(client.session_id), client._engine.secret, 1)
+            recorded = f.Hello(True, bytes.fromhex(client.session_id), client._session.engine.secret, 1)
             proxy.reset()  # the client resumes: the secret rotates
             wait_for(lambda: client.statistics().resumes == 1, 10, "resume")
             client.send(b"proves it holds the new secret")

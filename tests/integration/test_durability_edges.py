@@ -66,7 +66,7 @@ def test_a_short_write_is_rolled_back_and_the_message_neither_queued_nor_sent(tm
     client = rt.connect(listener.address, journal=journal, **OPTIONS)
     server = listener.accept(timeout=5)
     client.send(b"before")
-    store = client._durable.journal  # type: ignore[union-attr]  # the injection needs the file
+    store = client._session.durable.journal  # type: ignore[union-attr]  # the injection needs the file
     size = store.size()
     store._file = ShortWrites(store._file, 10)  # the next record gets 10 bytes, then the disk is full
     with pytest.raises(rt.JournalWriteFailed) as info:
@@ -87,7 +87,7 @@ def test_failed_ack_and_commit_records_are_logged_and_retried_never_fatal(
 ) -> None:
     client = rt.connect(listener.address, journal=str(tmp_path / "j"), **OPTIONS)
     server = listener.accept(timeout=5)
-    store = client._durable.journal  # type: ignore[union-attr]
+    store = client._session.durable.journal  # type: ignore[union-attr]
     real_acked, real_consumed = store.record_acked, store.record_consumed
     failing = {"on": True}
 
@@ -152,7 +152,7 @@ def test_a_full_disk_refuses_whole_messages_and_the_session_recovers(tiny_filesy
     got = drain(server, returned)
     assert [int(m[:6]) for m in got] == list(range(returned))  # and never sent
     # Whatever send() returned for is in the journal, whole.
-    store = client._durable.journal  # type: ignore[union-attr]
+    store = client._session.durable.journal  # type: ignore[union-attr]
     store.sync()
     from reliable_tcp.durable.journal import read_state
 

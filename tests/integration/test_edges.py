@@ -280,7 +280,7 @@ def test_send_after_close_began_is_refused_with_nothing_queued(listener: rt.List
 def test_local_misuse_is_invalid_state_and_harms_nothing(listener: rt.Listener) -> None:
     client = rt.connect(listener.address, **fast_options())
     server = listener.accept(timeout=5)
-    engine = client._engine  # the core directly: the shell never makes this mistake
+    engine = client._session.engine  # the core directly: the shell never makes this mistake
     with pytest.raises(rt.InvalidState):
         engine.connection_made(time.monotonic())  # a second HELLO on an open session
     client.send(b"still fine")

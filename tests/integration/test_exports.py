@@ -75,3 +75,21 @@ def test_star_import_does_not_shadow_the_standard_asyncio() -> None:
     exec("import asyncio\nfrom reliable_tcp import *", namespace)  # noqa: S102
     assert namespace["asyncio"] is sys.modules["asyncio"]
     assert "connect" in namespace and "Channel" in namespace
+
+
+#: What an application may call on a channel, on either front.
+CHANNEL_API = {
+    "abort", "close", "commit", "flush", "last_committed_seq", "last_received_seq", "last_sent_seq", "name",
+    "recv", "recv_many", "restored", "send", "send_many", "session_id", "state", "statistics",
+}
+
+
+@pytest.mark.parametrize("module", ["reliable_tcp.sync.channel", "reliable_tcp.asyncio.channel"])
+def test_a_channel_shows_its_api_and_none_of_its_machinery(module: str) -> None:
+    channel_class = importlib.import_module(module).Channel
+    names = set(dir(channel_class))
+    assert {name for name in names if not name.startswith("_")} == CHANNEL_API
+    # The link's and the timers' callbacks live on the private session it holds.
+    plumbing = {"fire_timers", "link_received", "link_output", "link_ended", "link_data", "link_lost", "link_writable"}
+    assert not {name.lstrip("_") for name in names} & plumbing
+    assert channel_class.__slots__ == ("_session", "__weakref__")

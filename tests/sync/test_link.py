@@ -138,7 +138,7 @@ def test_a_crash_ends_the_channel_chained_to_its_cause(monkeypatch: pytest.Monke
         real = SessionEngine.receive_data
 
         def broken(self: SessionEngine, data: object, now: float) -> None:
-            if self is server._engine:
+            if self is server._session.engine:
                 raise RuntimeError("a bug in the engine")
             real(self, data, now)  # type: ignore[arg-type]
 
@@ -187,12 +187,12 @@ def test_a_dead_verdict_is_given_at_the_moment_the_link_was_judged(monkeypatch: 
     with rt.listen(("127.0.0.1", 0), **options) as listener:
         client = rt.connect(listener.address, **options)
         server = listener.accept(timeout=5)
-        engine = client._engine
+        engine = client._session.engine
         now = time.monotonic()
         moment = now - engine.silence(now) + engine.config.dead_after_seconds - 0.005  # just short of the verdict
         later = SimpleNamespace(monotonic=lambda: moment + 0.010)  # past it, had the clock been read again
         monkeypatch.setattr(session_module, "time", later)
-        client.fire_timers(moment)
+        client._session.fire_timers(moment)
         monkeypatch.undo()
         assert client.statistics().disconnects == 0
         client.send(b"still connected")
