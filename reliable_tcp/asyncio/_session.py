@@ -17,23 +17,24 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import itertools
 import logging
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..common.consumer import ConsumerRule
-from ..common.ending import EndKind, Ending, Unacked, first_handshake_error
+from ..common.ending import Unacked
+from ..common.front import SessionFront
 from ..common.options import ShellOptions
-from ..common.session import CHANGED, OUTPUT, Acknowledged, Action, Confirmed, Deliver, DropLink, Ended, Notify, Persist, SessionPolicy
-from ..common.sockets import link_error_reason
-from ..common.status import ChannelEvent, ChannelState, ChannelStatistics, channel_state_of, statistics_of
+from ..common.session import Ended
+from ..common.status import ChannelEvent, ChannelState, ChannelStatistics
+from ..common.timing import FINAL_FLUSH, JOURNAL_FINISH
 from ..core.engine import SessionEngine
 from ..core.frames import Hello
 from ..durable.session_journal import Durable
 from ..exceptions import ReliableTCPError
+from ._inbox import Inbox
 from ._link import NO_OWNER, LinkProtocol
+from ._signal import Signal
 
 if TYPE_CHECKING:
     from .channel import Channel
@@ -42,44 +43,13 @@ __all__ = ["LoopSession"]
 
 logger = logging.getLogger(__name__)
 
-#: After the session ended: how long the last frames may take to leave.
-_FINAL_FLUSH = 2.0
-#: How long a teardown waits for the journal to be closed (an fsync, a close, perhaps a delete).
-_JOURNAL_FINISH = 5.0
 
-_ids = itertools.count(1)
-
-
-class Signal:
-    """Wakes every coroutine waiting for a change (a broadcast without a lock).
-
-    Waiting never cancels the shared future, so one waiter's cancellation
-    leaves the others waiting."""
-
-    __slots__ = ("_future",)
-
-    def __init__(self) -> None:
-        self._future: asyncio.Future[None] | None = None
-
-    def fire(self) -> None:
-        future, self._future = self._future, None
-        if future is not None and not future.done():
-            future.set_result(None)
-
-    async def wait(self, deadline: float | None) -> bool:
-        """Until the next :meth:`fire`; False if ``deadline`` (loop time) came first."""
-        loop = asyncio.get_running_loop()
-        if self._future is None or self._future.done():
-            self._future = loop.create_future()
-        timeout = None if deadline is None else max(0.0, deadline - loop.time())
-        done, _ = await asyncio.wait({self._future}, timeout=timeout)
-        return bool(done)
-
-
-class LoopSession:
+class LoopSession(SessionFront[LinkProtocol]):
     """One session's connection, timers, inbox and end, on the event loop
     (all of it runs on the loop's thread; nothing here needs a lock). The
-    decisions are the shared :class:`~reliable_tcp.common.session.SessionPolicy`'s."""
+    decisions are the shared :class:`~reliable_tcp.common.session.SessionPolicy`'s;
+    :class:`~reliable_tcp.common.front.SessionFront` dispatches each of its
+    actions to a handler here."""
 
     def __init__(
         self,
@@ -91,25 +61,12 @@ class LoopSession:
         on_end: Callable[[LoopSession], None] | None = None,
         on_confirmed: Callable[[LoopSession], None] | None = None,
     ) -> None:
+        super().__init__(engine, shell, "rtcp-async", durable=durable, restored=restored, on_end=on_end, on_confirmed=on_confirmed)
         self.loop = asyncio.get_running_loop()
         #: The public channel that carries this session's API (set by it).
         self.channel: Channel | None = None
-        self._name = f"rtcp-async-{'client' if engine.client else 'server'}-{next(_ids)}"
-        self.policy: SessionPolicy[LinkProtocol] = SessionPolicy(
-            engine, self._name, durable=durable is not None, restored=restored, wants_events=shell.on_event is not None)
-        self.engine = engine
-        self._config = engine.config
-        self.options = shell
-        self.durable = durable
-        #: True for a session brought back from a journal after a restart.
-        self.restored = restored
-        self._on_end = on_end
-        self._on_confirmed = on_confirmed
-        self.changed = Signal()  # anything a waiter may be waiting for
-        self.inbox: deque[bytes] = deque()
-        self.inbox_bytes = 0
-        self.taken = 0
-        self.committed_base = engine.committed
+        self.changed = Signal()  # the connection, the state, acks, the end: what senders and close wait for
+        self.inbox = Inbox(shell.max_queued_messages, shell.max_queued_bytes, pause=self._pause_reading, resume=self._resume_reading)
         # A durable channel's consumer: recv waits under this lock, and the
         # rule says whose uncommitted messages they are (common/consumer.py).
         self.consumer_lock = asyncio.Lock()
@@ -119,30 +76,16 @@ class LoopSession:
         self._timer: asyncio.TimerHandle | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
         self.closer: asyncio.Future[None] | None = None
-        self._end_recorded: asyncio.Future[None] | None = None  # the journal's END record
         self._reschedule()
-
-    @property
-    def name(self) -> str:
-        """The channel's name in logs."""
-        return self._name
 
     @property
     def state(self) -> ChannelState:
         """The channel state the application sees."""
-        return channel_state_of(self.engine.state, self.policy.ever_connected)
-
-    @property
-    def session_id(self) -> str:
-        """The session id in hex (empty until the first handshake)."""
-        session_id = self.engine.session_id
-        return session_id.hex() if any(session_id) else ""
+        return self._state()
 
     def statistics(self) -> ChannelStatistics:
         """A frozen snapshot of the counters."""
-        policy = self.policy
-        return statistics_of(self.engine, ever_connected=policy.ever_connected, disconnects=policy.disconnects,
-                             queued_messages=len(self.inbox), last_recovery_time=policy.last_recovery)
+        return self._statistics(len(self.inbox))
 
     def begin_close(self) -> None:
         """Refuse new sends and send CLOSE behind what is queued (also the
@@ -184,11 +127,11 @@ class LoopSession:
             return
         self.flush()
         link.close(abort=False)
-        self.loop.call_later(_FINAL_FLUSH, functools.partial(link.close, abort=True))
+        self.loop.call_later(FINAL_FLUSH, functools.partial(link.close, abort=True))
 
     def end_restored(self, reason: str, unacked: Unacked) -> None:
         """A journal says this session was lost before the restart."""
-        self.carry_out(self.policy.end(Ending.of(EndKind.LOST, reason, unacked, None)))
+        self.carry_out(self._restored_end(reason, unacked))
 
     async def teardown(self, deadline: float | None, *, reported: bool) -> None:
         self.policy.stop()
@@ -199,19 +142,19 @@ class LoopSession:
         if link is not None:
             self.flush()
             link.close(abort=False)
-            wait = _FINAL_FLUSH if deadline is None else max(0.0, min(_FINAL_FLUSH, deadline - self.loop.time()))
+            wait = FINAL_FLUSH if deadline is None else max(0.0, min(FINAL_FLUSH, deadline - self.loop.time()))
             try:
                 await asyncio.wait_for(link.closed_event.wait(), wait)
             except TimeoutError:
                 link.close(abort=True)
         if self.tasks:
-            await asyncio.wait(set(self.tasks), timeout=_FINAL_FLUSH)
+            await asyncio.wait(set(self.tasks), timeout=FINAL_FLUSH)
         finishing = self.finish_durable(reported=reported)
         if finishing is not None:
             # As the threaded close: the journal is closed (deleted after a
             # complete close) and its lock released before close() returns,
             # so the next connect with it in this process finds it free.
-            await asyncio.wait({finishing}, timeout=_JOURNAL_FINISH)
+            await asyncio.wait({finishing}, timeout=JOURNAL_FINISH)
 
     def finish_durable(self, *, reported: bool) -> asyncio.Future[None] | None:
         """Close the journal off the loop (finished, or released if the session
@@ -227,13 +170,6 @@ class LoopSession:
         self.background(work)
         return work
 
-    async def end_durable(self) -> None:
-        """Wait until the journal holds the end (recv() reports it only then:
-        an application that saw the end and died must not be offered the
-        finished session again by the restart). record_end never raises."""
-        if self._end_recorded is not None:
-            await asyncio.shield(self._end_recorded)
-
     def background(self, awaitable: Any) -> None:
         task = asyncio.ensure_future(awaitable)
         self.tasks.add(task)
@@ -241,61 +177,56 @@ class LoopSession:
 
     # ------------------------------------------------------------ actions
 
-    def _dispatch(self, event: ChannelEvent | None) -> None:
+    def _notify(self, event: ChannelEvent | None) -> None:
         callback = self.options.on_event
         if event is not None and callback is not None:
             self.loop.call_soon(callback, event)
 
-    def absorb(self, now: float) -> None:
-        """Act on what the engine did (after a send or a close)."""
-        self.carry_out(self.policy.absorb(now))
+    # The handlers of the policy's actions (SessionFront.carry_out).
 
-    def carry_out(self, actions: list[Action]) -> None:
-        """Do what the session decided."""
-        for action in actions:
-            if action is OUTPUT:
-                self.flush_soon()
-            elif action is CHANGED:
-                self.changed.fire()
-            elif isinstance(action, Deliver):
-                self.inbox.extend(action.messages)
-                self.inbox_bytes += action.nbytes
-                link = self.policy.link
-                if link is not None and self._inbox_full():
-                    link.pause_reading()
-                self.changed.fire()
-            elif isinstance(action, Acknowledged):
-                self.changed.fire()
-                if self.durable is not None:
-                    self.durable.record_acked(action.ack)  # a small write; its fsync comes with the next one
-            elif isinstance(action, DropLink):
-                link = action.link
-                link.owner = NO_OWNER
-                link.close(abort=action.abort)
-            elif isinstance(action, Notify):
-                self._dispatch(action.event)
-            elif isinstance(action, Persist):
-                self.background(self._persist_session())
-            elif isinstance(action, Confirmed):
-                if self._on_confirmed is not None:
-                    self.loop.call_soon(self._on_confirmed, self)
-            elif isinstance(action, Ended):
-                self._ended(action)
-        self._reschedule()
+    def _output_ready(self) -> None:
+        self.flush_soon()
+
+    def _wake_waiters(self) -> None:
+        self.changed.fire()
+
+    def _deliver(self, messages: tuple[bytes, ...], nbytes: int) -> None:
+        self.inbox.put(messages, nbytes)
+
+    def _acknowledged(self, ack: int) -> None:
+        self.changed.fire()
+        if self.durable is not None:
+            self.durable.record_acked(ack)  # a small write; its fsync comes with the next one
+
+    def _close_link(self, link: LinkProtocol, abort: bool) -> None:
+        link.owner = NO_OWNER
+        link.close(abort=abort)
+
+    def _persist(self) -> None:
+        self.background(self._persist_session())
+
+    def _confirmed(self, callback: Callable[[Any], None]) -> None:
+        self.loop.call_soon(callback, self)
 
     def _ended(self, action: Ended) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        final = action.final
+        final, ending = action.final, action.ending
         if self.durable is None:
-            self._dispatch(final)
+            self.inbox.end(ending.exception)
+            self._notify(final)
         else:
             # recv() and the final event report the end only once the journal
-            # holds it (a restart must not offer the finished session again).
-            self._end_recorded = self.loop.run_in_executor(None, self.durable.record_end, action.ending.kind, action.ending.reason)
-            self._end_recorded.add_done_callback(lambda _: self._dispatch(final))
-            self.background(self._end_recorded)
+            # holds it: an application that saw the end and died must not be
+            # offered the finished session again by the restart.
+            def report(_: object) -> None:
+                self.inbox.end(ending.exception)
+                self._notify(final)
+
+            recorded = self.loop.run_in_executor(None, self.durable.record_end, ending.kind, ending.reason)
+            recorded.add_done_callback(report)
+            self.background(recorded)
         if self._on_end is not None:
             self.loop.call_soon(self._on_end, self)
         # The connection goes with the session, whoever ended it: the last
@@ -307,10 +238,8 @@ class LoopSession:
         durable = self.durable
         error: ReliableTCPError | None = None
         if durable is not None:
-            engine = self.engine
-            snapshot = (engine.session_id, engine.secret, engine.previous_secret)
             try:
-                await self.loop.run_in_executor(None, durable.record_session, *snapshot)
+                await self.loop.run_in_executor(None, durable.record_session, *self._session_record())
             except ReliableTCPError as exc:
                 error = exc
         self.carry_out(self.policy.persisted(error))
@@ -332,12 +261,15 @@ class LoopSession:
         if parts:
             link.write(parts)
 
-    def _inbox_full(self) -> bool:
-        return len(self.inbox) >= self.options.max_queued_messages or self.inbox_bytes >= self.options.max_queued_bytes
-
-    def resume_reading(self) -> None:
+    def _pause_reading(self) -> None:
+        """The inbox is full: stop reading, so TCP flow control slows the sender."""
         link = self.policy.link
-        if link is not None and link.read_paused and not self._inbox_full():
+        if link is not None:
+            link.pause_reading()
+
+    def _resume_reading(self) -> None:
+        link = self.policy.link
+        if link is not None and link.read_paused:
             link.resume_reading()
 
     # ----------------------------------------------------------- connections
@@ -368,8 +300,7 @@ class LoopSession:
     def link_lost(self, link: LinkProtocol, error: BaseException | None) -> None:
         """ProtocolOwner: the connection ended."""
         if not self.policy.ended:
-            reason = str(error) if error is not None else "connection closed by peer"
-            self.carry_out(self.policy.link_lost(link, self.loop.time(), reason, error, abort=error is not None))
+            self.carry_out(self.policy.link_ended(link, self.loop.time(), error))
         self.changed.fire()
 
     def link_writable(self, link: LinkProtocol) -> None:
@@ -398,7 +329,7 @@ class LoopSession:
         error = link.pending_error() if link is not None and check.read_error else None
         judged = link is not None and check.judge
         self.carry_out(self.policy.timers_due(
-            now, check, error=error, error_reason=(link_error_reason(error) or "") if error is not None else "",
+            now, check, error=error,
             peer_ack_age=link.seconds_since_peer_ack() if judged and check.reading_paused and link is not None else None,
             input_waiting=judged and not check.reading_paused and link is not None and link.has_pending_input()))
 
@@ -417,9 +348,9 @@ class LoopSession:
         while not policy.ever_connected and policy.ending is None:
             if not await self.changed.wait(deadline):
                 break
-        if policy.ever_connected:
+        error = policy.first_handshake_error(address)
+        if error is None:
             return
-        error = first_handshake_error(policy.ending, restored=self.restored, address=address, last_cause=policy.last_cause)
         self.abort()
         await self.teardown(None, reported=True)
         raise error

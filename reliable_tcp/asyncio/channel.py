@@ -36,6 +36,7 @@ from collections.abc import AsyncIterator, Iterable
 
 from ..common.ending import Unacked
 from ..common.status import ChannelState, ChannelStatistics
+from ..common.timing import HANDSHAKE_SHARE
 from ..core.state import TERMINAL_STATES
 from ..exceptions import ChannelClosed, JournalWriteFailed, UsageError
 from ._session import LoopSession
@@ -43,9 +44,6 @@ from ._session import LoopSession
 __all__ = ["Channel"]
 
 logger = logging.getLogger(__name__)
-
-#: close(timeout): the share of the budget kept for the close handshake.
-_HANDSHAKE_SHARE = 0.25
 
 
 class Channel:
@@ -101,7 +99,7 @@ class Channel:
     @property
     def last_received_seq(self) -> int:
         """Sequence number of the last message ``recv`` returned."""
-        return self._session.committed_base + self._session.taken
+        return self._session.committed_base + self._session.inbox.taken
 
     def statistics(self) -> ChannelStatistics:
         """A frozen snapshot of the counters."""
@@ -199,29 +197,13 @@ class Channel:
         return self.last_received_seq - self._session.engine.committed
 
     async def _take(self) -> bytes:
-        while not self._session.inbox:
-            if self._session.policy.ending is not None:
-                await self._session.end_durable()
-                raise self._session.policy.ending.exception()
-            await self._session.changed.wait(None)
-        message = self._session.inbox.popleft()
-        self._session.inbox_bytes -= len(message)
-        self._session.taken += 1
-        self._session.resume_reading()
-        return message
+        return await self._session.inbox.get()
 
     async def recv_many(self, max_messages: int = 1024) -> list[bytes]:
         """Up to ``max_messages`` messages at once (at least one), in order."""
         first = await self.recv()
         # Nothing awaits from here on: the rest are taken by the same consumer.
-        out = [first]
-        while self._session.inbox and len(out) < max_messages:
-            message = self._session.inbox.popleft()
-            self._session.inbox_bytes -= len(message)
-            out.append(message)
-        self._session.taken += len(out) - 1
-        self._session.resume_reading()
-        return out
+        return [first, *self._session.inbox.get_ready(max_messages - 1)]
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._iterate()
@@ -277,7 +259,7 @@ class Channel:
         self._session.policy.closing = True
         self._session.changed.fire()
         engine = self._session.engine
-        flush_deadline = None if deadline is None else deadline - _HANDSHAKE_SHARE * max(0.0, deadline - self._session.loop.time())
+        flush_deadline = None if deadline is None else deadline - HANDSHAKE_SHARE * max(0.0, deadline - self._session.loop.time())
         while engine.unacked_count and self._session.policy.ending is None:
             if not await self._session.changed.wait(flush_deadline):
                 break

@@ -20,6 +20,7 @@ from ..common.listener import ListenerBook, read_hello
 from ..common.options import ListenOptions, ShellOptions, resolve_options
 from ..common.sockets import configure_socket, input_waits
 from ..common.status import ListenerStatistics
+from ..common.timing import REJECT_LINGER
 from ..core.config import SessionConfig
 from ..core.engine import SessionEngine
 from ..core.frames import Hello, RejectReason
@@ -27,14 +28,13 @@ from ..core.handshake import ServerHandshake, reject_reply
 from ..durable.session_journal import Durable
 from ..exceptions import ChannelClosed, HandshakeRejected, ReliableTCPError
 from ._link import NO_OWNER, LinkProtocol
-from ._session import LoopSession, Signal
+from ._session import LoopSession
+from ._signal import Signal
 from .channel import Channel
 
 __all__ = ["Listener", "Server", "listen", "serve"]
 
 logger = logging.getLogger(__name__)
-
-_REJECT_LINGER = 1.0
 
 
 class _Handshake:
@@ -94,7 +94,7 @@ class _Handshake:
         transport = link.transport
         if transport is not None and transport.can_write_eof():
             transport.write_eof()
-            asyncio.get_running_loop().call_later(_REJECT_LINGER, functools.partial(link.close, abort=False))
+            asyncio.get_running_loop().call_later(REJECT_LINGER, functools.partial(link.close, abort=False))
         else:
             link.close(abort=False)
 

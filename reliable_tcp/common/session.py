@@ -46,7 +46,8 @@ from ..core.frames import Hello, RejectReason
 from ..core.state import LIVE_STATES, TERMINAL_STATES
 from ..exceptions import ChannelClosed, HandshakeRejected, ReliableTCPError
 from .backoff import is_retryable
-from .ending import EndKind, Ending
+from .ending import EndKind, Ending, first_handshake_error
+from .sockets import link_error_reason
 from .status import ChannelEvent, EventKind, channel_state_of
 
 __all__ = [
@@ -152,6 +153,7 @@ class SessionPolicy(Generic[L]):
     def __init__(self, engine: SessionEngine, name: str, *, durable: bool, restored: bool, wants_events: bool) -> None:
         self.engine = engine
         self._name = name  # the channel's name in logs
+        self._restored = restored
         self.config = engine.config
         self._durable = durable
         self._wants_events = wants_events
@@ -261,12 +263,20 @@ class SessionPolicy(Generic[L]):
         return actions, None
 
     def link_lost(self, link: L, now: float, reason: str, cause: BaseException | None, *, abort: bool) -> list[Action]:
-        """``link`` failed, saw EOF, or is dropped by the front (nothing if
-        it no longer holds the session)."""
+        """``link`` is dropped by the front (nothing if it no longer holds
+        the session)."""
         actions: list[Action] = []
         if link is self.link:
             self._link_lost(now, reason, cause, abort, actions)
         return actions
+
+    def link_ended(self, link: L, now: float, error: BaseException | None, reason: str = "") -> list[Action]:
+        """``link`` failed (``error``) or saw the peer's EOF. Its socket is
+        reset if it failed, closed in order otherwise; ``reason`` (else one
+        made from the error) is what the disconnected event says."""
+        if not reason:
+            reason = (link_error_reason(error) or str(error)) if error is not None else "connection closed by peer"
+        return self.link_lost(link, now, reason, error, abort=error is not None)
 
     def _link_lost(self, now: float, reason: str, cause: BaseException | None, abort: bool, actions: list[Action]) -> None:
         link = self.link
@@ -286,6 +296,13 @@ class SessionPolicy(Generic[L]):
                 self._notify(actions, EventKind.DISCONNECTED, reason)
         self._absorb(now, actions)
         actions.append(CHANGED)
+
+    def first_handshake_error(self, address: object) -> BaseException | None:
+        """Why connect() gives no channel, as a fresh exception, or None once
+        the first handshake is done (``common.ending.first_handshake_error``)."""
+        if self.ever_connected:
+            return None
+        return first_handshake_error(self.ending, restored=self._restored, address=address, last_cause=self.last_cause)
 
     def connect_failed(self, now: float, error: BaseException, reason: str) -> list[Action]:
         """A connection attempt failed. One not worth retrying (a refused
@@ -452,12 +469,13 @@ class SessionPolicy(Generic[L]):
         check: LivenessCheck,
         *,
         error: BaseException | None = None,
-        error_reason: str = "",
         peer_ack_age: float | None = None,
         input_waiting: bool = False,
     ) -> list[Action]:
         """Fire what is due at ``now`` with what the front read (``check``,
-        on the connection that is still current; the defaults otherwise).
+        on the connection that is still current; the defaults otherwise):
+        the socket's pending ``error``, the seconds since the peer's kernel
+        last acknowledged (``peer_ack_age``), whether bytes wait unread.
 
         The verdict is given at the moment the link was judged, never at a
         later reading of the clock: a silence just short of dead_after then
@@ -468,7 +486,7 @@ class SessionPolicy(Generic[L]):
         if self.ending is not None:
             return actions
         if error is not None:
-            self._link_lost(now, error_reason or str(error), error, True, actions)
+            self._link_lost(now, link_error_reason(error) or str(error), error, True, actions)
         elif check.judge and self.link is not None:
             if check.reading_paused:
                 # We stopped reading on purpose, so what waits in the kernel may

@@ -32,24 +32,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..common.consumer import ConsumerRule
-from ..common.ending import EndKind, Ending, Unacked, first_handshake_error
+from ..common.ending import EndKind, Ending, Unacked
+from ..common.front import SessionFront
 from ..common.options import ShellOptions
-from ..common.session import (
-    CHANGED,
-    OUTPUT,
-    Acknowledged,
-    Action,
-    Confirmed,
-    Deliver,
-    DropLink,
-    Ended,
-    LivenessCheck,
-    Notify,
-    Persist,
-    SessionPolicy,
-)
-from ..common.sockets import link_error_reason
-from ..common.status import ChannelEvent, ChannelState, ChannelStatistics, channel_state_of, statistics_of
+from ..common.session import Ended, LivenessCheck
+from ..common.status import ChannelEvent, ChannelState, ChannelStatistics
+from ..common.timing import FINAL_FLUSH
 from ..core.engine import SessionEngine
 from ..core.frames import Hello
 from ..durable.session_journal import Durable
@@ -66,16 +54,6 @@ if TYPE_CHECKING:
 __all__ = ["SessionShell", "Connecting", "Unacked"]
 
 logger = logging.getLogger(__name__)
-
-#: After the session ended: how long the last frames may take to leave, and
-#: the peer to answer our FIN, before the connection is cut.
-_FINAL_FLUSH = 2.0
-#: abort(): how long the REJECT ABORTED may take to leave.
-_ABORT_FLUSH = 0.25
-#: close(timeout): the share of the budget kept for the close handshake.
-_HANDSHAKE_SHARE = 0.25
-
-_ids = itertools.count(1)
 
 
 class Connecting(Protocol):
@@ -105,11 +83,13 @@ class _Locked:
         self._channel._run_after_lock()
 
 
-class SessionShell:
+class SessionShell(SessionFront[Link]):
     """One session kept connected on threads: connections, timers, events, the end.
 
     The decisions are the shared :class:`~reliable_tcp.common.session.SessionPolicy`'s;
-    this class waits and moves bytes for it and carries out its actions.
+    this class waits and moves bytes for it and carries out its actions
+    (:class:`~reliable_tcp.common.front.SessionFront` dispatches each to a
+    handler here; all of them run under the lock).
     It is the :class:`~reliable_tcp.sync._link.LinkOwner` of its connections and
     the :class:`~reliable_tcp.sync._timers.TimerTarget` of the timer thread.
     Doors: :meth:`open_link` (attach a connection: the Connector, the
@@ -129,26 +109,15 @@ class SessionShell:
         on_end: Callable[[SessionShell], None] | None = None,
         on_confirmed: Callable[[SessionShell], None] | None = None,
     ) -> None:
+        super().__init__(engine, shell, "rtcp", durable=durable, restored=restored, on_end=on_end, on_confirmed=on_confirmed)
         #: The public channel that carries this session's API (set by it).
         self.channel: Channel | None = None
-        self._name = f"rtcp-{'client' if engine.client else 'server'}-{next(_ids)}"
-        self.policy: SessionPolicy[Link] = SessionPolicy(
-            engine, self._name, durable=durable is not None, restored=restored, wants_events=shell.on_event is not None)
-        self.engine = engine  # lock
-        self._config = engine.config
-        self.options = shell
-        self.durable = durable
-        #: True for a session brought back from a journal after a restart.
-        self.restored = restored
-        self._on_end = on_end
-        self._on_confirmed = on_confirmed
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # the engine, the policy, and what is marked "lock"
         self.locked = _Locked(self)
         self.sendable = threading.Condition(self.lock)  # window room, acks, the end
         self.writable = threading.Condition(self.lock)  # output for the writer, a link change, the end
         self.changed = threading.Condition(self.lock)  # link or state changed
         self.inbox = Inbox(shell.max_queued_messages, shell.max_queued_bytes)
-        self.committed_base = engine.committed  # what was committed before the inbox's first message
         # A durable channel's consumer: recv waits under this lock, and the
         # rule says whose uncommitted messages they are (common/consumer.py).
         self.consumer_lock = threading.Lock()
@@ -162,28 +131,15 @@ class SessionShell:
             self._reschedule()
 
     @property
-    def name(self) -> str:
-        """The channel's name in logs and thread names (``rtcp-client-3``)."""
-        return self._name
-
-    @property
     def state(self) -> ChannelState:
         """The channel state the application sees."""
         with self.lock:
-            return channel_state_of(self.engine.state, self.policy.ever_connected)
+            return self._state()
 
     def statistics(self) -> ChannelStatistics:
         """A frozen snapshot of the counters."""
-        policy = self.policy
         with self.lock:
-            return statistics_of(self.engine, ever_connected=policy.ever_connected, disconnects=policy.disconnects,
-                                 queued_messages=len(self.inbox), last_recovery_time=policy.last_recovery)
-
-    @property
-    def session_id(self) -> str:
-        """The session id in hex (empty until the first handshake)."""
-        session_id = self.engine.session_id
-        return session_id.hex() if any(session_id) else ""
+            return self._statistics(len(self.inbox))
 
     def end_exception(self) -> ReliableTCPError:
         """A fresh exception for the end, chained to its root cause (the lock
@@ -199,7 +155,7 @@ class SessionShell:
         """A journal says this session was lost before the restart: end it
         now, so its owner is told (once) what was never acknowledged."""
         with self.locked:
-            self.end(EndKind.LOST, reason, unacked, None)
+            self.carry_out(self._restored_end(reason, unacked))
 
     def teardown(self, deadline: Deadline, *, linger: bool, reported: bool = True) -> None:
         """Stop the connector and the connections, join every thread, close
@@ -209,13 +165,13 @@ class SessionShell:
             self.policy.stop()
             connector = self.connector
             link = self.policy.link
-            self._wake_all()
+            self._wake_waiters()
         if connector is not None:
             connector.stop()
         if link is not None:
             if self.policy.ended and linger:
                 # An orderly end: the last frames leave, our FIN, the peer's EOF.
-                final = deadline.earlier(_FINAL_FLUSH)
+                final = deadline.earlier(FINAL_FLUSH)
                 link.finished.wait(final.remaining())
                 link.join(final)
             with self.locked:
@@ -226,9 +182,9 @@ class SessionShell:
             link.close(abort=not link.finished.is_set())
         with self.lock:
             links = list(self._links)
-        stopped = connector.join(deadline.earlier(_FINAL_FLUSH)) if connector is not None else True
+        stopped = connector.join(deadline.earlier(FINAL_FLUSH)) if connector is not None else True
         for each in links:
-            stopped = each.join(deadline.earlier(_FINAL_FLUSH)) and stopped
+            stopped = each.join(deadline.earlier(FINAL_FLUSH)) and stopped
         if not stopped:
             logger.error("%s: a thread did not stop in time", self._name)
         with self._journal_order, self.lock:  # not while a session record is being written
@@ -268,12 +224,12 @@ class SessionShell:
                 except Exception:  # a failed close or write must not kill the calling thread
                     logger.exception("%s: deferred action failed", self._name)
 
-    def _dispatch(self, event: ChannelEvent | None) -> None:
+    def _notify(self, event: ChannelEvent | None) -> None:
         callback = self.options.on_event
         if event is not None and callback is not None:
             CALLBACKS.call(lambda: callback(event))
 
-    def _wake_all(self) -> None:
+    def _wake_waiters(self) -> None:
         for condition in (self.sendable, self.writable, self.changed):
             condition.notify_all()
 
@@ -283,47 +239,37 @@ class SessionShell:
         if due is not None:
             TIMERS.schedule(self, due)
 
-    def absorb(self, now: float) -> None:
-        """Act on what the engine did (after a send or a close). Lock held."""
-        self.carry_out(self.policy.absorb(now))
+    # The handlers of the policy's actions (SessionFront.carry_out), lock
+    # held: what does I/O or calls user code is queued in self._after.
 
-    def carry_out(self, actions: list[Action]) -> None:
-        """Do what the session decided. Lock held: what does I/O or calls
-        user code is queued in ``self._after``."""
-        assert self.lock.locked()
-        for action in actions:
-            if action is OUTPUT:
-                self.writable.notify()
-            elif action is CHANGED:
-                self._wake_all()
-            elif isinstance(action, Deliver):
-                self.inbox.put(action.messages, action.nbytes)
-            elif isinstance(action, Acknowledged):
-                self.sendable.notify_all()
-                if self.durable is not None:
-                    self._after.append(functools.partial(self.durable.record_acked, action.ack))
-            elif isinstance(action, DropLink):
-                link: Link = action.link
-                link.closed = True  # its threads stop at their next step
-                self._after.append(functools.partial(link.close, abort=action.abort))
-                self.inbox.interrupt()
-            elif isinstance(action, Notify):
-                self._dispatch(action.event)
-            elif isinstance(action, Persist):
-                self._after.append(self._persist_session)
-            elif isinstance(action, Confirmed):
-                if self._on_confirmed is not None:
-                    self._after.append(functools.partial(self._on_confirmed, self))
-            elif isinstance(action, Ended):
-                self._ended(action)
-        self._reschedule()
+    def _output_ready(self) -> None:
+        self.writable.notify()
+
+    def _deliver(self, messages: tuple[bytes, ...], nbytes: int) -> None:
+        self.inbox.put(messages, nbytes)
+
+    def _acknowledged(self, ack: int) -> None:
+        self.sendable.notify_all()
+        if self.durable is not None:
+            self._after.append(functools.partial(self.durable.record_acked, ack))
+
+    def _close_link(self, link: Link, abort: bool) -> None:
+        link.closed = True  # its threads stop at their next step
+        self._after.append(functools.partial(link.close, abort=abort))
+        self.inbox.interrupt()
+
+    def _persist(self) -> None:
+        self._after.append(self._persist_session)
+
+    def _confirmed(self, callback: Callable[[Any], None]) -> None:
+        self._after.append(functools.partial(callback, self))
 
     def _ended(self, action: Ended) -> None:
         """The session ended: report it (once the journal holds it). Lock held."""
         durable, final = self.durable, action.final
         if durable is None:
             self.inbox.end(self.end_exception)
-            self._dispatch(final)
+            self._notify(final)
         else:
             # recv() and the final event report the end only once the journal
             # holds it: an application that saw the peer's close and then died
@@ -331,7 +277,7 @@ class SessionShell:
             def record_then_report(kind: EndKind = action.ending.kind, reason: str = action.ending.reason) -> None:
                 durable.record_end(kind, reason)
                 self.inbox.end(self.end_exception)
-                self._dispatch(final)
+                self._notify(final)
 
             self._after.append(record_then_report)
         TIMERS.cancel(self)
@@ -343,12 +289,11 @@ class SessionShell:
         with self._journal_order:  # the newest secret is the last one written; no finish meanwhile
             with self.lock:
                 durable = self.durable
-                engine = self.engine
-                snapshot = (engine.session_id, engine.secret, engine.previous_secret)
+                record = self._session_record()
             error: ReliableTCPError | None = None
             if durable is not None:
                 try:
-                    durable.record_session(*snapshot)
+                    durable.record_session(*record)
                 except ReliableTCPError as exc:
                     error = exc
         with self.locked:
@@ -463,11 +408,9 @@ class SessionShell:
         with self.locked:
             if crashed:
                 self.end(EndKind.BROKEN, reason, self.engine.unacked(), error)
-            elif self.policy.ended:
-                return
-            elif not reason:
-                reason = (link_error_reason(error) or str(error)) if error is not None else "connection lost"
-            self.carry_out(self.policy.link_lost(link, time.monotonic(), reason, error, abort=crashed or error is not None))
+                self.carry_out(self.policy.link_lost(link, time.monotonic(), reason, error, abort=True))
+            elif not self.policy.ended:
+                self.carry_out(self.policy.link_ended(link, time.monotonic(), error, reason))
 
     # ---------------------------------------------------------------- timers
 
@@ -493,7 +436,7 @@ class SessionShell:
                 error, peer_ack_age, input_waiting = None, None, False  # judged another connection
                 check = LivenessCheck(False, False, check.reading_paused)
             self.carry_out(self.policy.timers_due(
-                now, check, error=error, error_reason=(link_error_reason(error) or "") if error is not None else "",
+                now, check, error=error,
                 peer_ack_age=peer_ack_age, input_waiting=bool(input_waiting)))
 
     # ------------------------------------------------- the connecting side
@@ -517,8 +460,8 @@ class SessionShell:
         policy = self.policy
         with self.lock:
             deadline.wait(self.changed, lambda: policy.ever_connected or policy.ended)
-            if policy.ever_connected:
-                return
-            error = first_handshake_error(policy.ending, restored=self.restored, address=address, last_cause=policy.last_cause)
-        self.teardown(Deadline(_FINAL_FLUSH), linger=False)
+            error = policy.first_handshake_error(address)
+        if error is None:
+            return
+        self.teardown(Deadline(FINAL_FLUSH), linger=False)
         raise error

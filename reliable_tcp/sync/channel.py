@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from ..common.status import ChannelState, ChannelStatistics
+from ..common.timing import ABORT_FLUSH, FINAL_FLUSH, HANDSHAKE_SHARE
 from ..core.state import TERMINAL_STATES, SessionState
 from ..exceptions import ChannelClosed, JournalWriteFailed, UsageError, WindowFull
 from ._deadline import Deadline
@@ -25,13 +26,6 @@ _Taken = TypeVar("_Taken")
 __all__ = ["Channel"]
 
 logger = logging.getLogger(__name__)
-
-#: abort(): how long the REJECT ABORTED may take to leave.
-_ABORT_FLUSH = 0.25
-#: After abort: how long the threads may take to stop.
-_FINAL_FLUSH = 2.0
-#: close(timeout): the share of the budget kept for the close handshake.
-_HANDSHAKE_SHARE = 0.25
 
 
 class Channel:
@@ -332,7 +326,7 @@ class Channel:
             self._session.sendable.notify_all()
         # Flush first: an outage now is resumed, one during the handshake is not.
         remaining = deadline.remaining()
-        self._flush(deadline.before(_HANDSHAKE_SHARE * remaining) if remaining else deadline, for_owner=False)
+        self._flush(deadline.before(HANDSHAKE_SHARE * remaining) if remaining else deadline, for_owner=False)
         self._session.begin_close()
         self._session.finish_close(deadline)
 
@@ -349,8 +343,8 @@ class Channel:
             unacked = self._session.policy.ending.unacked if self._session.policy.ending is not None else ()
             link = self._session.policy.link
         if link is not None:
-            link.finished.wait(_ABORT_FLUSH)  # the writer puts the REJECT out
-        self._session.teardown(Deadline(_FINAL_FLUSH), linger=False)
+            link.finished.wait(ABORT_FLUSH)  # the writer puts the REJECT out
+        self._session.teardown(Deadline(FINAL_FLUSH), linger=False)
         if unacked:
             logger.warning("%s: aborted with %d unacknowledged messages", self.name, len(unacked))
         return unacked

@@ -23,9 +23,6 @@ __all__ = ["connect", "Connector"]
 
 logger = logging.getLogger(__name__)
 
-#: connect() that failed: how long the threads may take to stop.
-_FINAL_FLUSH = 2.0
-
 
 class Connector:
     """Keeps a client channel connected: whenever it has no connection, open

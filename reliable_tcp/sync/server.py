@@ -32,6 +32,7 @@ from ..common.listener import ListenerBook, read_hello
 from ..common.options import ListenOptions, ShellOptions, resolve_options
 from ..common.sockets import close_socket, configure_socket
 from ..common.status import ListenerStatistics
+from ..common.timing import REJECT_LINGER
 from ..core.config import SessionConfig
 from ..core.engine import SessionEngine
 from ..core.frames import Hello, RejectReason
@@ -46,9 +47,6 @@ from .tls import TLSLayer
 __all__ = ["Listener", "listen"]
 
 logger = logging.getLogger(__name__)
-
-#: After a REJECT: how long to keep reading, so our FIN (not an RST) ends it.
-_REJECT_LINGER = 1.0
 
 
 class Listener:
@@ -282,7 +280,7 @@ class Listener:
         logger.info("%s: handshake refused: %s (%s)", peer, RejectReason(refusal.reason).name, refusal.text)
         self._count_rejected()
         data = reject_reply(refusal)
-        deadline = Deadline(min(_REJECT_LINGER, self._config.handshake_timeout))
+        deadline = Deadline(min(REJECT_LINGER, self._config.handshake_timeout))
         try:
             sock.settimeout(deadline.remaining())
             sock.sendall(tls.encrypt(data) if tls is not None else data)

@@ -284,7 +284,7 @@ def test_the_socket_error_is_read_once_per_heartbeat_and_ends_the_link() -> None
     again = pair.client.liveness_check(pair.now, reading_paused=False)
     assert again is not None and not again.read_error  # not twice in one interval
     error = TimeoutError(110, "Connection timed out")
-    actions = pair.client.timers_due(pair.now, check, error=error, error_reason="timed out")
+    actions = pair.client.timers_due(pair.now, check, error=error)
     assert actions[0] == DropLink("c1", abort=True) and _events(actions) == ["disconnected"]
     assert pair.client.last_cause is error
 

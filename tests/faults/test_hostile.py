@@ -23,7 +23,10 @@ from helpers import UNIT, Worker, fast_options, wait_for
 from reliable_tcp.core import frames as f
 from reliable_tcp.testing.checker import check_stream
 
-OPTIONS = fast_options(handshake_timeout=1.0 * UNIT, resume_window=3.0 * UNIT)
+# The legit stream's liveness is not what these tests judge, so it is given
+# room: at a 0.4 s dead_after, a CI run with a second suite beside it once
+# starved the process long enough for one (healed) disconnect.
+OPTIONS = fast_options(heartbeat_interval=0.5 * UNIT, dead_after=2.0 * UNIT, handshake_timeout=1.0 * UNIT, resume_window=3.0 * UNIT)
 
 
 class LegitStream:

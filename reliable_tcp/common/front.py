@@ -1,0 +1,146 @@
+"""What both front ends' session machinery share and that does not depend on how they wait.
+
+:class:`SessionFront` is the base of ``sync._session.SessionShell`` and
+``asyncio._session.LoopSession``: the facts a front keeps beside its
+:class:`~reliable_tcp.common.session.SessionPolicy` (the engine, the
+options, the journal, the callbacks) and the loop that carries the
+policy's actions out, each by a handler the front defines for its way of
+waiting (a condition and a deferred close on threads, a future and a
+transport call on the loop). A new action is added here once, and mypy
+points at every front that lacks its handler.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any, Generic
+
+from ..core.engine import SessionEngine
+from ..durable.session_journal import Durable
+from .ending import EndKind, Ending, Unacked
+from .options import ShellOptions
+from .session import CHANGED, OUTPUT, Acknowledged, Action, Confirmed, Deliver, DropLink, Ended, L, Notify, Persist, SessionPolicy
+from .status import ChannelEvent, ChannelState, ChannelStatistics, channel_state_of, statistics_of
+
+__all__ = ["SessionFront"]
+
+_ids = itertools.count(1)
+
+
+class SessionFront(Generic[L]):
+    """One session's machinery on some front end (``L``: its connection type)."""
+
+    def __init__(
+        self,
+        engine: SessionEngine,
+        options: ShellOptions,
+        front: str,
+        *,
+        durable: Durable | None,
+        restored: bool,
+        on_end: Callable[[Any], None] | None,
+        on_confirmed: Callable[[Any], None] | None,
+    ) -> None:
+        self._name = f"{front}-{'client' if engine.client else 'server'}-{next(_ids)}"
+        self.policy: SessionPolicy[L] = SessionPolicy(
+            engine, self._name, durable=durable is not None, restored=restored, wants_events=options.on_event is not None)
+        self.engine = engine
+        self.options = options
+        self.durable = durable
+        #: True for a session brought back from a journal after a restart.
+        self.restored = restored
+        self.committed_base = engine.committed  # what was committed before the inbox's first message
+        self._on_end = on_end
+        self._on_confirmed = on_confirmed
+
+    @property
+    def name(self) -> str:
+        """The channel's name in logs and thread names (``rtcp-client-3``)."""
+        return self._name
+
+    @property
+    def session_id(self) -> str:
+        """The session id in hex (empty until the first handshake)."""
+        session_id = self.engine.session_id
+        return session_id.hex() if any(session_id) else ""
+
+    def _state(self) -> ChannelState:
+        return channel_state_of(self.engine.state, self.policy.ever_connected)
+
+    def _statistics(self, queued_messages: int) -> ChannelStatistics:
+        policy = self.policy
+        return statistics_of(self.engine, ever_connected=policy.ever_connected, disconnects=policy.disconnects,
+                             queued_messages=queued_messages, last_recovery_time=policy.last_recovery)
+
+    def _restored_end(self, reason: str, unacked: Unacked) -> list[Action]:
+        """A journal says this session was lost before the restart: it ends
+        now, so its owner is told (once) what was never acknowledged."""
+        return self.policy.end(Ending.of(EndKind.LOST, reason, unacked, None))
+
+    def _session_record(self) -> tuple[bytes, bytes, bytes]:
+        """What the journal's session record holds: the id and both secrets."""
+        engine = self.engine
+        return engine.session_id, engine.secret, engine.previous_secret
+
+    # ----------------------------------------------------- carrying actions out
+
+    def carry_out(self, actions: list[Action]) -> None:
+        """Do what the policy decided, in order, then ask for the next timer."""
+        for action in actions:
+            if action is OUTPUT:
+                self._output_ready()
+            elif action is CHANGED:
+                self._wake_waiters()
+            elif isinstance(action, Deliver):
+                self._deliver(action.messages, action.nbytes)
+            elif isinstance(action, Acknowledged):
+                self._acknowledged(action.ack)
+            elif isinstance(action, DropLink):
+                self._close_link(action.link, action.abort)
+            elif isinstance(action, Notify):
+                self._notify(action.event)
+            elif isinstance(action, Persist):
+                self._persist()
+            elif isinstance(action, Confirmed):
+                if self._on_confirmed is not None:
+                    self._confirmed(self._on_confirmed)
+            elif isinstance(action, Ended):
+                self._ended(action)
+        self._reschedule()
+
+    def absorb(self, now: float) -> None:
+        """Act on what the engine did (after a send, a commit or a close)."""
+        self.carry_out(self.policy.absorb(now))
+
+    # The handlers each front defines for its way of waiting.
+
+    def _output_ready(self) -> None:
+        raise NotImplementedError
+
+    def _wake_waiters(self) -> None:
+        raise NotImplementedError
+
+    def _deliver(self, messages: tuple[bytes, ...], nbytes: int) -> None:
+        raise NotImplementedError
+
+    def _acknowledged(self, ack: int) -> None:
+        raise NotImplementedError
+
+    def _close_link(self, link: L, abort: bool) -> None:
+        raise NotImplementedError
+
+    def _notify(self, event: ChannelEvent) -> None:
+        raise NotImplementedError
+
+    def _persist(self) -> None:
+        raise NotImplementedError
+
+    def _confirmed(self, callback: Callable[[Any], None]) -> None:
+        raise NotImplementedError
+
+    def _ended(self, action: Ended) -> None:
+        raise NotImplementedError
+
+    def _reschedule(self) -> None:
+        raise NotImplementedError
