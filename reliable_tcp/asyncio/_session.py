@@ -25,13 +25,12 @@ from ..common.consumer import ConsumerRule
 from ..common.ending import Unacked
 from ..common.front import SessionFront
 from ..common.options import ShellOptions
-from ..common.session import Ended
+from ..common.session import Ended, gather_evidence
 from ..common.status import ChannelEvent, ChannelState, ChannelStatistics
 from ..common.timing import FINAL_FLUSH, JOURNAL_FINISH
 from ..core.engine import SessionEngine
 from ..core.frames import Hello
 from ..durable.session_journal import Durable
-from ..exceptions import ReliableTCPError
 from ._inbox import Inbox
 from ._link import NO_OWNER, LinkProtocol
 from ._signal import Signal
@@ -159,14 +158,10 @@ class LoopSession(SessionFront[LinkProtocol]):
     def finish_durable(self, *, reported: bool) -> asyncio.Future[None] | None:
         """Close the journal off the loop (finished, or released if the session
         has not ended); the work, or None if there is no journal."""
-        durable, self.durable = self.durable, None
-        if durable is None:
+        close_journal = self._take_journal(reported=reported)
+        if close_journal is None:
             return None
-        ending = self.policy.ending
-        if ending is not None:
-            work = self.loop.run_in_executor(None, lambda: durable.finish(ending.kind, reported=reported))
-        else:
-            work = self.loop.run_in_executor(None, durable.release)
+        work = self.loop.run_in_executor(None, close_journal)
         self.background(work)
         return work
 
@@ -177,10 +172,8 @@ class LoopSession(SessionFront[LinkProtocol]):
 
     # ------------------------------------------------------------ actions
 
-    def _notify(self, event: ChannelEvent | None) -> None:
-        callback = self.options.on_event
-        if event is not None and callback is not None:
-            self.loop.call_soon(callback, event)
+    def _call_back(self, callback: Callable[[ChannelEvent], None], event: ChannelEvent) -> None:
+        self.loop.call_soon(callback, event)
 
     # The handlers of the policy's actions (SessionFront.carry_out).
 
@@ -236,12 +229,9 @@ class LoopSession(SessionFront[LinkProtocol]):
 
     async def _persist_session(self) -> None:
         durable = self.durable
-        error: ReliableTCPError | None = None
+        error = None
         if durable is not None:
-            try:
-                await self.loop.run_in_executor(None, durable.record_session, *self._session_record())
-            except ReliableTCPError as exc:
-                error = exc
+            error = await self.loop.run_in_executor(None, self._record_session, durable, self._session_record())
         self.carry_out(self.policy.persisted(error))
 
     # ------------------------------------------------------------ writing
@@ -277,19 +267,10 @@ class LoopSession(SessionFront[LinkProtocol]):
     def open_link(self, link: LinkProtocol, *, hello: Hello | None = None, new_secret: bytes = b"") -> None:
         """Make ``link`` the current connection (the door for client.py and
         server.py; ``SessionPolicy.open_link`` decides). Raises HandshakeRejected."""
-        actions, refusal = self.policy.open_link(link, self.loop.time(), order=link.order, hello=hello, new_secret=new_secret)
-        if refusal is None:
+        if self._admit(link, self.loop.time(), link.order, hello, new_secret):  # (a refusal raises for the listener)
             link.owner = self
-        self.carry_out(actions)
-        if refusal is not None:
-            if not self.engine.client:
-                raise refusal
+        else:
             link.close(abort=True)
-
-    def _drop_link(self, reason: str, cause: BaseException | None, *, abort: bool) -> None:
-        link = self.policy.link
-        if link is not None:
-            self.carry_out(self.policy.link_lost(link, self.loop.time(), reason, cause, abort=abort))
 
     # ---------------------------------------------------- connection events
 
@@ -310,12 +291,10 @@ class LoopSession(SessionFront[LinkProtocol]):
 
     # ---------------------------------------------------------------- timers
 
-    def _reschedule(self) -> None:
-        due = self.policy.next_timer()
-        if due is not None:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = self.loop.call_at(due, self._fire_timers)
+    def _schedule(self, due: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_at(due, self._fire_timers)
 
     def _fire_timers(self) -> None:
         """Fire what is due, with what the socket says (``SessionPolicy.liveness_check``)."""
@@ -326,12 +305,7 @@ class LoopSession(SessionFront[LinkProtocol]):
         if check is None:
             self._reschedule()
             return
-        error = link.pending_error() if link is not None and check.read_error else None
-        judged = link is not None and check.judge
-        self.carry_out(self.policy.timers_due(
-            now, check, error=error,
-            peer_ack_age=link.seconds_since_peer_ack() if judged and check.reading_paused and link is not None else None,
-            input_waiting=judged and not check.reading_paused and link is not None and link.has_pending_input()))
+        self.carry_out(self.policy.timers_due(now, check, link, gather_evidence(link, check)))
 
     # ------------------------------------------------- the connecting side
 

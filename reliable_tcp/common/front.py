@@ -17,7 +17,9 @@ from collections.abc import Callable
 from typing import Any, Generic
 
 from ..core.engine import SessionEngine
+from ..core.frames import Hello
 from ..durable.session_journal import Durable
+from ..exceptions import ReliableTCPError
 from .ending import EndKind, Ending, Unacked
 from .options import ShellOptions
 from .session import CHANGED, OUTPUT, Acknowledged, Action, Confirmed, Deliver, DropLink, Ended, L, Notify, Persist, SessionPolicy
@@ -113,6 +115,51 @@ class SessionFront(Generic[L]):
         """Act on what the engine did (after a send, a commit or a close)."""
         self.carry_out(self.policy.absorb(now))
 
+    def _admit(self, link: L, now: float, order: int, hello: Hello | None, new_secret: bytes) -> bool:
+        """Ask the policy whether ``link`` may carry the session and carry its
+        answer out. On the listening side a refusal is raised (the listener
+        sends it); on the connecting side it means the session is stopping:
+        False, and the front closes the link."""
+        actions, refusal = self.policy.open_link(link, now, order=order, hello=hello, new_secret=new_secret)
+        self.carry_out(actions)
+        if refusal is not None and not self.engine.client:
+            raise refusal
+        return refusal is None
+
+    def _notify(self, event: ChannelEvent | None) -> None:
+        callback = self.options.on_event
+        if event is not None and callback is not None:
+            self._call_back(callback, event)
+
+    def _reschedule(self) -> None:
+        due = self.policy.next_timer()
+        if due is not None:
+            self._schedule(due)
+
+    @staticmethod
+    def _record_session(durable: Durable, record: tuple[bytes, bytes, bytes]) -> ReliableTCPError | None:
+        """Journal the session record (I/O: threads call this outside their
+        lock, the loop in its executor); the journal's refusal, if any."""
+        try:
+            durable.record_session(*record)
+        except ReliableTCPError as exc:
+            return exc
+        return None
+
+    def _take_journal(self, *, reported: bool) -> Callable[[], None] | None:
+        """The journal leaves the session (teardown): what closes it, to run
+        outside any lock or off the loop. Finished if the session ended
+        (retired if ``reported``: the owner has been told), else released
+        unchanged; None if there is no journal."""
+        durable, self.durable = self.durable, None
+        if durable is None:
+            return None
+        ending = self.policy.ending
+        if ending is None:
+            return durable.release
+        kind = ending.kind
+        return lambda: durable.finish(kind, reported=reported)
+
     # The handlers each front defines for its way of waiting.
 
     def _output_ready(self) -> None:
@@ -130,7 +177,12 @@ class SessionFront(Generic[L]):
     def _close_link(self, link: L, abort: bool) -> None:
         raise NotImplementedError
 
-    def _notify(self, event: ChannelEvent) -> None:
+    def _call_back(self, callback: Callable[[ChannelEvent], None], event: ChannelEvent) -> None:
+        """Run an on_event callback, off the front's own path."""
+        raise NotImplementedError
+
+    def _schedule(self, due: float) -> None:
+        """Fire the timers at ``due`` (sooner than the timer the front holds)."""
         raise NotImplementedError
 
     def _persist(self) -> None:
@@ -142,5 +194,3 @@ class SessionFront(Generic[L]):
     def _ended(self, action: Ended) -> None:
         raise NotImplementedError
 
-    def _reschedule(self) -> None:
-        raise NotImplementedError

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from ..core import events as ev
 from ..core.engine import SessionEngine
@@ -52,7 +52,7 @@ from .status import ChannelEvent, EventKind, channel_state_of
 
 __all__ = [
     "SessionPolicy", "Action", "Deliver", "Acknowledged", "Persist", "Confirmed", "DropLink", "Notify", "Ended",
-    "Signal", "OUTPUT", "CHANGED", "LivenessCheck",
+    "Signal", "OUTPUT", "CHANGED", "LivenessCheck", "LivenessEvidence", "ProbedLink", "gather_evidence",
 ]
 
 logger = logging.getLogger(__name__)
@@ -138,6 +138,41 @@ class LivenessCheck:
     judge: bool
     #: Reading is paused on purpose (the receive queue is full).
     reading_paused: bool
+
+
+class ProbedLink(Protocol):
+    """What a front's connection tells about its socket (both fronts' links)."""
+
+    def pending_error(self) -> OSError | None:
+        """The error the kernel holds for the socket, if any (reading it clears it)."""
+
+    def seconds_since_peer_ack(self) -> float | None:
+        """Seconds since the peer's kernel last acknowledged our bytes (None: unknown)."""
+
+    def has_pending_input(self) -> bool:
+        """Whether received bytes wait unread (in the kernel or the front's backlog)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LivenessEvidence:
+    """What the socket said when the timers fired (see :class:`LivenessCheck`)."""
+
+    error: OSError | None = None
+    peer_ack_age: float | None = None
+    input_waiting: bool = False
+
+
+def gather_evidence(link: ProbedLink | None, check: LivenessCheck) -> LivenessEvidence:
+    """Read from ``link`` what ``check`` asks for (system calls: the threaded
+    front calls this outside its lock)."""
+    if link is None:
+        return LivenessEvidence()
+    error = link.pending_error() if check.read_error else None
+    if not check.judge:
+        return LivenessEvidence(error)
+    if check.reading_paused:
+        return LivenessEvidence(error, peer_ack_age=link.seconds_since_peer_ack())
+    return LivenessEvidence(error, input_waiting=link.has_pending_input())
 
 
 class SessionPolicy(Generic[L]):
@@ -463,19 +498,9 @@ class SessionPolicy(Generic[L]):
         judge = engine.state in LIVE_STATES and engine.silence(now) >= config.dead_after_seconds
         return LivenessCheck(read_error, judge, reading_paused)
 
-    def timers_due(
-        self,
-        now: float,
-        check: LivenessCheck,
-        *,
-        error: BaseException | None = None,
-        peer_ack_age: float | None = None,
-        input_waiting: bool = False,
-    ) -> list[Action]:
-        """Fire what is due at ``now`` with what the front read (``check``,
-        on the connection that is still current; the defaults otherwise):
-        the socket's pending ``error``, the seconds since the peer's kernel
-        last acknowledged (``peer_ack_age``), whether bytes wait unread.
+    def timers_due(self, now: float, check: LivenessCheck, link: L | None, evidence: LivenessEvidence) -> list[Action]:
+        """Fire what is due at ``now`` with what ``link`` said (``evidence``;
+        ignored if another connection holds the session by now).
 
         The verdict is given at the moment the link was judged, never at a
         later reading of the clock: a silence just short of dead_after then
@@ -485,15 +510,19 @@ class SessionPolicy(Generic[L]):
         actions: list[Action] = []
         if self.ending is not None:
             return actions
-        if error is not None:
+        if link is None or link is not self.link:
+            evidence = LivenessEvidence()
+        if evidence.error is not None:
+            error = evidence.error
             self._link_lost(now, link_error_reason(error) or str(error), error, True, actions)
         elif check.judge and self.link is not None:
             if check.reading_paused:
                 # We stopped reading on purpose, so what waits in the kernel may
                 # be old; but the peer's kernel acknowledges our pings as long
                 # as the peer is there at all.
-                self.engine.hold_liveness(now, now if peer_ack_age is None else now - peer_ack_age)
-            elif input_waiting:
+                age = evidence.peer_ack_age
+                self.engine.hold_liveness(now, now if age is None else now - age)
+            elif evidence.input_waiting:
                 self.engine.hold_liveness(now)  # bytes wait in the kernel: only our reader is late
         self.engine.handle_timer(now)
         self._absorb(now, actions)

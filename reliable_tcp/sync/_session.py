@@ -35,7 +35,7 @@ from ..common.consumer import ConsumerRule
 from ..common.ending import EndKind, Ending, Unacked
 from ..common.front import SessionFront
 from ..common.options import ShellOptions
-from ..common.session import Ended, LivenessCheck
+from ..common.session import Ended, gather_evidence
 from ..common.status import ChannelEvent, ChannelState, ChannelStatistics
 from ..common.timing import FINAL_FLUSH
 from ..core.engine import SessionEngine
@@ -189,13 +189,9 @@ class SessionShell(SessionFront[Link]):
             logger.error("%s: a thread did not stop in time", self._name)
         with self._journal_order, self.lock:  # not while a session record is being written
             self._links = [each for each in self._links if any(t.is_alive() for t in each.threads)]
-            durable, self.durable = self.durable, None
-            ending = self.policy.ending
-        if durable is not None:
-            if ending is not None:
-                durable.finish(ending.kind, reported=reported)
-            else:
-                durable.release()
+            close_journal = self._take_journal(reported=reported)
+        if close_journal is not None:
+            close_journal()
 
     def begin_close(self) -> None:
         """Refuse new sends and send CLOSE behind what is queued (also the
@@ -224,20 +220,15 @@ class SessionShell(SessionFront[Link]):
                 except Exception:  # a failed close or write must not kill the calling thread
                     logger.exception("%s: deferred action failed", self._name)
 
-    def _notify(self, event: ChannelEvent | None) -> None:
-        callback = self.options.on_event
-        if event is not None and callback is not None:
-            CALLBACKS.call(lambda: callback(event))
+    def _call_back(self, callback: Callable[[ChannelEvent], None], event: ChannelEvent) -> None:
+        CALLBACKS.call(lambda: callback(event))  # the callback thread: never under the lock
 
     def _wake_waiters(self) -> None:
         for condition in (self.sendable, self.writable, self.changed):
             condition.notify_all()
 
-    def _reschedule(self) -> None:
-        """Tell the timer thread when we next have work, if that is sooner. Lock held."""
-        due = self.policy.next_timer()
-        if due is not None:
-            TIMERS.schedule(self, due)
+    def _schedule(self, due: float) -> None:
+        TIMERS.schedule(self, due)  # lock held: an end (which cancels) can't race it
 
     # The handlers of the policy's actions (SessionFront.carry_out), lock
     # held: what does I/O or calls user code is queued in self._after.
@@ -290,12 +281,7 @@ class SessionShell(SessionFront[Link]):
             with self.lock:
                 durable = self.durable
                 record = self._session_record()
-            error: ReliableTCPError | None = None
-            if durable is not None:
-                try:
-                    durable.record_session(*record)
-                except ReliableTCPError as exc:
-                    error = exc
+            error = self._record_session(durable, record) if durable is not None else None
         with self.locked:
             self.carry_out(self.policy.persisted(error))
             self.writable.notify_all()
@@ -316,21 +302,11 @@ class SessionShell(SessionFront[Link]):
         Raises HandshakeRejected (listening side)."""
         link = Link(sock, self, tls=tls, order=order)
         with self.locked:
-            actions, refusal = self.policy.open_link(link, time.monotonic(), order=order, hello=hello, new_secret=new_secret)
-            self.carry_out(actions)
-            if refusal is not None:
-                if not self.engine.client:
-                    raise refusal  # the listener answers and closes
+            if not self._admit(link, time.monotonic(), order, hello, new_secret):  # (a refusal raises for the listener)
                 self._after.append(functools.partial(link.close, abort=True))
                 return
             self._links.append(link)
         link.start(f"{self._name}-c{next(self._link_numbers)}")
-
-    def _drop_link(self, reason: str, cause: BaseException | None, *, abort: bool) -> None:
-        """Give up the current connection. Lock held."""
-        link = self.policy.link
-        if link is not None:
-            self.carry_out(self.policy.link_lost(link, time.monotonic(), reason, cause, abort=abort))
 
     # ------------------------------------------------------- link callbacks
 
@@ -424,20 +400,9 @@ class SessionShell(SessionFront[Link]):
                 self._reschedule()
                 return
             link = self.policy.link
-        error = link.pending_error() if link is not None and check.read_error else None
-        peer_ack_age = input_waiting = None
-        if link is not None and check.judge:
-            if check.reading_paused:
-                peer_ack_age = link.seconds_since_peer_ack()
-            else:
-                input_waiting = link.has_pending_input()
+        evidence = gather_evidence(link, check)
         with self.locked:
-            if link is not self.policy.link:
-                error, peer_ack_age, input_waiting = None, None, False  # judged another connection
-                check = LivenessCheck(False, False, check.reading_paused)
-            self.carry_out(self.policy.timers_due(
-                now, check, error=error,
-                peer_ack_age=peer_ack_age, input_waiting=bool(input_waiting)))
+            self.carry_out(self.policy.timers_due(now, check, link, evidence))
 
     # ------------------------------------------------- the connecting side
 

@@ -21,9 +21,11 @@ from reliable_tcp.common.session import (
     DropLink,
     Ended,
     LivenessCheck,
+    LivenessEvidence,
     Notify,
     Persist,
     SessionPolicy,
+    gather_evidence,
 )
 from reliable_tcp.core.config import SessionConfig
 from reliable_tcp.core.engine import SessionEngine
@@ -33,6 +35,7 @@ from reliable_tcp.core.state import SessionState
 from reliable_tcp.exceptions import ChannelClosed, JournalError, SessionLost
 
 CONFIG = SessionConfig(heartbeat_interval=1.0, dead_after=3.0, resume_window=30.0)
+NOTHING = LivenessEvidence()
 
 
 def _of(actions: list[Action], kind: type) -> list[Action]:
@@ -115,7 +118,7 @@ def test_messages_and_acks_become_deliver_and_acknowledged() -> None:
     assert [m for action in delivered for m in action.messages] == [b"one", b"two"]  # type: ignore[attr-defined]
     pair.now += 1.0  # the delayed ack falls due
     assert pair.server is not None
-    pair.server.timers_due(pair.now, pair.server.liveness_check(pair.now, reading_paused=False) or _no_check())
+    pair.server.timers_due(pair.now, pair.server.liveness_check(pair.now, reading_paused=False) or _no_check(), "s1", NOTHING)
     client_actions, _ = pair.pump()
     assert _of(client_actions, Acknowledged) and pair.client.engine.unacked_count == 0
 
@@ -203,7 +206,8 @@ def test_the_end_is_recorded_once_and_chained_to_the_last_failure() -> None:
     cause = ConnectionResetError("reset by peer")
     pair.client.link_lost("c1", pair.now, "reset", cause, abort=True)
     pair.now += CONFIG.resume_window + 1
-    actions = pair.client.timers_due(pair.now, pair.client.liveness_check(pair.now, reading_paused=False) or _no_check())
+    check = pair.client.liveness_check(pair.now, reading_paused=False) or _no_check()
+    actions = pair.client.timers_due(pair.now, check, None, NOTHING)
     ended = _of(actions, Ended)
     assert len(ended) == 1
     error = pair.client.ending.exception() if pair.client.ending else None
@@ -250,14 +254,14 @@ def _silent(pair: Pair, seconds: float) -> None:
 
 
 def test_a_silent_peer_gets_the_dead_verdict_unless_the_kernel_vouches_for_it() -> None:
-    for evidence, survives in (({}, False), ({"input_waiting": True}, True)):
+    for evidence, survives in ((NOTHING, False), (LivenessEvidence(input_waiting=True), True)):
         pair = Pair()
         pair.connect()
         pair.pump()
         _silent(pair, CONFIG.dead_after_seconds + 0.5)
         check = pair.client.liveness_check(pair.now, reading_paused=False)
         assert check is not None and check.judge and check.read_error  # silent: the error could be hidden
-        actions = pair.client.timers_due(pair.now, check, **evidence)  # type: ignore[arg-type]
+        actions = pair.client.timers_due(pair.now, check, "c1", evidence)
         assert (pair.client.link == "c1") is survives
         assert bool(_of(actions, DropLink)) is not survives
 
@@ -270,7 +274,7 @@ def test_a_paused_reader_keeps_a_peer_whose_kernel_acknowledges() -> None:
         _silent(pair, CONFIG.dead_after_seconds + 0.5)
         check = pair.client.liveness_check(pair.now, reading_paused=True)
         assert check is not None and check.reading_paused and check.judge
-        pair.client.timers_due(pair.now, check, peer_ack_age=age)
+        pair.client.timers_due(pair.now, check, "c1", LivenessEvidence(peer_ack_age=age))
         assert (pair.client.link == "c1") is survives
 
 
@@ -283,8 +287,8 @@ def test_the_socket_error_is_read_once_per_heartbeat_and_ends_the_link() -> None
     assert check is not None and check.read_error and not check.judge
     again = pair.client.liveness_check(pair.now, reading_paused=False)
     assert again is not None and not again.read_error  # not twice in one interval
-    error = TimeoutError(110, "Connection timed out")
-    actions = pair.client.timers_due(pair.now, check, error=error)
+    error = TimeoutError(110, "Connection timed out")  # ETIMEDOUT: the kernel gave up on the peer
+    actions = pair.client.timers_due(pair.now, check, "c1", LivenessEvidence(error))
     assert actions[0] == DropLink("c1", abort=True) and _events(actions) == ["disconnected"]
     assert pair.client.last_cause is error
 
@@ -301,7 +305,7 @@ def test_the_socket_error_is_read_once_per_heartbeat_whatever_the_reader_does() 
         assert due is not None and due - pair.now < CONFIG.heartbeat_interval
         check = pair.client.liveness_check(due, reading_paused=paused)
         assert check is not None and not check.read_error  # the last look was less than an interval ago
-        pair.client.timers_due(due, check)  # the ack leaves
+        pair.client.timers_due(due, check, "c1", NOTHING)  # the ack leaves
         pair.now += CONFIG.heartbeat_interval + 0.1
         pair.server.engine.send_message(b"y", pair.now)
         pair.pump()
@@ -322,3 +326,47 @@ def test_the_timer_is_asked_for_only_when_it_moves_sooner() -> None:
     pair.client.absorb(pair.now)
     assert pair.client.liveness_check(first, reading_paused=False) is not None  # it fired
     assert pair.client.next_timer() is not None  # and the next one is asked for again
+
+
+def test_evidence_about_a_connection_that_was_replaced_meanwhile_is_ignored() -> None:
+    pair = Pair()
+    pair.connect()
+    pair.pump()
+    _silent(pair, CONFIG.heartbeat_interval + 0.1)
+    check = pair.client.liveness_check(pair.now, reading_paused=False)
+    assert check is not None and check.read_error
+    pair.client.link_lost("c1", pair.now, "cut", None, abort=True)
+    pair.client.open_link("c2", pair.now)  # (a resume under way)
+    actions = pair.client.timers_due(pair.now, check, "c1", LivenessEvidence(ConnectionResetError(104, "reset")))
+    assert pair.client.link == "c2" and not _of(actions, DropLink)
+
+
+class _FakeSocketLink:
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def pending_error(self) -> OSError | None:
+        self.asked.append("error")
+        return None
+
+    def seconds_since_peer_ack(self) -> float | None:
+        self.asked.append("peer ack")
+        return 0.5
+
+    def has_pending_input(self) -> bool:
+        self.asked.append("input")
+        return True
+
+
+def test_only_what_the_check_asks_is_read_from_the_socket() -> None:
+    cases = [
+        (LivenessCheck(False, False, False), []),
+        (LivenessCheck(True, False, False), ["error"]),
+        (LivenessCheck(False, True, False), ["input"]),
+        (LivenessCheck(True, True, True), ["error", "peer ack"]),
+    ]
+    for check, asked in cases:
+        link = _FakeSocketLink()
+        gather_evidence(link, check)
+        assert link.asked == asked
+    assert gather_evidence(None, LivenessCheck(True, True, False)) == NOTHING
