@@ -17,13 +17,14 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from ..common.sockets import close_socket, has_pending_input, probe_pending_error, seconds_since_peer_ack
 from ._deadline import Deadline
 from .tls import TLSLayer
 
-__all__ = ["Link", "LinkOwner"]
+__all__ = ["Link", "LinkOwner", "WAIT", "Waiting"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,14 @@ _RECV_BUFFER = 256 * 1024
 
 
 _IOV_MAX = 1024  # buffers one sendmsg takes (Linux UIO_MAXIOV)
+
+
+class Waiting:
+    """The type of :data:`WAIT`."""
+
+
+#: From an owner's ``produce``: nothing to write yet.
+WAIT = Waiting()
 
 
 def _send_parts(sock: socket.socket, parts: list[bytes]) -> None:
@@ -76,12 +85,10 @@ class Link:
         #: The listener's accept order: a later connection of a session wins.
         self.order = order
         self.closed = False
-        #: The writer is waiting for output (set and read under the owner's lock).
-        self.writer_waiting = False
-        #: Another thread is writing directly while the writer is idle (owner's lock).
-        self.direct_writing = False
-        #: Bytes a direct write left over: the writer sends them first (owner's lock).
-        self.pending = b""
+        # The writer's hand-off (see "The writer's hand-off" below; the owner's lock).
+        self._writer_waiting = False
+        self._direct_writing = False
+        self._left_over = b""
         #: The writer put the last byte out and sent FIN (an orderly end).
         self.finished = threading.Event()
         self._owner = owner
@@ -191,6 +198,86 @@ class Link:
     def _ended(self, error: BaseException | None, reason: str) -> None:
         if not self.closed:
             self._owner.link_ended(self, error, reason, False)
+
+    # --------------------------------------------------- the writer's hand-off
+    #
+    # Output normally leaves through the writer thread. When the writer is
+    # idle, the thread that produced output (a send(), or the reader that
+    # answers a PING) may write it itself with one non-blocking send instead:
+    # waking the writer costs two thread switches, which dominate a
+    # request/reply. Three fields make that safe; all are read and written
+    # under the owner's lock, and the writer waits on the owner's condition:
+    #
+    # - _writer_waiting: the writer is parked in next_output's wait. Only then
+    #   may another thread take output: a running writer may hold output it
+    #   has not sent yet, and newer bytes written beside it would overtake it.
+    # - _direct_writing: a thread took output and sends it outside the lock.
+    #   A writer woken meanwhile waits until it is done, for the same reason.
+    # - _left_over: what the non-blocking send could not take; the writer
+    #   sends it before anything newer.
+    #
+    # Not with TLS: only the writer encrypts, so records leave in order.
+
+    def take_output(self, output: Callable[[], bytes]) -> bool:
+        """Owner's lock held: if the writer is idle and nobody else writes,
+        take ``output()`` for the calling thread to send with
+        :meth:`write_taken` once the lock is released. Whether it took it."""
+        if not self._writer_waiting or self._direct_writing or self.tls is not None:
+            return False
+        self._left_over = output()
+        self._direct_writing = True
+        return True
+
+    def write_taken(self, lock: threading.Lock, writable: threading.Condition, more: Callable[[], bool]) -> None:
+        """Outside the owner's ``lock``: send what :meth:`take_output` took,
+        without blocking. What does not fit is left for the writer, which is
+        woken (``writable``) for it, or when ``more()`` (checked under the
+        lock) says it has work anyway."""
+        data = self._left_over
+        try:
+            sent = self.sock.send(data, socket.MSG_DONTWAIT)
+        except OSError:
+            sent = 0  # full, or broken: the writer sends it, or meets the same error and reports it
+        with lock:
+            self._left_over = data[sent:]
+            self._direct_writing = False
+            if self._left_over or more():
+                self._writer_waiting = False
+                writable.notify_all()
+
+    def wake_writer(self, writable: threading.Condition) -> None:
+        """Owner's lock held: new output for an idle writer (one wake-up is
+        enough: the writer takes everything there is)."""
+        if self._writer_waiting:
+            self._writer_waiting = False
+            writable.notify()
+
+    def next_output(
+        self,
+        writable: threading.Condition,
+        carries: Callable[[Link], bool],
+        produce: Callable[[Link], bytes | list[bytes] | None | Waiting],
+    ) -> bytes | list[bytes] | None:
+        """The writer's next bytes (owner's lock held; waits on ``writable``):
+        None at once when this link no longer carries the session
+        (``carries(link)``); what a direct write left over; then
+        ``produce(link)``: bytes, :data:`WAIT` for nothing yet, or None once
+        nothing more goes out on this link."""
+        while True:
+            if not carries(self):
+                return None
+            if self._direct_writing:
+                pass  # another thread is sending: what comes next waits for it
+            elif self._left_over:
+                data, self._left_over = self._left_over, b""
+                return data
+            else:
+                output = produce(self)
+                if output is not WAIT:
+                    return output  # type: ignore[return-value]
+            self._writer_waiting = True  # a producer wakes it (wake_writer), or writes itself
+            writable.wait()
+            self._writer_waiting = False
 
     # ------------------------------------------------------------- closing
 

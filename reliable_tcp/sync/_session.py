@@ -25,7 +25,6 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -41,10 +40,10 @@ from ..common.timing import FINAL_FLUSH
 from ..core.engine import SessionEngine
 from ..core.frames import Hello
 from ..durable.session_journal import Durable
-from ..exceptions import ReliableTCPError
+from ..exceptions import ReliableTCPError, WindowFull
 from ._deadline import Deadline
 from ._inbox import Inbox
-from ._link import Link
+from ._link import WAIT, Link, Waiting
 from ._timers import CALLBACKS, TIMERS
 from .tls import TLSLayer
 
@@ -328,56 +327,60 @@ class SessionShell(SessionFront[Link]):
         return not link.closed
 
     def take_direct(self) -> Link | None:
-        """Lock held. When the writer is idle (waiting), hand the engine's
-        output to the calling thread instead of waking the writer: a thread
-        hand-off costs more than a non-blocking send. Not with TLS (only the
-        writer encrypts) nor while output is held."""
+        """Lock held: when the writer is idle, hand the engine's output to
+        the calling thread instead of waking the writer (Link.take_output);
+        not while a new secret waits for the journal."""
         link = self.policy.link
-        if link is None or not link.writer_waiting or link.direct_writing or link.tls is not None:
+        if link is None or not self.policy.output_allowed or not self.engine.has_output():
             return None
-        if not self.policy.output_allowed or not self.engine.has_output():
-            return None
-        link.pending = self.engine.data_to_send(time.monotonic())
-        link.direct_writing = True
-        return link
+        return link if link.take_output(lambda: self.engine.data_to_send(time.monotonic())) else None
 
     def write_direct(self, link: Link) -> None:
-        """Outside the lock: write what :meth:`_take_direct` took, without
-        blocking; whatever does not fit is left for the writer."""
-        data = link.pending
-        try:
-            sent = link.sock.send(data, socket.MSG_DONTWAIT)
-        except OSError:
-            sent = 0  # full, or broken: the writer sends it, or meets the same error and reports it
+        """Outside the lock: send what :meth:`take_direct` took."""
+        # The writer runs anyway for more output, or to finish after the end.
+        link.write_taken(self.lock, self.writable, lambda: self.engine.has_output() or self.policy.ended)
+
+    def send_now(self, data: bytes) -> int:
+        """send() without a journal, in one short hold of the lock: queue
+        ``data`` if the window has room and nothing ended, and get it moving
+        (from this thread when nothing else is in flight: a request, a
+        reply). Its sequence number, or 0 for the general path."""
+        policy, engine = self.policy, self.engine  # (the hot path: no attribute looked up twice)
+        direct = None
         with self.lock:
-            link.pending = data[sent:]
-            link.direct_writing = False
-            if link.pending or self.engine.has_output() or self.policy.ended:  # (ended: the writer finishes)
-                link.writer_waiting = False
-                self.writable.notify_all()
+            if policy.closing or policy.ending is not None:
+                return 0
+            try:
+                seq = engine.send_message(data, 0.0)
+            except WindowFull:
+                return 0  # wait for room on the general path
+            link = policy.link
+            if link is not None:
+                if engine.unacked_count == 1:
+                    direct = self.take_direct()
+                if direct is None:
+                    link.wake_writer(self.writable)
+        if direct is not None:
+            self.write_direct(direct)
+        return seq
 
     def link_output(self, link: Link) -> bytes | list[bytes] | None:
         """LinkOwner: the writer's next bytes; None once nothing more goes out."""
         with self.lock:
-            engine = self.engine
-            session = self.policy
-            while True:
-                if link is not session.link:
-                    return None
-                if link.direct_writing:
-                    pass  # another thread is writing directly: wait for it
-                elif link.pending:
-                    data, link.pending = link.pending, b""  # what a direct write could not finish
-                    return data
-                elif session.output_allowed and engine.has_output():
-                    return engine.data_to_send_parts(time.monotonic())
-                elif link.tls_pending:
-                    return b""
-                elif session.ended:
-                    return None  # the last frame is out
-                link.writer_waiting = True  # a send must wake it; otherwise it finds the output itself
-                self.writable.wait()
-                link.writer_waiting = False
+            return link.next_output(self.writable, self._carries, self._produce)
+
+    def _carries(self, link: Link) -> bool:
+        return link is self.policy.link
+
+    def _produce(self, link: Link) -> bytes | list[bytes] | None | Waiting:
+        """Lock held: the engine's output for the writer, WAIT, or None (the
+        session ended and its last frame is out)."""
+        policy, engine = self.policy, self.engine
+        if policy.output_allowed and engine.has_output():
+            return engine.data_to_send_parts(time.monotonic())
+        if link.tls_pending:
+            return b""  # TLS has records of its own to send
+        return None if policy.ended else WAIT
 
     def link_ended(self, link: Link, error: BaseException | None, reason: str, crashed: bool) -> None:
         """LinkOwner: the connection failed, saw EOF, or a thread crashed."""

@@ -17,7 +17,7 @@ from typing import TypeVar
 from ..common.status import ChannelState, ChannelStatistics
 from ..common.timing import ABORT_FLUSH, FINAL_FLUSH, HANDSHAKE_SHARE
 from ..core.state import TERMINAL_STATES, SessionState
-from ..exceptions import ChannelClosed, JournalWriteFailed, UsageError, WindowFull
+from ..exceptions import ChannelClosed, JournalWriteFailed, UsageError
 from ._deadline import Deadline
 from ._session import SessionShell, Unacked
 
@@ -110,30 +110,9 @@ class Channel:
             if not isinstance(data, (bytes, bytearray, memoryview)):
                 raise UsageError(f"send takes bytes, not {type(data).__name__}")
             data = bytes(data)
-        if self._session.durable is None:
-            # The common case, in one short hold of the lock: room in the
-            # window, nothing ended. Everything else (waiting, errors, a
-            # journal) takes the general path below.
-            direct = None
-            with self._session.lock:
-                if self._session.policy.closing or self._session.policy.ended:
-                    seq = 0
-                else:
-                    try:
-                        seq = self._session.engine.send_message(data, 0.0)
-                    except WindowFull:
-                        seq = 0  # wait for room below
-                    link = self._session.policy.link
-                    if seq and link is not None and link.writer_waiting:
-                        if self._session.engine.unacked_count == 1:
-                            # Nothing else in flight (a request, a reply): write it
-                            # from this thread rather than wake the writer.
-                            direct = self._session.take_direct()
-                        if direct is None:
-                            link.writer_waiting = False  # one wake-up is enough; the writer takes everything
-                            self._session.writable.notify()
-            if direct is not None:
-                self._session.write_direct(direct)
+        session = self._session
+        if session.durable is None:
+            seq = session.send_now(data)  # the common case: room in the window, nothing ended
             if seq:
                 return seq
         return self._queue([data], Deadline(timeout))
