@@ -5,7 +5,7 @@ session (``common/session.py``, where every decision lives) what a
 connection reads (``link_data``) or how it ended (``link_lost``), fires its
 timers (``loop.call_at``) with what the socket says, and carries out the
 actions it returns: the receive queue (reading paused while it is full),
-output handed to the transport once per loop iteration (``_flush_soon``),
+output handed to the transport once per loop iteration (``flush_soon``),
 journal writes in the loop's executor, events. The public ``Channel``
 (channel.py) holds one and carries the API; ``client.Connector`` and
 ``server.Listener`` attach connections through one door, ``open_link``.

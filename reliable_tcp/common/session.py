@@ -11,7 +11,7 @@ actions returned, in order:
 - :class:`Persist`: journal the session's id and secrets, then call
   :meth:`SessionPolicy.persisted` (output is held until then);
 - :class:`Confirmed`: the peer confirmed the session (a listener offers it now);
-- :class:`DropLink`: forget the current connection and close it;
+- :class:`DropLink`: close a connection that no longer holds the session;
 - :class:`Notify`: an event for ``on_event``;
 - :class:`Ended`: the session ended (recorded once): wake everyone, journal
   the end, report it;
@@ -52,7 +52,7 @@ from .status import ChannelEvent, EventKind, channel_state_of
 
 __all__ = [
     "SessionPolicy", "Action", "Deliver", "Acknowledged", "Persist", "Confirmed", "DropLink", "Notify", "Ended",
-    "Signal", "OUTPUT", "CHANGED", "LivenessCheck", "LivenessEvidence", "ProbedLink", "gather_evidence",
+    "Wake", "OUTPUT", "CHANGED", "LivenessCheck", "LivenessEvidence", "ProbedLink", "gather_evidence",
 ]
 
 logger = logging.getLogger(__name__)
@@ -111,18 +111,18 @@ class Ended:
 
 
 @dataclass(frozen=True, slots=True)
-class Signal:
+class Wake:
     """A wake-up with no data: :data:`OUTPUT` or :data:`CHANGED`."""
 
     name: str
 
 
 #: The engine has bytes to send.
-OUTPUT = Signal("output")
+OUTPUT = Wake("output")
 #: The connection or the session's state changed.
-CHANGED = Signal("changed")
+CHANGED = Wake("changed")
 
-Action = Deliver | Acknowledged | Persist | Confirmed | DropLink[Any] | Notify | Ended | Signal
+Action = Deliver | Acknowledged | Persist | Confirmed | DropLink[Any] | Notify | Ended | Wake
 
 
 @dataclass(frozen=True, slots=True)
