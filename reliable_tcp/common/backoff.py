@@ -8,6 +8,7 @@ import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from ..exceptions import TLSHandshakeError
 from .sockets import link_error_reason
 
 __all__ = ["Backoff", "is_retryable"]
@@ -51,11 +52,14 @@ def is_retryable(exc: BaseException, *, reconnect: bool = False) -> bool:
     first session a name that does not resolve is not (a typo fails fast);
     on a ``reconnect`` every resolution failure is: the name resolved
     before, and an offline resolver (airplane mode, a lost Wi-Fi) answers
-    "no such name" (EAI_NONAME) as readily as "try again". Usage errors
-    never are.
+    "no such name" (EAI_NONAME) as readily as "try again". A failed TLS
+    handshake is likewise final before the first session (a certificate
+    or a version will not fix itself) and transient on a ``reconnect``:
+    the same server passed it before, so a captive portal or a middlebox
+    answered this time. Usage errors never are.
     """
-    if isinstance(exc.__cause__, ssl.SSLError):
-        return False  # a certificate or TLS version problem will not fix itself
+    if isinstance(exc, (TLSHandshakeError, ssl.SSLError)) or isinstance(exc.__cause__, ssl.SSLError):
+        return reconnect
     if isinstance(exc, socket.gaierror):
         return reconnect or exc.errno == socket.EAI_AGAIN
     if isinstance(exc, TimeoutError):

@@ -73,7 +73,8 @@ class SessionFront(Generic[L]):
     def _statistics(self, queued_messages: int) -> ChannelStatistics:
         policy = self.policy
         return statistics_of(self.engine, ever_connected=policy.ever_connected, disconnects=policy.disconnects,
-                             queued_messages=queued_messages, last_recovery_time=policy.last_recovery)
+                             queued_messages=queued_messages, last_recovery_time=policy.last_recovery,
+                             failed_attempts=policy.failed_attempts)
 
     def _restored_end(self, reason: str, unacked: Unacked) -> list[Action]:
         """A journal says this session was lost before the restart: it ends

@@ -203,6 +203,7 @@ class SessionPolicy(Generic[L]):
         self.close_reported = False  # see close_report()
         self.last_cause: BaseException | None = None
         self.disconnects = 0
+        self.failed_attempts = 0
         self.last_recovery: float | None = None
         self._disconnected_at: float | None = None
         #: A durable session's new secret is not journaled yet.
@@ -341,10 +342,11 @@ class SessionPolicy(Generic[L]):
 
     def connect_failed(self, now: float, error: BaseException, reason: str) -> list[Action]:
         """A connection attempt failed. One not worth retrying (a refused
-        name before the first session, a certificate: ``is_retryable``)
+        name or a certificate before the first session: ``is_retryable``)
         ends the session as broken; any end that comes later is chained to
         the last failure."""
         self.last_cause = error
+        self.failed_attempts += 1
         actions: list[Action] = [CHANGED]
         if self.ending is None and not is_retryable(error, reconnect=self.ever_connected):
             self.engine.close(now)

@@ -84,6 +84,9 @@ class ChannelStatistics:
     last_rtt: float | None
     last_detection_time: float | None
     last_recovery_time: float | None
+    #: Connection attempts that failed (refused, unreachable, a TLS
+    #: handshake a captive portal garbled, ...), retried or not.
+    failed_attempts: int = 0
 
 
 def statistics_of(
@@ -93,6 +96,7 @@ def statistics_of(
     disconnects: int,
     queued_messages: int,
     last_recovery_time: float | None,
+    failed_attempts: int = 0,
 ) -> ChannelStatistics:
     """A channel's snapshot: the engine's counters and what only the shell
     knows (both front ends call this, each under its own rule of access)."""
@@ -114,6 +118,7 @@ def statistics_of(
         last_rtt=c.last_rtt,
         last_detection_time=c.last_detection_time,
         last_recovery_time=last_recovery_time,
+        failed_attempts=failed_attempts,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import ssl
 import struct
 import threading
 
@@ -12,6 +13,7 @@ import pytest
 from reliable_tcp.common.sockets import close_socket, configure_socket, has_pending_input, link_error_reason, probe_pending_error
 from reliable_tcp.common.backoff import Backoff, is_retryable
 from reliable_tcp.core.config import SessionConfig
+from reliable_tcp.exceptions import TLSHandshakeError
 
 
 def pair() -> tuple[socket.socket, socket.socket]:
@@ -140,3 +142,14 @@ def test_pending_input_is_seen_without_being_taken() -> None:
     client.recv(10)  # the FIN
     assert not has_pending_input(client)  # end of stream is not life
     client.close()
+
+
+def test_a_failed_tls_handshake_is_final_first_and_transient_on_a_reconnect() -> None:
+    """The same server passed the handshake before: a garbled one on a
+    reconnect is a captive portal or a middlebox, not a certificate."""
+    garbled = TLSHandshakeError("TLS handshake failed: [SSL: WRONG_VERSION_NUMBER] wrong version number")
+    garbled.__cause__ = ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number")
+    cut_short = TLSHandshakeError("connection closed during the TLS handshake")
+    for error in (garbled, cut_short, ssl.SSLError(1, "record layer failure")):
+        assert not is_retryable(error)
+        assert is_retryable(error, reconnect=True)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import ssl
+import struct
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,3 +140,114 @@ def test_rtcat_over_tls(pki: Path, tmp_path: Path) -> None:
         if listener.poll() is None:
             listener.kill()
             listener.wait()
+
+
+class PortalProxy:
+    """Forwards connections to ``target``; while :attr:`portal` is set, it
+    answers every new one as a captive portal does (an HTTP redirect where
+    the TLS server hello should be, then close)."""
+
+    REDIRECT = b"HTTP/1.1 302 Found\r\nLocation: http://portal.example/\r\nContent-Length: 0\r\n\r\n"
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.portal = threading.Event()
+        self.portal_answers = 0
+        self._listening = socket.create_server(("127.0.0.1", 0))
+        self.address: tuple[str, int] = self._listening.getsockname()[:2]
+        self._lock = threading.Lock()
+        self._forwarded: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._spawn(self._accept)
+
+    def _spawn(self, target: Any, *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, name="portal-proxy", daemon=True)
+        with self._lock:
+            self._threads.append(thread)
+        thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listening.accept()
+            except OSError:
+                return  # closed
+            if self.portal.is_set():
+                with contextlib.suppress(OSError):
+                    conn.sendall(self.REDIRECT)
+                conn.close()
+                with self._lock:
+                    self.portal_answers += 1
+                continue
+            upstream = socket.create_connection(self.target, timeout=5)
+            upstream.settimeout(None)
+            with self._lock:
+                self._forwarded += [conn, upstream]
+            self._spawn(self._pump, conn, upstream)
+            self._spawn(self._pump, upstream, conn)
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def cut(self) -> None:
+        """Reset every forwarded connection."""
+        with self._lock:
+            forwarded, self._forwarded = self._forwarded, []
+        for sock in forwarded:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._listening.shutdown(socket.SHUT_RDWR)
+        self._listening.close()
+        self.cut()
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(5)
+            assert not thread.is_alive()
+
+    def __enter__(self) -> PortalProxy:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def test_a_captive_portal_during_a_reconnect_is_ridden_out(pki: Path, tls_listener: rt.Listener, front: Any) -> None:
+    """Issue 25, item 4: a TLS session's connection drops, and for a while
+    every new connection meets a captive portal (HTTP where the server
+    hello should be). On a reconnect that is transient: the session is
+    resumed once the real path is back, and the failed attempts are
+    counted. (On the first connect a TLS failure still fails fast: the
+    tests above.)"""
+    with PortalProxy(tls_listener.address) as proxy:
+        client = front.connect(
+            proxy.address, ssl_context=client_context(pki), server_hostname="localhost", **fast_options(resume_window=30.0)
+        )
+        try:
+            server = tls_listener.accept(timeout=5)
+            client.send(b"before the portal")
+            assert server.recv(timeout=5) == b"before the portal"
+            proxy.portal.set()
+            proxy.cut()
+            wait_for(lambda: proxy.portal_answers >= 3, 20, "three reconnects answered by the portal")
+            assert client.state is rt.ChannelState.DISCONNECTED  # waiting, not failed
+            proxy.portal.clear()
+            wait_for(lambda: client.statistics().resumes >= 1, 20, "the resume once the portal is gone")
+            client.send(b"after the portal")
+            assert server.recv(timeout=5) == b"after the portal"
+            assert client.statistics().failed_attempts >= 3
+            client.close()
+            server.close()
+        finally:
+            client.abort()
