@@ -197,27 +197,34 @@ class Listener:
     def _read_hello(self, sock: socket.socket, peer: Any, tls: TLSLayer | None) -> Hello | None:
         reader = ServerHandshake(self._config.psk)
         deadline = Deadline(self._config.handshake_timeout)
+        # What arrived with the TLS handshake's last flight (the client's
+        # Finished and its HELLO in one read) already sits in the TLS layer:
+        # take it before waiting for more, which may never come.
+        leftover = tls.decrypt(b"") if tls is not None else b""
         while True:
-            remaining = deadline.remaining()
-            if remaining is not None and remaining <= 0:
-                self._refuse(sock, peer, tls, HandshakeRejected(RejectReason.HANDSHAKE_TIMEOUT, "no HELLO in time"))
-                return None
-            sock.settimeout(remaining)
-            try:
-                data = sock.recv(512)
-            except TimeoutError:
-                continue
-            except OSError as exc:
-                logger.info("%s: connection failed during the handshake: %s", peer, exc)
-                return None
-            if not data:
-                return None
-            if tls is not None:
-                data = tls.decrypt(data)
-                if tls.closed_by_peer:
+            if leftover:
+                data, leftover = leftover, b""
+            else:
+                remaining = deadline.remaining()
+                if remaining is not None and remaining <= 0:
+                    self._refuse(sock, peer, tls, HandshakeRejected(RejectReason.HANDSHAKE_TIMEOUT, "no HELLO in time"))
+                    return None
+                sock.settimeout(remaining)
+                try:
+                    data = sock.recv(512)
+                except TimeoutError:
+                    continue
+                except OSError as exc:
+                    logger.info("%s: connection failed during the handshake: %s", peer, exc)
                     return None
                 if not data:
-                    continue  # part of a TLS record
+                    return None
+                if tls is not None:
+                    data = tls.decrypt(data)
+                    if not data and not tls.closed_by_peer:
+                        continue  # part of a TLS record
+            if tls is not None and tls.closed_by_peer:
+                return None
             hello, challenge, refusal = read_hello(reader, data)
             if refusal is not None:
                 self._refuse(sock, peer, tls, refusal)

@@ -251,3 +251,43 @@ def test_a_captive_portal_during_a_reconnect_is_ridden_out(pki: Path, tls_listen
             server.close()
         finally:
             client.abort()
+
+
+def test_a_hello_that_arrives_with_the_tls_finished_is_answered_at_once(pki: Path, front: Any) -> None:
+    """Issue 25, item 5: through a path that coalesces the client's bytes,
+    its TLS Finished and its HELLO arrive in one read. The listener must
+    answer at once, not wait for a read that never comes (the threaded one
+    did, until its handshake timeout)."""
+    from reliable_tcp.core import frames as f
+
+    options = fast_options(handshake_timeout=30.0)
+    with front.listen(("127.0.0.1", 0), ssl_context=server_context(pki), **options) as listener:
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = client_context(pki).wrap_bio(incoming, outgoing, server_hostname="localhost")
+        with socket.create_connection(listener.address, timeout=10) as sock:
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    if outgoing.pending:
+                        sock.sendall(outgoing.read())
+                    data = sock.recv(65536)
+                    assert data, "the listener closed during the TLS handshake"
+                    incoming.write(data)
+            # Our side is done; its Finished still waits in `outgoing`: it
+            # leaves in one write with the HELLO.
+            tls.write(f.encode(f.Hello(False, bytes(16), bytes(16), 1)))
+            sock.sendall(outgoing.read())
+            sock.settimeout(5.0)  # far below the listener's 30 s handshake timeout
+            decoder = f.FrameDecoder(1 << 20)
+            frames: list[f.Frame] = []
+            while not frames:
+                data = sock.recv(65536)
+                assert data, "the listener closed without answering"
+                incoming.write(data)
+                try:
+                    frames = decoder.feed(tls.read(65536))
+                except ssl.SSLWantReadError:
+                    continue  # a session ticket, or part of a record
+            assert isinstance(frames[0], f.Accept)
