@@ -117,6 +117,11 @@ class Link:
         """The reader and the writer."""
         return list(self._threads)
 
+    @property
+    def running(self) -> bool:
+        """Whether the reader or the writer is still alive (or was never started)."""
+        return not self._threads or any(thread.is_alive() for thread in self._threads)
+
     # ------------------------------------------------------------- threads
 
     def _guard(self, target: object) -> None:

@@ -187,7 +187,7 @@ class SessionShell(SessionFront[Link]):
         if not stopped:
             logger.error("%s: a thread did not stop in time", self._name)
         with self._journal_order, self.lock:  # not while a session record is being written
-            self._links = [each for each in self._links if any(t.is_alive() for t in each.threads)]
+            self._links = [each for each in self._links if each.running]
             close_journal = self._take_journal(reported=reported)
         if close_journal is not None:
             close_journal()
@@ -304,6 +304,11 @@ class SessionShell(SessionFront[Link]):
             if not self._admit(link, time.monotonic(), order, hello, new_secret):  # (a refusal raises for the listener)
                 self._after.append(functools.partial(link.close, abort=True))
                 return
+            # Teardown joins the links whose threads still run; one whose
+            # threads ended is done with (its socket closed itself), and
+            # keeping it would hold a socket, two threads and a TLS object
+            # per reconnect for the session's lifetime.
+            self._links = [each for each in self._links if each.running]
             self._links.append(link)
         link.start(f"{self._name}-c{next(self._link_numbers)}")
 

@@ -199,3 +199,38 @@ def test_a_dead_verdict_is_given_at_the_moment_the_link_was_judged(monkeypatch: 
         assert server.recv(timeout=5) == b"still connected"
         client.close(timeout=5)
         server.close(timeout=5)
+
+
+def test_a_session_keeps_no_connection_it_is_done_with() -> None:
+    """Issue 25, item 6: every reconnect kept the old connection (its
+    socket, its two threads' objects, its TLS state) until the session
+    ended, about 12 KB a reconnect. Only links whose threads still run are
+    kept, so many reconnects hold no more than a couple of links."""
+    import gc
+
+    import reliable_tcp as rt
+    from helpers import fast_options, wait_for
+    from reliable_tcp.sync._link import Link
+    from reliable_tcp.testing import FaultProxy
+
+    reconnects = 60
+    with rt.listen(("127.0.0.1", 0), **fast_options()) as listener, FaultProxy(listener.address) as proxy:
+        client = rt.connect(proxy.address, **fast_options())
+        server = listener.accept(timeout=5)
+        try:
+            for i in range(reconnects):
+                resumes = client.statistics().resumes
+                proxy.reset()
+                wait_for(lambda: client.statistics().resumes > resumes, 10, "the resume")  # noqa: B023
+                client.send(b"%d" % i)
+                assert server.recv(timeout=5) == b"%d" % i
+            for channel in (client, server):
+                assert len(channel._session._links) <= 3
+            gc.collect()
+            links = [obj for obj in gc.get_objects() if isinstance(obj, Link)]
+            assert len(links) <= 6, f"{len(links)} links alive after {reconnects} reconnects"
+            client.close()
+            server.close()
+        finally:
+            client.abort()
+            server.abort()
