@@ -4,6 +4,7 @@ Nothing in the library imports this package."""
 
 from .commands import (
     EXIT_CONNECT,
+    EXIT_INPUT,
     EXIT_INTERRUPT,
     EXIT_LOST,
     EXIT_OK,
@@ -17,6 +18,7 @@ from .commands import (
 
 __all__ = [
     "EXIT_CONNECT",
+    "EXIT_INPUT",
     "EXIT_INTERRUPT",
     "EXIT_LOST",
     "EXIT_OK",

@@ -7,7 +7,8 @@ Exit codes of rtcat (docs/cli.md):
 1     could not open a session (nothing listening, refused, timed out)
 2     usage error
 3     session lost: the peer never acknowledged some data (the count is printed)
-4     stdout was closed early (e.g. ``rtcat ... | head``)
+4     the output could not be written (stdout closed early, as with ``rtcat ... | head``)
+5     the input could not be sent as it is (a line over the peer's limit, a read error)
 130   interrupted (Ctrl-C)
 ====  =======================================================
 """
@@ -26,25 +27,25 @@ import time
 from collections.abc import Sequence
 from typing import Any, BinaryIO
 
-from ..common.status import ChannelEvent, ChannelStatistics, EventKind
+from ..common.status import ChannelEvent, ChannelState, ChannelStatistics, EventKind
 from ..core.auth import load_psk
-from ..exceptions import ChannelClosed, ReliableTCPError, SessionLost
+from ..exceptions import ReliableTCPError
 from ..sync.channel import Channel
 from ..sync.client import connect
 from ..sync.server import listen
 from ..testing.proxy import FaultProxy
-from . import tunnel
+from . import stdio, tunnel
 
-__all__ = ["rtcat_main", "rtproxy_main", "EXIT_OK", "EXIT_CONNECT", "EXIT_USAGE", "EXIT_LOST", "EXIT_STDOUT", "EXIT_INTERRUPT"]
+__all__ = ["rtcat_main", "rtproxy_main", "EXIT_OK", "EXIT_CONNECT", "EXIT_USAGE", "EXIT_LOST", "EXIT_STDOUT",
+           "EXIT_INPUT", "EXIT_INTERRUPT"]
 
 EXIT_OK = 0
 EXIT_CONNECT = 1
 EXIT_USAGE = 2
 EXIT_LOST = 3
 EXIT_STDOUT = 4
+EXIT_INPUT = 5
 EXIT_INTERRUPT = 130
-
-_CHUNK = 128 * 1024
 
 
 def _seconds(text: str) -> float:
@@ -69,7 +70,7 @@ def _rtcat_parser() -> argparse.ArgumentParser:
         "       rtcat demo [options]\n       rtcat journal {ls,rm} DIR ...",
         description="netcat over reliable_tcp: every byte arrives once, in order, across pulled cables and resets.",
         epilog="Run 'rtcat demo' to watch it survive faults. Exit codes: 0 ok, 1 no session, 2 usage, "
-        "3 session lost, 4 stdout closed, 130 interrupted.",
+        "3 session lost, 4 output not writable, 5 input not sendable, 130 interrupted.",
     )
     parser.add_argument("-l", "--listen", action="store_true", help="listen for a session instead of connecting")
     parser.add_argument("-k", "--keep-listening", action="store_true", help="with -l: accept further sessions, one after another")
@@ -157,6 +158,9 @@ def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
 
 def rtcat_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``rtcat``; returns the exit status."""
+    stdin_closed, stdout_closed = stdio.claim_closed_stdio()
+    if sys.stderr is None:  # print(file=None) would write diagnostics into the payload on stdout
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115 - the process's own stderr, for its whole life
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["journal"]:
         return _journal_main(args_list[1:])
@@ -211,7 +215,16 @@ def rtcat_main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     if _tunnel_mode(args):
         return _tunnel_main(args, parser, (host, port), options)
-    session = _Session(args)
+    input_file: BinaryIO | None = None
+    if args.input:
+        try:
+            input_file = open(args.input, "rb")  # noqa: SIM115 - read by the session, for the process's life
+        except OSError as exc:  # before any session opens: nobody waits for one that can't be fed
+            print(f"rtcat: {args.input}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_USAGE
+    # The relay's own log line would repeat what rtcat says of every failure.
+    logging.getLogger(tunnel.__name__).setLevel(logging.ERROR)
+    session = _Session(args, input_file, stdin_closed, stdout_closed)
     try:
         if args.listen:
             return session.serve(host, port, options)
@@ -409,21 +422,19 @@ def _reporter() -> Any:
     return report
 
 
-class _StdoutClosed(Exception):
-    """The reader of our stdout went away."""
-
-
 class _Session:
-    """One rtcat run: a pump from stdin to the channel and one from the channel to stdout."""
+    """One rtcat run: each session it opens or accepts carries stdin (or
+    --input) to the peer and the peer's stream to stdout (or --output),
+    with plain framing: either direction ends on its own (docs/cli.md)."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, input_file: BinaryIO | None, stdin_closed: bool,
+                 stdout_closed: bool) -> None:
         self.args = args
+        self.input_file = input_file
+        self.stdin_closed = stdin_closed
+        self.stdout_closed = stdout_closed
         self.channel: Channel | None = None
-        self.stdout: BinaryIO = sys.stdout.buffer
-        self.stdout_closed = False
-        self.lost_bytes = 0
-        self.lost_messages = 0
-        self.total: dict[str, int] = {"sent": 0, "received": 0}
+        self.refused_tunnel = False
 
     # ------------------------------------------------------------ modes
 
@@ -441,13 +452,7 @@ class _Session:
         finally:
             connected.set()
             waiting.join()
-        receiver = threading.Thread(target=self._receive, name="rtcat-receive", daemon=True)
-        receiver.start()
-        status = self._send_stdin()
-        if status == EXIT_OK:
-            status = self._close()
-        receiver.join(5)
-        return self._finish(status)
+        return self._carry(self.channel, with_input=True, opened_here=True)
 
     def serve(self, host: str, port: int, options: dict[str, Any]) -> int:
         try:
@@ -458,19 +463,12 @@ class _Session:
         with listener:
             if self.args.verbose:
                 print(f"rtcat: listening on {tunnel.format_address(listener.address)}", file=sys.stderr)
-            status = EXIT_OK
             first = True
             while True:
                 self.channel = listener.accept()
-                sender = None
-                if first:
-                    # stdin belongs to the first session only (with -k, later ones just receive).
-                    sender = threading.Thread(target=self._send_stdin, name="rtcat-send", daemon=True)
-                    sender.start()
+                # stdin belongs to the first session only (with -k, later ones just receive).
+                status = self._carry(self.channel, with_input=first, opened_here=False)
                 first = False
-                status = self._receive()
-                status = max(status, self._close())
-                status = self._finish(status)
                 if not self.args.keep_listening or status in (EXIT_STDOUT, EXIT_INTERRUPT):
                     return status
 
@@ -478,172 +476,80 @@ class _Session:
         if self.channel is not None:
             self.channel.abort()
 
-    # ----------------------------------------------------------- pumps
+    # ------------------------------------------------------------ one session
 
-    def _send_stdin(self) -> int:
-        channel = self.channel
-        assert channel is not None
-        if self.args.input:
-            return self._send_file(channel)
-        fd = sys.stdin.fileno()
-        pending = b""
+    def _carry(self, channel: Channel, *, with_input: bool, opened_here: bool) -> int:
+        """Relay one session until both directions ended; its exit status."""
         try:
-            while True:
-                chunk = os.read(fd, _CHUNK)
-                if not chunk:
-                    if pending and self.args.lines:
-                        channel.send(pending)
-                        self.total["sent"] += len(pending)
-                    return EXIT_OK
-                if self.args.lines:
-                    lines = (pending + chunk).split(b"\n")
-                    pending = lines.pop()
-                    if lines:
-                        channel.send_many(lines)
-                        self.total["sent"] += sum(map(len, lines))
-                else:
-                    channel.send(chunk)
-                    self.total["sent"] += len(chunk)
-        except SessionLost as exc:
-            self._note_lost(exc)
-            return EXIT_LOST
-        except ChannelClosed:
-            return EXIT_OK  # the peer closed first; what we sent before is accounted by close()
-
-    def _send_file(self, channel: Channel) -> int:
-        """Send --input in fixed chunks, so message n always holds bytes
-        [n * chunk, (n + 1) * chunk): after a restart with a journal, the
-        file is read again from the first chunk not yet durably sent."""
-        try:
-            with open(self.args.input, "rb") as f:
-                f.seek(channel.last_sent_seq * _CHUNK)
-                while chunk := f.read(_CHUNK):
-                    channel.send(chunk)
-                    self.total["sent"] += len(chunk)
+            endpoint = stdio.StdioEndpoint(self._source(channel) if with_input else stdio.EmptySource(),
+                                           self._sink(channel))
         except OSError as exc:
-            print(f"rtcat: {self.args.input}: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        except SessionLost as exc:
-            self._note_lost(exc)
-            return EXIT_LOST
-        except ChannelClosed:
-            return EXIT_OK
-        return EXIT_OK
+            channel.abort()  # the peer learns at once that this session won't be carried
+            print(f"rtcat: {self.args.output}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_STDOUT
+        self.refused_tunnel = False
+        result = tunnel.relay(channel, endpoint, closer=opened_here, framing=tunnel.PlainFraming(lines=self.args.lines),
+                              screen=None if opened_here else self._refuse_tunnel,
+                              close_timeout=max(30.0, self.args.resume_window))
+        return self._finish(channel, result)
 
-    def _receive_to_file(self, channel: Channel) -> int:
-        """Write what arrives to --output. With a journal, exactly once: a
-        sidecar file records (last sequence number written, file length)
-        before the commit, so a restart cuts off anything written after the
-        last record and skips messages the file already holds."""
-        path = self.args.output
-        sidecar = path + ".rtcat-pos"
-        written_seq, length = 0, 0
-        try:
-            with open(sidecar) as f:
-                written_seq, length = (int(x) for x in f.read().split())
-        except (FileNotFoundError, ValueError):
-            pass
-        seq = channel.last_committed_seq
-        with open(path, "ab+") as out:
-            out.truncate(length)
-            out.seek(length)
-            try:
-                while True:
-                    messages = channel.recv_many()
-                    for message in messages:
-                        seq += 1
-                        if seq > written_seq:
-                            out.write(message)
-                            self.total["received"] += len(message)
-                    out.flush()
-                    os.fsync(out.fileno())
-                    if self.args.journal:
-                        written_seq, length = seq, out.tell()
-                        tmp = sidecar + ".tmp"
-                        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                        os.fchmod(fd, 0o600)  # it holds where the transfer stands: private, like the journal
-                        with open(fd, "w") as f:
-                            f.write(f"{written_seq} {length}\n")
-                            f.flush()
-                            os.fsync(f.fileno())
-                        os.replace(tmp, sidecar)
-                        channel.commit()
-            except ChannelClosed:
-                pass
-            except SessionLost as exc:
-                self._note_lost(exc)
-                return EXIT_LOST
-        for name in (sidecar,):
-            try:
-                os.unlink(name)  # the transfer is complete
-            except FileNotFoundError:
-                pass
-        return EXIT_OK
+    def _source(self, channel: Channel) -> stdio.Source:
+        if self.input_file is not None:
+            return stdio.FileSource(self.input_file, channel)
+        if self.stdin_closed:
+            return stdio.EmptySource()
+        return stdio.FdSource(sys.stdin.fileno())
 
-    def _receive(self) -> int:
-        channel = self.channel
-        assert channel is not None
+    def _sink(self, channel: Channel) -> stdio.Sink:
         if self.args.output:
-            return self._receive_to_file(channel)
-        newline = b"\n" if self.args.lines else b""
-        first = self.args.listen
+            return stdio.FileSink(self.args.output, channel, journaled=bool(self.args.journal))
+        return stdio.StdoutSink(closed=self.stdout_closed)
+
+    def _refuse_tunnel(self, channel: Channel, message: bytes) -> str | None:
+        """A tunnel client reached this plain listener: refuse it, print nothing of it."""
+        if not message.startswith(tunnel.MAGIC):
+            return None
+        self.refused_tunnel = True
         try:
-            while True:
-                messages = channel.recv_many()
-                if first and messages[0].startswith(tunnel.MAGIC):
-                    # A tunnel client reached a plain listener: say so, refuse, and print nothing.
-                    print("rtcat: a tunnel request arrived, but this listener serves no tunnels "
-                          "(start it with --allow, --allow-remote or --exec); refused", file=sys.stderr, flush=True)
-                    channel.send(bytes([tunnel.Kind.REFUSED]) + b"this rtcat listener serves no tunnels")
-                    messages = messages[1:]
-                first = False
-                if not messages:
-                    continue
-                data = newline.join(messages) + newline if newline else b"".join(messages)
-                self.total["received"] += sum(map(len, messages))
-                try:
-                    self.stdout.write(data)
-                    self.stdout.flush()
-                except BrokenPipeError:
-                    self.stdout_closed = True
-                    return EXIT_STDOUT
-        except ChannelClosed:
-            return EXIT_OK
-        except SessionLost as exc:
-            self._note_lost(exc)
-            return EXIT_LOST
+            channel.send(bytes([tunnel.Kind.REFUSED]) + b"this rtcat listener serves no tunnels")
+        except ReliableTCPError:
+            pass
+        return ("a tunnel request arrived, but this listener serves no tunnels "
+                "(start it with --allow, --allow-remote or --exec); refused")
 
-    def _close(self) -> int:
-        channel = self.channel
-        assert channel is not None
-        try:
-            channel.close(timeout=max(30.0, self.args.resume_window))
-        except SessionLost as exc:
-            self._note_lost(exc)
-            return EXIT_LOST
-        return EXIT_OK
-
-    def _note_lost(self, exc: SessionLost) -> None:
-        if exc.unacked:
-            self.lost_messages = len(exc.unacked)
-            self.lost_bytes = sum(len(p) for _, p in exc.unacked)
-
-    def _finish(self, status: int) -> int:
+    def _finish(self, channel: Channel, result: tunnel.RelayResult) -> int:
+        status = _exit_status(result)
+        if self.refused_tunnel:
+            status = EXIT_CONNECT
         if status == EXIT_STDOUT:
             # The Python docs' idiom for a closed pipe: point stdout at
             # /dev/null so the interpreter's final flush does not fail again.
             devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            if self.channel is not None:
-                self.channel.abort()
-        if status == EXIT_LOST:
-            print(
-                f"rtcat: session lost: {self.lost_bytes} bytes in {self.lost_messages} messages were not acknowledged",
-                file=sys.stderr,
-            )
-        if self.args.stats and self.channel is not None:
-            print(_stats_line(self.channel.statistics()), file=sys.stderr)
+            os.dup2(devnull, 1)
+        elif status == EXIT_LOST and result.fault is tunnel.Fault.SESSION:
+            end = tunnel.PlainFraming(lines=self.args.lines).end
+            data = [payload for _, payload in result.unacked if payload != end]
+            also = " (and the end of the stream)" if len(data) < len(result.unacked) else ""
+            print(f"rtcat: {result.reason}", file=sys.stderr)
+            print(f"rtcat: {sum(map(len, data))} bytes in {len(data)} messages were not acknowledged{also}",
+                  file=sys.stderr)
+        elif status != EXIT_OK:
+            print(f"rtcat: {result.reason}", file=sys.stderr)
+        if status != EXIT_OK and channel.state not in (ChannelState.CLOSED, ChannelState.FAILED):
+            channel.abort()  # every way out but a clean end ends the session at once: the peer learns it
+        if self.args.stats:
+            print(_stats_line(channel.statistics()), file=sys.stderr)
         return status
+
+
+def _exit_status(result: tunnel.RelayResult) -> int:
+    """The documented exit status for how a session's stream ended."""
+    if result.clean:
+        return EXIT_OK
+    return {
+        tunnel.Fault.INPUT: EXIT_INPUT,
+        tunnel.Fault.OUTPUT: EXIT_STDOUT,
+    }.get(result.fault or tunnel.Fault.SESSION, EXIT_LOST)
 
 
 def _stats_line(stats: ChannelStatistics) -> str:

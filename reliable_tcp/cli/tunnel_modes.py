@@ -21,7 +21,9 @@ from ..sync.channel import Channel
 from ..sync.client import connect
 from ..sync.server import Listener, listen
 from .tunnel import (
+    MAGIC,
     Kind,
+    PlainFraming,
     ProcessEndpoint,
     RelayResult,
     SocketEndpoint,
@@ -67,6 +69,10 @@ def _open(server: tuple[str, int], request: bytes, options: dict[str, Any], time
     try:
         channel.send(request)
         reply = channel.recv(timeout=timeout)
+        if reply == b"":
+            # A plain rtcat listener whose input had ended said so first
+            # (the plain stream's end message); its refusal follows.
+            reply = channel.recv(timeout=timeout)
     except BaseException:
         channel.abort()
         raise
@@ -75,7 +81,8 @@ def _open(server: tuple[str, int], request: bytes, options: dict[str, Any], time
         raise TunnelRefused(reply[1:].decode(errors="replace"))
     if reply[:1] != bytes([Kind.OPENED]):
         channel.abort()
-        raise TunnelError("the listener did not answer the tunnel request")
+        raise TunnelError("the listener did not answer the tunnel request (a plain rtcat -l, without --allow, "
+                          "--allow-remote or --exec, serves no tunnels)")
     return channel
 
 
@@ -299,13 +306,18 @@ class TunnelListener:
 
     def _session(self, channel: Channel) -> None:
         try:
-            kind, body = decode_request(channel.recv(timeout=REQUEST_TIMEOUT))
-        except TunnelError as exc:
-            self._refuse(channel, str(exc))
-            return
+            first = channel.recv(timeout=REQUEST_TIMEOUT)
         except (ReliableTCPError, TimeoutError) as exc:
             logger.warning("a session sent no tunnel request: %s", exc)
             channel.abort()
+            return
+        if not first.startswith(MAGIC):
+            self._plain(channel, first)
+            return
+        try:
+            kind, body = decode_request(first)
+        except TunnelError as exc:
+            self._refuse(channel, str(exc))
             return
         try:
             if kind is Kind.OPEN:
@@ -318,6 +330,29 @@ class TunnelListener:
                 self._attach(channel, body)
         except (TunnelError, ValueError) as exc:
             self._refuse(channel, str(exc))
+
+    def _plain(self, channel: Channel, first: bytes) -> None:
+        """A plain rtcat (or any program sending bytes) reached this
+        listener: with --exec, its stream is the command's stdin and
+        stdout, as ``ncat -l --sh-exec`` does. Otherwise there is nothing
+        to carry it to; a refusal sent in-band would reach the client's
+        stdout as data, so the session is aborted (the client exits
+        non-zero) and the reason is said here."""
+        if self.exec_command is None:
+            logger.warning("a plain session (not a tunnel request) arrived; this listener runs no --exec command: "
+                           "aborted")
+            self._report("refused a plain session: this listener runs no --exec command")
+            channel.abort()
+            return
+        try:
+            endpoint = ProcessEndpoint(self.exec_command)
+        except OSError as exc:
+            logger.warning("can't run %r: %s", self.exec_command, exc)
+            channel.abort()
+            return
+        self._report(f"{endpoint.name}: opened for a plain session {channel.session_id[:8]}")
+        relay(channel, endpoint, closer=False, framing=PlainFraming(), first=first,
+              on_done=lambda result: _done(self._report, endpoint.name, result))
 
     def _open_target(self, channel: Channel, body: bytes) -> None:
         target = parse_hostport(body.decode(errors="replace"))

@@ -91,6 +91,14 @@ class Channel:
             return self._session.engine.committed
 
     @property
+    def max_sendable_size(self) -> int:
+        """The largest message :meth:`send` takes now: the smaller of this
+        side's ``max_message_size`` and the limit the peer announced in the
+        handshake (until one completed, the protocol's default)."""
+        with self._session.lock:
+            return self._session.engine.max_sendable_size
+
+    @property
     def last_received_seq(self) -> int:
         """Sequence number of the last message ``recv`` returned (numbering
         continues across restarts of a durable session)."""

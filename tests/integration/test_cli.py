@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import UNIT, free_port, wait_for
+from helpers import UNIT, fast_options, free_port, wait_for
 from reliable_tcp.testing import FaultProxy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,7 +117,7 @@ def test_line_mode_and_bidirectional(tmp_path: Path, procs: list[Rtcat]) -> None
     procs.append(sender)
     assert sender.wait() == 0 and listener.wait() == 0
     assert listener.out.read_bytes() == lines.read_bytes()
-    assert "in 1000 messages" in listener.err.read_text()
+    assert "in 1001 messages" in listener.err.read_text()  # 1000 lines, then the end of the sender's stream
 
 
 def test_keep_listening_serves_sessions_one_after_another(tmp_path: Path, procs: list[Rtcat]) -> None:
@@ -258,3 +258,200 @@ def test_python_m_reliable_tcp_is_rtcat() -> None:
                           timeout=30, cwd=ROOT)
     assert done.returncode == 0
     assert done.stdout.startswith("usage: rtcat [options] HOST PORT\n       rtcat -l [options] [HOST] PORT")
+
+
+# ------------------------------------------------- each direction ends on its own
+
+
+@pytest.mark.timeout(120)
+def test_the_listening_side_sends_a_whole_file_to_a_client_with_no_input(tmp_path: Path, procs: list[Rtcat]) -> None:
+    """The netcat idiom for sending from the listening side: the client's
+    stdin ends at once, which ends only its direction (issue 25, item 1)."""
+    data = tmp_path / "big.bin"
+    data.write_bytes(os.urandom(8 * 1024 * 1024))
+    port = free_port()
+    listener = Rtcat(tmp_path, "listener", ["-l", "127.0.0.1", str(port), *FAST], stdin=data)
+    procs.append(listener)
+    wait_for(lambda: _listening(port), 20, "the listener")
+    client = Rtcat(tmp_path, "client", [*FAST, "127.0.0.1", str(port)])  # stdin: /dev/null
+    procs.append(client)
+    assert client.wait() == 0, client.err.read_text()
+    assert listener.wait() == 0, listener.err.read_text()
+    assert sha256(client.out) == sha256(data)
+
+
+@pytest.mark.timeout(120)
+def test_both_sides_send_a_file_at_once(tmp_path: Path, procs: list[Rtcat]) -> None:
+    up, down = tmp_path / "up.bin", tmp_path / "down.bin"
+    up.write_bytes(os.urandom(3 * 1024 * 1024))
+    down.write_bytes(os.urandom(2 * 1024 * 1024 + 7))
+    port = free_port()
+    listener = Rtcat(tmp_path, "listener", ["-l", "127.0.0.1", str(port), *FAST], stdin=down)
+    procs.append(listener)
+    wait_for(lambda: _listening(port), 20, "the listener")
+    client = Rtcat(tmp_path, "client", [*FAST, "127.0.0.1", str(port)], stdin=up)
+    procs.append(client)
+    assert client.wait() == 0, client.err.read_text()
+    assert listener.wait() == 0, listener.err.read_text()
+    assert sha256(client.out) == sha256(down)
+    assert sha256(listener.out) == sha256(up)
+
+
+@pytest.mark.timeout(120)
+def test_a_terminal_on_stdin_ends_its_direction_when_the_peer_is_done(tmp_path: Path, procs: list[Rtcat]) -> None:
+    """`rtcat -l PORT > copy` typed in a shell: nobody will type Ctrl-D
+    there, so the peer's end ends this side's too (what was typed was sent)."""
+    import pty
+
+    data = tmp_path / "in.bin"
+    data.write_bytes(os.urandom(256 * 1024))
+    port = free_port()
+    controller, terminal = pty.openpty()
+    try:
+        out, err = tmp_path / "listener.out", tmp_path / "listener.err"
+        with open(out, "wb") as fout, open(err, "wb") as ferr:
+            listener = subprocess.Popen([*RTCAT, "-l", "127.0.0.1", str(port), *FAST], stdin=terminal, stdout=fout,
+                                        stderr=ferr)
+        try:
+            wait_for(lambda: _listening(port), 20, "the listener")
+            client = Rtcat(tmp_path, "client", [*FAST, "127.0.0.1", str(port)], stdin=data)
+            procs.append(client)
+            assert client.wait() == 0, client.err.read_text()
+            assert listener.wait(60 * UNIT) == 0, err.read_text()
+        finally:
+            if listener.poll() is None:
+                listener.kill()
+                listener.wait()
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    assert sha256(out) == sha256(data)
+
+
+def test_a_peer_that_closes_before_this_sides_input_ended_is_an_error(tmp_path: Path, procs: list[Rtcat]) -> None:
+    """Any program may close the session (its close ends its direction);
+    if this side still had input to send, it says so and exits 3."""
+    import reliable_tcp as rt
+
+    data = tmp_path / "big.bin"
+    data.write_bytes(os.urandom(32 * 1024 * 1024))
+    with rt.listen(("127.0.0.1", 0), **fast_options()) as server:
+        client = Rtcat(tmp_path, "client", [*FAST, "127.0.0.1", str(server.address[1])], stdin=data)
+        procs.append(client)
+        channel = server.accept(timeout=30)
+        channel.recv(timeout=30)  # the transfer started; the server has had enough
+        channel.close(timeout=30)
+        assert client.wait() == 3, client.err.read_text()
+    assert "closed the session before this side's input ended" in client.err.read_text()
+
+
+# ------------------------------------------------------------- errors, cleanly
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+def _lost_at_once(channel: object, within: float) -> bool:
+    """The session ended (SessionLost, not a resume wait) within ``within`` seconds."""
+    import reliable_tcp as rt
+
+    assert isinstance(channel, rt.Channel)
+    try:
+        while True:
+            channel.recv(timeout=within)
+    except rt.SessionLost:
+        return True
+    except (TimeoutError, rt.ChannelClosed):
+        return False
+
+
+@pytest.mark.parametrize("listening", [False, True], ids=["connecting", "listening"])
+def test_a_line_over_the_peers_limit_is_an_error_that_ends_the_session(
+    tmp_path: Path, procs: list[Rtcat], listening: bool
+) -> None:
+    import reliable_tcp as rt
+
+    lines = tmp_path / "lines.txt"
+    lines.write_bytes(b"short\n" + b"x" * 5000 + b"\nnever sent\n")
+    options = fast_options(max_message_size=1000, resume_window=120.0)
+    if listening:
+        port = free_port()
+        rtcat = Rtcat(tmp_path, "rtcat", ["-l", "--lines", "127.0.0.1", str(port), *FAST], stdin=lines)
+        procs.append(rtcat)
+        wait_for(lambda: _listening(port), 20, "the listener")
+        channel = rt.connect(("127.0.0.1", port), timeout=30, **options)
+        peer = None
+    else:
+        peer = rt.listen(("127.0.0.1", 0), **options)
+        rtcat = Rtcat(tmp_path, "rtcat", ["--lines", *FAST, "127.0.0.1", str(peer.address[1])], stdin=lines)
+        procs.append(rtcat)
+        channel = peer.accept(timeout=30)
+    try:
+        assert rtcat.wait() == 5, rtcat.err.read_text()
+        err = rtcat.err.read_text()
+        assert "a line of" in err and "1000 bytes" in err, err
+        assert "Traceback" not in err
+        assert channel.recv(timeout=30) == b"short"
+        assert _lost_at_once(channel, 10), "the peer waited out the resume window"
+    finally:
+        channel.abort()
+        if peer is not None:
+            peer.close()
+
+
+def test_chunks_fit_a_peer_that_announces_a_small_limit(tmp_path: Path, procs: list[Rtcat]) -> None:
+    import reliable_tcp as rt
+
+    data = tmp_path / "in.bin"
+    data.write_bytes(os.urandom(1024 * 1024 + 3))
+    with rt.listen(("127.0.0.1", 0), **fast_options(max_message_size=40_000)) as server:
+        client = Rtcat(tmp_path, "client", [*FAST, "127.0.0.1", str(server.address[1])], stdin=data)
+        procs.append(client)
+        channel = server.accept(timeout=30)
+        received = bytearray()
+        while (message := channel.recv(timeout=30)) != b"":  # the empty message ends rtcat's stream
+            assert len(message) <= 40_000
+            received += message
+        channel.send(b"")  # ours ends too: rtcat closes
+        with pytest.raises(rt.ChannelClosed):
+            channel.recv(timeout=30)
+        channel.close(timeout=30)
+        assert client.wait() == 0, client.err.read_text()
+    assert bytes(received) == data.read_bytes()
+
+
+def test_a_missing_input_file_is_a_usage_error_before_any_session(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens: an rtcat that tried to connect would wait out --connect-timeout
+    done = subprocess.run([*RTCAT, "--connect-timeout", "60", "--input", str(tmp_path / "missing"), "127.0.0.1",
+                           str(port)], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2, done.stderr
+    assert "No such file" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_closed_stdin_is_no_input_and_closed_stdout_is_an_error(tmp_path: Path, procs: list[Rtcat]) -> None:
+    data = tmp_path / "in.txt"
+    data.write_bytes(b"to a client whose stdin is closed\n")
+    port = free_port()
+    listener = Rtcat(tmp_path, "listener", ["-l", "127.0.0.1", str(port), *FAST], stdin=data)
+    procs.append(listener)
+    wait_for(lambda: _listening(port), 20, "the listener")
+    done = subprocess.run(["bash", "-c", f"exec {' '.join(RTCAT)} {' '.join(FAST)} 127.0.0.1 {port} <&-"],
+                          capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == data.read_bytes()
+    assert listener.wait() == 0, listener.err.read_text()
+
+    port = free_port()
+    listener = Rtcat(tmp_path, "listener2", ["-l", "127.0.0.1", str(port), *FAST], stdin=data)
+    procs.append(listener)
+    wait_for(lambda: _listening(port), 20, "the listener")
+    done = subprocess.run(["bash", "-c", f"exec {' '.join(RTCAT)} {' '.join(FAST)} 127.0.0.1 {port} >&-"],
+                          stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60)
+    assert done.returncode == 4, done.stderr
+    assert b"Traceback" not in done.stderr
+    assert listener.wait() == 3, listener.err.read_text()  # told at once: the data was not written

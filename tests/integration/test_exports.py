@@ -24,7 +24,7 @@ PUBLIC = {
     "reliable_tcp.asyncio": {"Channel", "Listener", "Server", "connect", "listen", "serve"},
     "reliable_tcp.testing": {"DirectionFaults", "FaultProxy", "Tally", "check_stream"},
     "reliable_tcp.cli": {
-        "EXIT_CONNECT", "EXIT_INTERRUPT", "EXIT_LOST", "EXIT_OK", "EXIT_STDOUT", "EXIT_USAGE",
+        "EXIT_CONNECT", "EXIT_INPUT", "EXIT_INTERRUPT", "EXIT_LOST", "EXIT_OK", "EXIT_STDOUT", "EXIT_USAGE",
         "rtcat", "rtcat_main", "rtproxy", "rtproxy_main",
     },
 }
@@ -79,8 +79,8 @@ def test_star_import_does_not_shadow_the_standard_asyncio() -> None:
 
 #: What an application may call on a channel, on either front.
 CHANNEL_API = {
-    "abort", "close", "commit", "flush", "last_committed_seq", "last_received_seq", "last_sent_seq", "name",
-    "recv", "recv_many", "restored", "send", "send_many", "session_id", "state", "statistics",
+    "abort", "close", "commit", "flush", "last_committed_seq", "last_received_seq", "last_sent_seq",
+    "max_sendable_size", "name", "recv", "recv_many", "restored", "send", "send_many", "session_id", "state", "statistics",
 }
 
 

@@ -374,14 +374,31 @@ def test_tunnel_usage_errors(procs: Processes) -> None:
         assert done.returncode == 2 and words in done.stderr, (argv, done.stderr)
 
 
-def test_a_plain_rtcat_session_to_a_tunnel_listener_is_refused(procs: Processes) -> None:
+def test_a_plain_rtcat_session_to_a_tunnel_listener_without_exec_is_refused(procs: Processes) -> None:
+    """Nothing to carry a plain stream to: the client exits non-zero and
+    says so; no refusal arrives on its stdout as data (issue 25, item 3)."""
     server = tunnel_listener(procs, "--allow", "127.0.0.1:1")
     started = time.monotonic()
     done = subprocess.run([*RTCAT, *FAST, "127.0.0.1", str(server)], input=b"plain bytes", capture_output=True,
                           timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert time.monotonic() - started < 30
-    wait_for(lambda: "not a tunnel request" in procs.stderr("listener"), 10, "the listener's reason")
-    assert done.returncode in (0, 3)  # the plain client's bytes were delivered; the listener said why it refused
+    wait_for(lambda: "runs no --exec command" in procs.stderr("listener"), 10, "the listener's reason")
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == b""
+    assert b"session lost: aborted" in done.stderr
+    assert b"Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("client_input", [b"hello, command\n", b""])
+def test_a_plain_rtcat_client_talks_to_an_exec_listeners_command(procs: Processes, client_input: bytes) -> None:
+    """As with ncat -l --sh-exec: a plain client's stream is the command's
+    stdin and stdout, both ways, each direction ending on its own."""
+    server = tunnel_listener(procs, "--exec", "tr a-z A-Z; echo done")
+    done = subprocess.run([*RTCAT, *FAST, "127.0.0.1", str(server)], input=client_input, capture_output=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == client_input.upper() + b"done\n"
+    assert b"Traceback" not in done.stderr
 
 
 def test_a_session_lost_after_a_half_close_still_resets_both_idle_programs(procs: Processes) -> None:
