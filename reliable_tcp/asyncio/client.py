@@ -43,15 +43,15 @@ class Connector:
         rng = random.Random()
         delays = shell.backoff.delays(rng)
         first = True
-        connections = engine.counters.handshakes
+        proven = policy.proven_links
         while not policy.stopping:
             while policy.link is not None and not policy.stopping:
                 await session.changed.wait(None)
             if policy.stopping:
                 return
-            if engine.counters.handshakes != connections:
-                connections = engine.counters.handshakes
-                delays = shell.backoff.delays(rng)  # a working link resets the backoff
+            if policy.proven_links != proven:
+                proven = policy.proven_links
+                delays = shell.backoff.delays(rng)  # only a link that proved itself restarts the backoff
             delay = 0.0 if first else next(delays)
             first = False
             if delay:

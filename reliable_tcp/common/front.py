@@ -46,7 +46,8 @@ class SessionFront(Generic[L]):
     ) -> None:
         self._name = f"{front}-{'client' if engine.client else 'server'}-{next(_ids)}"
         self.policy: SessionPolicy[L] = SessionPolicy(
-            engine, self._name, durable=durable is not None, restored=restored, wants_events=options.on_event is not None)
+            engine, self._name, durable=durable is not None, restored=restored, wants_events=options.on_event is not None,
+            proving_time=options.backoff.maximum)
         self.engine = engine
         self.options = options
         self.durable = durable

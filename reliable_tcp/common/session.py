@@ -45,7 +45,7 @@ from ..core.engine import SessionEngine
 from ..core.frames import Hello, RejectReason
 from ..core.state import LIVE_STATES, TERMINAL_STATES
 from ..exceptions import ChannelClosed, HandshakeRejected, ReliableTCPError
-from .backoff import is_retryable
+from .backoff import Backoff, is_retryable
 from .ending import EndKind, Ending, first_handshake_error
 from .sockets import link_error_reason
 from .status import ChannelEvent, EventKind, channel_state_of
@@ -185,7 +185,16 @@ class SessionPolicy(Generic[L]):
     (``link``) and its order.
     """
 
-    def __init__(self, engine: SessionEngine, name: str, *, durable: bool, restored: bool, wants_events: bool) -> None:
+    def __init__(
+        self,
+        engine: SessionEngine,
+        name: str,
+        *,
+        durable: bool,
+        restored: bool,
+        wants_events: bool,
+        proving_time: float = Backoff().maximum,
+    ) -> None:
         self.engine = engine
         self._name = name  # the channel's name in logs
         self._restored = restored
@@ -208,6 +217,15 @@ class SessionPolicy(Generic[L]):
         self._disconnected_at: float | None = None
         #: A durable session's new secret is not journaled yet.
         self._output_held = False
+        #: Connections that proved themselves: carried data, or held the
+        #: session at least ``proving_time`` (the backoff's longest delay).
+        #: Only such a one restarts the reconnect backoff when it is lost,
+        #: so a path that takes the handshake and dies at once (a flapping
+        #: Wi-Fi, a broken middlebox) is retried no faster than a dead one.
+        self.proven_links = 0
+        self._proving_time = proving_time
+        self._link_opened_at: float | None = None  # the current connection's handshake completed then
+        self._link_moved_data = False
         #: The connection that holds the session.
         self.link: L | None = None
         self._link_order = 0
@@ -320,6 +338,9 @@ class SessionPolicy(Generic[L]):
             return
         self.link = None
         actions.append(DropLink(link, abort=abort))
+        opened_at, self._link_opened_at = self._link_opened_at, None
+        if opened_at is not None and (self._link_moved_data or now - opened_at >= self._proving_time):
+            self.proven_links += 1
         if cause is not None:
             self.last_cause = cause
         if self.engine.state not in TERMINAL_STATES:
@@ -418,8 +439,10 @@ class SessionPolicy(Generic[L]):
         engine = self.engine
         for event in engine.events_received():
             if isinstance(event, ev.MessagesReceived):
+                self._link_moved_data = True
                 actions.append(Deliver(event.messages, event.nbytes))
             elif isinstance(event, ev.MessagesAcknowledged):
+                self._link_moved_data = True
                 actions.append(Acknowledged(event.ack))
             elif isinstance(event, ev.HandshakeCompleted):
                 self._handshake_completed(event, now, actions)
@@ -438,6 +461,7 @@ class SessionPolicy(Generic[L]):
             actions.append(Persist())
         first_connection = not self.ever_connected
         self.ever_connected = True
+        self._link_opened_at, self._link_moved_data = now, False
         actions.append(CHANGED)
         if event.resumed:
             if self._disconnected_at is not None:

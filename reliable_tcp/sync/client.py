@@ -67,17 +67,20 @@ class Connector:
     def _run(self) -> None:
         delays = self.options.backoff.delays(self._rng)
         first = True
-        connections = self._session.statistics().connections
+        proven = self._proven_links()
         while self._session.wait_disconnected() and not self._stopped.is_set():
-            now_connections = self._session.statistics().connections
-            if now_connections != connections:
-                connections = now_connections
-                delays = self.options.backoff.delays(self._rng)  # a working link resets the backoff
+            if (now_proven := self._proven_links()) != proven:
+                proven = now_proven
+                delays = self.options.backoff.delays(self._rng)  # only a link that proved itself restarts the backoff
             delay = 0.0 if first else next(delays)
             first = False
             if self._stopped.wait(delay):
                 return
             self._attempt()
+
+    def _proven_links(self) -> int:
+        with self._session.lock:
+            return self._session.policy.proven_links
 
     def _attempt(self) -> None:
         timeout = min(self._config.handshake_timeout, self.options.connect_timeout)

@@ -11,6 +11,7 @@ import socket
 
 import pytest
 
+from reliable_tcp.common.backoff import Backoff
 from reliable_tcp.common.ending import Ending
 from reliable_tcp.common.session import (
     CHANGED,
@@ -139,6 +140,48 @@ def test_a_lost_connection_is_counted_and_reported_once() -> None:
     # The same connection reported again, or one that no longer holds the session: nothing.
     assert pair.client.link_lost("c1", pair.now, "again", None, abort=False) == []
     assert pair.client.received("c1", b"late bytes", pair.now) == []
+
+
+def test_only_a_connection_that_proved_itself_restarts_the_backoff() -> None:
+    """Issue 25, item 7: a connection that took the handshake and died at
+    once proves nothing (the connectors keep backing off); one that carried
+    data, or held the session for the backoff's longest delay, does."""
+    pair = Pair()
+    pair.connect()
+    pair.pump()
+    assert pair.server is not None
+    proving_time = Backoff().maximum
+
+    def resume(number: int) -> tuple[str, str]:
+        assert pair.server is not None
+        client_link, server_link = f"c{number}", f"s{number}"  # one object each: links are told apart by identity
+        hello = pair.hello(client_link)
+        _, refusal = pair.server.open_link(server_link, pair.now, order=number, hello=hello,
+                                           new_secret=bytes([number]) * 16)
+        assert refusal is None
+        pair.pump(server_link=server_link, client_link=client_link)
+        assert pair.client.link is client_link and pair.client.engine.state is SessionState.OPEN
+        return client_link, server_link
+
+    pair.now += proving_time - 0.01
+    pair.client.link_lost("c1", pair.now, "cut just short of proving itself", None, abort=True)
+    assert pair.client.disconnects == 1 and pair.client.proven_links == 0
+    c2, _ = resume(2)
+    pair.now += proving_time + 0.01
+    pair.client.link_lost(c2, pair.now, "cut after holding the session long enough", None, abort=True)
+    assert pair.client.proven_links == 1
+    c3, s3 = resume(3)
+    pair.client.engine.send_message(b"data", pair.now)
+    pair.client.absorb(pair.now)
+    pair.pump(server_link=s3, client_link=c3)
+    pair.now += 1.0  # the server's delayed ack falls due
+    pair.server.timers_due(pair.now, pair.server.liveness_check(pair.now, reading_paused=False) or _no_check(), s3, NOTHING)
+    pair.pump(server_link=s3, client_link=c3)
+    assert pair.client.engine.unacked_count == 0
+    pair.client.link_lost(c3, pair.now, "cut right after moving data", None, abort=True)
+    assert pair.client.proven_links == 2
+    pair.client.link_lost(c3, pair.now, "reported again", None, abort=True)
+    assert pair.client.proven_links == 2
 
 
 def test_a_resume_replaces_the_connection_and_times_the_recovery() -> None:

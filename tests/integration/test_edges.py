@@ -342,3 +342,27 @@ def test_a_reconnect_rides_out_an_offline_resolver(front: Any, monkeypatch: pyte
         finally:
             offline.clear()
             client.abort()
+
+
+def test_a_path_that_dies_after_every_handshake_is_redialled_no_faster_than_a_dead_one(front: Any) -> None:
+    """Issue 25, item 7: every connection completes its handshake and is
+    reset a moment later (a flapping Wi-Fi, a broken middlebox). Such a
+    connection proves nothing, so the backoff keeps growing: reaching six
+    resumes takes at least the sum of six growing delays (0.05 + 0.1 + 0.2
+    + 0.4 + 0.8 + 1.0 s without jitter). Restarting the backoff after each
+    handshake (the bug) took about a second, forever, for an idle session."""
+    from reliable_tcp.common.backoff import Backoff
+
+    accept_size = 12 + 41  # the frame header and an ACCEPT without options (docs/protocol.md sections 2, 3)
+    backoff = Backoff(initial=0.05, maximum=1.0, jitter=0.0)
+    with front.listen(("127.0.0.1", 0), **fast_options()) as lst, FaultProxy(lst.address) as proxy:
+        proxy.set_faults("down", limit_bytes=accept_size)  # the ACCEPT passes; the next frame down resets
+        client = front.connect(proxy.address, backoff=backoff, **fast_options())
+        started = time.monotonic()
+        try:
+            wait_for(lambda: client.statistics().resumes >= 6, 30, "six resumes over the flapping path")
+            elapsed = time.monotonic() - started
+            assert elapsed >= 0.05 + 0.1 + 0.2 + 0.4 + 0.8 + 1.0, f"six resumes in {elapsed:.2f} s: the backoff restarted"
+            assert client.state is not rt.ChannelState.FAILED
+        finally:
+            client.abort()
