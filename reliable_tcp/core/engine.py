@@ -72,6 +72,9 @@ _DATA_HEAD_SIZE = 20  # first seq, ack, count
 #: hearing a PING (see SessionEngine._ping_due): more than one, so the
 #: client's next PING always comes first while it is alive.
 ANSWERING_SIDE_SLACK = 1.5
+#: The most PONGs a side sends per second (and in a burst): PONGs carry
+#: nothing new, and docs/protocol.md 5.3 caps those at 1,000 per second.
+PONGS_PER_SECOND = 1_000
 _INPUT_OF_FRAME = {
     Hello: I.RECV_HELLO,
     Accept: I.RECV_ACCEPT,
@@ -181,6 +184,8 @@ class SessionEngine:
         self._committed = 0
         self._frame_budget = float(config.max_control_frames_per_second)
         self._budget_time = 0.0
+        self._pong_budget = float(PONGS_PER_SECOND)
+        self._pong_time = 0.0
         # Progress: did the current connection move a message? How many in a row did not?
         self._progress = False
         self._connections_without_progress = 0
@@ -316,6 +321,7 @@ class SessionEngine:
         # The server counts the connection's start as a PING heard: the client's first comes before its own.
         self._heard_ping_at = None if self.client else now
         self._frame_budget, self._budget_time = float(self.config.max_control_frames_per_second), now
+        self._pong_budget, self._pong_time = float(PONGS_PER_SECOND), now
         self._progress = False
 
     def can_resume_from(self, expect: int) -> bool:
@@ -495,6 +501,18 @@ class SessionEngine:
         if self._frame_budget < 0:
             raise ProtocolError(f"more than {rate} frames per second that carry nothing new")
 
+    def _pong_allowed(self, now: float) -> bool:
+        """Whether a PING may be answered now: PONGs count among the frames
+        this side sends that carry nothing new, at most PONGS_PER_SECOND
+        (docs/protocol.md 5.3), so a peer that pings faster than that (it
+        broke the rule first) is not answered beyond it."""
+        self._pong_budget = min(float(PONGS_PER_SECOND), self._pong_budget + (now - self._pong_time) * PONGS_PER_SECOND)
+        self._pong_time = now
+        if self._pong_budget < 1:
+            return False
+        self._pong_budget -= 1
+        return True
+
     def _transport_failed(self, reason: str, event: SessionInput, now: float, error: Exception | None = None) -> None:
         """The engine judged the connection unusable: tell the shell to drop it."""
         self._events.append(ev.TransportFailed(reason, error))
@@ -519,7 +537,8 @@ class SessionEngine:
         elif isinstance(frame, Ping):
             self._frame_carried_nothing_new(now)
             self._heard_ping_at = now
-            self._output.append(encode(Pong(frame.token)))
+            if self._pong_allowed(now):
+                self._output.append(encode(Pong(frame.token)))
         elif isinstance(frame, Pong):
             self._frame_carried_nothing_new(now)
             rtt = max(0.0, now - frame.token / 1e6)
@@ -542,7 +561,11 @@ class SessionEngine:
         self._state = target
 
     def _on_reject(self, frame: Reject, now: float) -> None:
-        event = I.RECV_REJECT_RETRY if frame.reason in RETRYABLE_REJECTS else I.RECV_REJECT
+        # NOT_HERE names the node of an existing session: a resume retries it
+        # (the route may heal); answering a new session's HELLO, it ends the
+        # attempt like any other code (docs/protocol.md 4.6, section 8).
+        retry = frame.reason in RETRYABLE_REJECTS and (frame.reason is not RejectReason.NOT_HERE or self._state is S.RESUMING)
+        event = I.RECV_REJECT_RETRY if retry else I.RECV_REJECT
         target = next_state(self._state, event)
         if target is None:
             raise ProtocolError(f"REJECT is not allowed in state {self._state.value}")

@@ -61,7 +61,7 @@ class SessionInput(enum.Enum):
     RECV_HELLO = "HELLO"
     RECV_ACCEPT = "ACCEPT"
     RECV_REJECT = "REJECT"  # a refusal that ends the session
-    RECV_REJECT_RETRY = "REJECT busy or timeout"  # SERVER_BUSY / HANDSHAKE_TIMEOUT: try again later
+    RECV_REJECT_RETRY = "REJECT busy or timeout"  # SERVER_BUSY / HANDSHAKE_TIMEOUT (NOT_HERE while resuming): try again later
     RECV_DATA = "DATA"
     RECV_ACK = "ACK"
     RECV_PING = "PING"

@@ -25,7 +25,8 @@ from ..core.engine import SessionEngine
 from ..core.handshake import ServerHandshake, SessionRegistry, reject_reply
 from ..exceptions import CorruptFrame, FrameError, FrameTooLarge, HandshakeRejected, UnsupportedVersion
 
-__all__ = ["frame_vectors", "bad_frame_vectors", "handshake_vectors", "write", "check"]
+__all__ = ["frame_vectors", "bad_frame_vectors", "handshake_vectors", "replay_client", "client_playable", "write",
+           "check"]
 
 #: The pre-shared key of the key-exchange transcripts (32 bytes).
 PSK = bytes(range(0xA0, 0xC0))
@@ -192,28 +193,49 @@ class Transcript:
         self.client = SessionEngine(config, client=True, token_source=self.client_tokens)
         self.server: SessionEngine | None = None
         self.steps: list[dict[str, Any]] = []
+        #: The server's node id when the transcript starts (None: none).
+        self.node_id: int | None = None
+        #: The server's session limit matters to this transcript.
+        self.limited = False
         self._handshake: ServerHandshake | None = None
         self._pending = {"client": b"", "server": b""}
 
-    def note(self, text: str) -> None:
-        self.steps.append({"note": text})
+    def note(self, text: str, **structured: Any) -> None:
+        self.steps.append({"note": text, **structured})
 
     def connect(self) -> None:
         """A new connection: the client's HELLO is queued."""
+        self.steps.append({"event": "connected"})
         self._handshake = ServerHandshake(self.server_config.psk, self.server_tokens)
         self._pending = {"client": b"", "server": b""}
         self.client.connection_made(self.now)
         self._take("client")
 
+    def call(self, side: str, name: str, message: bytes | None = None) -> None:
+        """The application on ``side`` calls send(message), close() or abort()."""
+        engine = self.client if side == "client" else self.server
+        assert engine is not None
+        step: dict[str, Any] = {"call": name, "side": side}
+        if name == "send":
+            assert message is not None
+            step["message"] = message.hex()
+            engine.send_message(message, self.now)
+        elif name == "close":
+            engine.close(self.now)
+        else:
+            engine.abort(self.now)
+        self.steps.append(step)
+
     def cut(self, note: str) -> None:
         """The connection dies; what was in flight is lost."""
-        self.note(note)
+        self.note(note, event="disconnected")
         self._pending = {"client": b"", "server": b""}
         self.client.transport_lost(self.now)
         if self.server is not None and self._handshake is None:
             self.server.transport_lost(self.now)
 
     def advance(self, seconds: float) -> None:
+        self.steps.append({"advance": seconds})
         self.now += seconds
         self.client.handle_timer(self.now)
         if self.server is not None:
@@ -287,6 +309,10 @@ class Transcript:
                 "client_max_message_size": self.config.max_message_size,
                 "server_max_message_size": self.server_config.max_message_size,
                 "psk": self.config.psk.hex() if self.config.psk else None,
+                "server_psk": self.server_config.psk.hex() if self.server_config.psk else None,
+                "server_node_id": self.node_id,
+                "server_max_sessions": self.registry.max_sessions if self.limited else None,
+                "heartbeat_interval": self.config.heartbeat_interval,
                 "ack_delay": self.config.ack_delay,
             },
             "client_tokens": self.client_tokens.given,
@@ -304,7 +330,7 @@ def _new_session() -> dict[str, Any]:
     t = Transcript(_CONFIG)
     t.connect()
     t.exchange()
-    t.client.send_message(b"first", t.now)
+    t.call("client", "send", b"first")
     t.exchange()
     t.advance(_CONFIG.heartbeat_interval)
     t.exchange()
@@ -317,8 +343,8 @@ def _resume() -> dict[str, Any]:
     t = Transcript(_CONFIG)
     t.connect()
     t.exchange()
-    t.client.send_message(b"m1", t.now)
-    t.client.send_message(b"m2", t.now)
+    t.call("client", "send", b"m1")
+    t.call("client", "send", b"m2")
     t.deliver("client", lose=True)
     t.cut("the connection breaks with both messages in flight")
     t.connect()
@@ -356,7 +382,7 @@ def _limits() -> dict[str, Any]:
     t = Transcript(_CONFIG, server_config=small)
     t.connect()
     t.exchange()
-    t.client.send_message(b"x" * 1000, t.now)  # the largest the server takes; 1001 bytes would be refused at send()
+    t.call("client", "send", b"x" * 1000)  # the largest the server takes; 1001 bytes would be refused at send()
     t.exchange()
     return t.result("announced limit", "the server announces max_message_size 1000 (LIMITS flag) in its ACCEPT; the "
                     "client, at the default, announces nothing; from then on the client sends nothing larger than 1000 "
@@ -368,8 +394,8 @@ def _close() -> dict[str, Any]:
     t.connect()
     t.exchange()
     assert t.server is not None
-    t.server.send_message(b"in flight toward the closer", t.now)
-    t.client.close(t.now)  # the two cross on the wire
+    t.call("server", "send", b"in flight toward the closer")
+    t.call("client", "close")  # the two cross on the wire
     t.deliver("server")
     t.exchange(3)
     return t.result("close", "the client sends CLOSE while the server's message is on its way; the server answers "
@@ -382,8 +408,8 @@ def _simultaneous_close() -> dict[str, Any]:
     t.connect()
     t.exchange()
     assert t.server is not None
-    t.client.close(t.now)
-    t.server.close(t.now)
+    t.call("client", "close")
+    t.call("server", "close")
     t.exchange(3)
     return t.result("simultaneous close", "both send CLOSE at once; each answers the other's with CLOSE_ACK")
 
@@ -402,7 +428,7 @@ def _rejects() -> list[dict[str, Any]]:
         assert t.server is not None
         t.server.handle_timer(t.now + _CONFIG.resume_window)
         t.registry.remove(t.server)
-        t.note("the server's resume window expires: it forgets the session")
+        t.note("the server's resume window expires: it forgets the session", event="server_forgot_session")
         t.connect()
         t.exchange()
         return t
@@ -415,6 +441,8 @@ def _rejects() -> list[dict[str, Any]]:
         other = Transcript(_CONFIG)
         other.registry = t.registry
         other.server_tokens = t.server_tokens
+        other.limited = True
+        other.note("the server already holds one session (another client's), its limit (server_max_sessions)")
         other.connect()
         other.exchange()
         return other
@@ -451,20 +479,21 @@ def _rejects() -> list[dict[str, Any]]:
         t.connect()
         t.exchange()
         assert t.server is not None
-        t.server.send_message(b"never delivered", t.now)
+        t.call("server", "send", b"never delivered")
         t.deliver("server", lose=True)
-        t.client.abort(t.now)
+        t.call("client", "abort")
         t.exchange()
         return t
 
     def not_here() -> Transcript:
         t = Transcript(_CONFIG)
-        t.registry.node_id = 1
+        t.registry.node_id = t.node_id = 1
         t.connect()
         t.exchange()
         t.cut("the connection breaks")
         t.registry = SessionRegistry(t.server_config, token_source=t.server_tokens, node_id=2)
-        t.note("the resume reaches node 2; the session id's first two bytes name node 1")
+        t.note("the resume reaches node 2; the session id's first two bytes name node 1", event="server_replaced",
+               server_node_id=2)
         t.connect()
         t.exchange()
         return t
@@ -485,6 +514,84 @@ def _rejects() -> list[dict[str, Any]]:
 def handshake_vectors() -> list[dict[str, Any]]:
     """Transcripts of handshakes, resumes, closes and refusals."""
     return [_new_session(), _resume(), _lost_accept(), _psk(), _limits(), _close(), _simultaneous_close(), *_rejects()]
+
+
+# ------------------------------------------------------------- replaying
+
+
+def replay_client(transcript: dict[str, Any]) -> list[str]:
+    """Play the client's role of a stored transcript from its JSON alone,
+    as another implementation would (docs/vectors/README.md): a fresh
+    engine, the transcript's config and tokens, the server's steps fed in,
+    the application's calls, the clock's advances and the connection
+    events applied. Returns the differences between what it writes and the
+    transcript's client steps (empty: it matches byte for byte). A
+    transcript with bytes injected on the client's side is not playable
+    from this role (no correct client writes them): ValueError."""
+    steps = transcript["steps"]
+    if not client_playable(transcript):
+        raise ValueError(f"{transcript['name']}: the client's bytes are injected, not a correct client's")
+    config = transcript["config"]
+    tokens = iter(transcript["client_tokens"])
+    engine = SessionEngine(
+        SessionConfig(
+            heartbeat_interval=config["heartbeat_interval"],
+            ack_delay=config["ack_delay"],
+            max_message_size=config["client_max_message_size"],
+            psk=bytes.fromhex(config["psk"]) if config["psk"] else None,
+        ),
+        client=True,
+        token_source=lambda size: bytes.fromhex(next(tokens)),
+    )
+    # What the client writes is taken when the transcript's recorder took
+    # it: after a connect, a clock advance, or bytes from the server, and
+    # when the client's step goes out (so that sends made together leave
+    # together, as one DATA frame may carry several messages).
+    now, written, differences = 0.0, b"", []
+    for number, step in enumerate(steps):
+        event = step.get("event")
+        if event == "connected":
+            engine.connection_made(now)
+            written = engine.data_to_send(now)
+        elif event == "disconnected":
+            written = b""
+            engine.transport_lost(now)
+        elif "advance" in step:
+            now += step["advance"]
+            engine.handle_timer(now)
+            written += engine.data_to_send(now)
+        elif step.get("side") == "client" and "call" in step:
+            if step["call"] == "send":
+                engine.send_message(bytes.fromhex(step["message"]), now)
+            elif step["call"] == "close":
+                engine.close(now)
+            else:
+                engine.abort(now)
+        elif step.get("from") == "server" and not step.get("lost"):
+            engine.receive_data(bytes.fromhex(step["hex"]), now)
+            written += engine.data_to_send(now)
+        elif step.get("from") == "client":
+            written += engine.data_to_send(now)
+            if written.hex() != step["hex"]:
+                differences.append(f"step {number}: wrote {written.hex()}, the transcript has {step['hex']}")
+            written = b""
+    if engine.state.value != transcript["client_state"]:
+        differences.append(f"ended {engine.state.value}, the transcript has {transcript['client_state']}")
+    return differences
+
+
+def client_playable(transcript: dict[str, Any]) -> bool:
+    """No bytes are injected on the client's side (see :func:`replay_client`)."""
+    steps = transcript["steps"]
+    return not any(step.get("note", "").startswith("injected:") and _next_writer(steps, i) == "client"
+                   for i, step in enumerate(steps))
+
+
+def _next_writer(steps: list[dict[str, Any]], index: int) -> str | None:
+    for step in steps[index + 1 :]:
+        if "from" in step:
+            return str(step["from"])
+    return None
 
 
 # ----------------------------------------------------------------- files

@@ -62,3 +62,19 @@ def test_every_transcript_step_is_exactly_its_frames(transcript: dict[str, Any])
         if "hex" in step:
             frames = f.FrameDecoder(1 << 24).feed(bytes.fromhex(step["hex"]))
             assert [conformance.describe(x) for x in frames] == step["frames"]
+
+
+PLAYABLE = [t for t in load("transcripts.json") if conformance.client_playable(t)]
+
+
+def test_all_but_the_transcripts_with_a_broken_client_are_playable_from_the_client_role() -> None:
+    broken = {t["name"] for t in load("transcripts.json")} - {t["name"] for t in PLAYABLE}
+    assert broken == {"reject PROTOCOL_ERROR", "reject BAD_SEQUENCE"}  # their client bytes are injected
+
+
+@pytest.mark.parametrize("transcript", PLAYABLE, ids=lambda t: t["name"])
+def test_the_client_role_replays_from_the_transcript_alone(transcript: dict[str, Any]) -> None:
+    """Issue 25, item 10: a transcript says enough (config, tokens, the
+    application's calls, the clock, the connection events) for a fresh
+    client to write exactly the client's steps."""
+    assert conformance.replay_client(transcript) == []

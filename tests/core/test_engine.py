@@ -10,7 +10,7 @@ from enginepair import EnginePair
 from reliable_tcp.core import events as ev
 from reliable_tcp.core import frames as f
 from reliable_tcp.core.config import SessionConfig
-from reliable_tcp.core.engine import SessionEngine
+from reliable_tcp.core.engine import PONGS_PER_SECOND, SessionEngine
 from reliable_tcp.exceptions import (
     ChannelBroken,
     ChannelClosed,
@@ -432,6 +432,44 @@ def test_final_refusals_of_a_first_handshake_end_it_with_the_code(reason: f.Reje
     (lost,) = pair.client.events_received()
     assert isinstance(lost, ev.SessionFailed) and lost.unacked == ()
     assert isinstance(lost.error, RejectedByPeer) and lost.error.reason is reason
+
+
+def test_pings_beyond_the_cap_on_frames_that_carry_nothing_new_get_no_pong() -> None:
+    """Issue 25, item 10: section 6 says to answer PINGs, section 5.3 caps
+    what a side sends that carries nothing new at 1,000 per second (burst
+    1,000). One rule: a side answers PINGs up to that cap, so a peer that
+    floods 5,000 PINGs (under the receive threshold) gets 1,000 PONGs."""
+    pair = open_pair(CONFIG)
+    pair.client.data_to_send(pair.now)
+    flood = b"".join(f.encode(f.Ping(n)) for n in range(5_000))
+    pair.server.receive_data(flood, pair.now)
+    assert pair.server.state is S.OPEN  # 5,000 is under the receive threshold: not a violation
+    pongs = [frame for frame in frames_in(pair.server.data_to_send(pair.now)) if isinstance(frame, f.Pong)]
+    assert len(pongs) == PONGS_PER_SECOND == 1_000
+    assert [pong.token for pong in pongs] == list(range(1_000))
+    pair.now += 1.0  # a second later the budget is back: a PING in a legal cadence is answered
+    pair.server.receive_data(f.encode(f.Ping(77)), pair.now)
+    assert [frame.token for frame in frames_in(pair.server.data_to_send(pair.now)) if isinstance(frame, f.Pong)] == [77]
+
+
+def test_not_here_ends_a_first_handshake_but_only_delays_a_resume() -> None:
+    """Issue 25, item 10: NOT_HERE names the node of an existing session. A
+    resume retries it within the resume window (4.6); answering a new
+    session's HELLO it ends the attempt like any other code (4.5, section 8)."""
+    pair = EnginePair(CONFIG)
+    pair.connect()
+    pair.client.receive_data(f.encode(f.Reject(f.RejectReason.NOT_HERE, "session of node 1; this is node 2")), pair.now)
+    assert pair.client.state is S.LOST
+    (lost,) = pair.client.events_received()
+    assert isinstance(lost, ev.SessionFailed) and isinstance(lost.error, RejectedByPeer)
+    assert lost.error.reason is f.RejectReason.NOT_HERE
+
+    pair = open_pair(CONFIG)
+    pair.cut()
+    pair.connect()
+    assert pair.client.state is S.RESUMING
+    pair.client.receive_data(f.encode(f.Reject(f.RejectReason.NOT_HERE, "session of node 1; this is node 2")), pair.now)
+    assert pair.client.state is S.DETACHED
 
 
 def test_send_messages_queues_what_fits_and_refuses_oversized_batches_whole() -> None:
