@@ -290,4 +290,4 @@ class Channel:
         await self._close_and_report(10.0, commit=exc_info[0] is None)
 
     def __repr__(self) -> str:
-        return f"<asyncio Channel {self._session.name} {self.state.value} session={self.session_id[:8]}>"
+        return f"<asyncio Channel {self._session.name} {self.state.value} session={self.session_id}>"

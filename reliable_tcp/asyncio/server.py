@@ -16,7 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Unpack
 
-from ..common.listener import ListenerBook, read_hello
+from ..common.listener import ListenerBook, log_refusal, read_hello
 from ..common.options import ListenOptions, ShellOptions, resolve_options
 from ..common.sockets import configure_socket, input_waits
 from ..common.status import ListenerStatistics
@@ -88,7 +88,7 @@ class _Handshake:
         if not finished:
             self._finish()
         self._listener._book.rejected_handshakes += 1
-        logger.info("handshake refused: %s (%s)", RejectReason(refusal.reason).name, refusal.text)
+        log_refusal(logger, "", refusal)
         link = self._link
         link.write([reject_reply(refusal)])
         transport = link.transport
@@ -116,7 +116,7 @@ class Listener:
         *,
         max_sessions: int = 1024,
         max_pending_handshakes: int = 64,
-        node_id: int = 0,
+        node_id: int | None = None,
         journal: str | None = None,
     ) -> None:
         self._book: ListenerBook[LoopSession] = ListenerBook(config, max_sessions=max_sessions, node_id=node_id, journal=journal)

@@ -81,7 +81,7 @@ def _rtcat_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--resume-window", type=_seconds, default=120.0, help="how long a broken session is kept (s, default 120)")
     parser.add_argument("--connect-timeout", type=_seconds, default=30.0, help="retry the first connection this long (s, default 30)")
-    parser.add_argument("--node-id", type=int, default=0, metavar="N",
+    parser.add_argument("--node-id", type=int, default=None, metavar="N",
                         help="with -l: 1..65535, carried in every session id issued here, so a load balancer can "
                         "route resumes to this node (docs/scaling.md)")
     parser.add_argument("-v", "--verbose", action="store_true", help="report state changes on stderr")
@@ -205,7 +205,7 @@ def rtcat_main(argv: Sequence[str] | None = None) -> int:
         except (ValueError, OSError) as exc:
             print(f"rtcat: pre-shared key: {exc}", file=sys.stderr)
             return EXIT_USAGE
-    if args.node_id:
+    if args.node_id is not None:
         if not args.listen or not 0 < args.node_id <= 65535:
             print("rtcat: --node-id N (1..65535) is for the listening side (-l)", file=sys.stderr)
             return EXIT_USAGE

@@ -144,7 +144,7 @@ def _forward_one(
         report(f"{name}: no session with {format_address(server)}: {exc}")
         endpoint.abort()
         return
-    report(f"{name}: opened, session {channel.session_id[:8]}")
+    report(f"{name}: opened, session {channel.session_id}")
     relay(channel, endpoint, closer=True, on_done=lambda result: _done(report, name, result))
 
 
@@ -163,7 +163,7 @@ def exec_client(
     request = encode_request(Kind.OPEN, format_address(target).encode()) if target else encode_request(Kind.EXEC)
     channel = _open(server, request, options, connect_timeout)
     endpoint = ProcessEndpoint(command)
-    report(f"{endpoint.name}: opened, session {channel.session_id[:8]}")
+    report(f"{endpoint.name}: opened, session {channel.session_id}")
     return relay(channel, endpoint, closer=True, on_done=lambda result: _done(report, endpoint.name, result))
 
 
@@ -233,7 +233,7 @@ def _reverse_one(
             channel.abort()
         return
     sock.settimeout(None)
-    report(f"{name}: opened, session {channel.session_id[:8]}")
+    report(f"{name}: opened, session {channel.session_id}")
     relay(channel, SocketEndpoint(sock, name), closer=True, on_done=lambda result: _done(report, name, result))
 
 
@@ -350,7 +350,7 @@ class TunnelListener:
             logger.warning("can't run %r: %s", self.exec_command, exc)
             channel.abort()
             return
-        self._report(f"{endpoint.name}: opened for a plain session {channel.session_id[:8]}")
+        self._report(f"{endpoint.name}: opened for a plain session {channel.session_id}")
         relay(channel, endpoint, closer=False, framing=PlainFraming(), first=first,
               on_done=lambda result: _done(self._report, endpoint.name, result))
 
@@ -366,7 +366,7 @@ class TunnelListener:
             self._refuse(channel, f"{format_address(target)}: {exc.strerror or exc}")
             return
         sock.settimeout(None)
-        name = f"session {channel.session_id[:8]} -> {format_address(target)}"
+        name = f"session {channel.session_id} -> {format_address(target)}"
         self._start(channel, SocketEndpoint(sock, name))
 
     def _run_command(self, channel: Channel) -> None:

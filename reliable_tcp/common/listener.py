@@ -34,16 +34,29 @@ from typing import Generic, Protocol, TypeVar
 
 from ..core.config import SessionConfig
 from ..core.engine import SessionEngine
-from ..core.frames import Hello, RejectReason
+from ..core.frames import MAX_NODE_ID, Hello, RejectReason
 from ..core.handshake import ServerHandshake, SessionRegistry
 from ..durable.session_journal import Durable
-from ..exceptions import FrameError, HandshakeRejected, ProtocolError, ReliableTCPError, UnsupportedVersion
+from ..exceptions import FrameError, HandshakeRejected, ProtocolError, ReliableTCPError, UnsupportedVersion, UsageError
 from .ending import Unacked
 from .status import ChannelState, ListenerStatistics
 
 __all__ = ["ListenerBook", "ListenedSession", "read_hello"]
 
 logger = logging.getLogger(__name__)
+
+
+#: A resume of the all-zero session id, which no server issues, is a load
+#: balancer's health check (docs/protocol.md 4.6): answered at once with
+#: SESSION_UNKNOWN and this text, and logged at DEBUG only.
+PROBE_SESSION_ID = bytes(16)
+PROBE_ANSWER = "no session has the zero id (a health check)"
+
+
+def log_refusal(log: logging.Logger, prefix: str, refusal: HandshakeRejected) -> None:
+    """The log line of a refused handshake (a health check's at DEBUG: one a second would drown the rest)."""
+    level = logging.DEBUG if refusal.text == PROBE_ANSWER else logging.INFO
+    log.log(level, "%shandshake refused: %s (%s)", prefix, RejectReason(refusal.reason).name, refusal.text)
 
 
 def read_hello(reader: ServerHandshake, data: bytes) -> tuple[Hello | None, bytes, HandshakeRejected | None]:
@@ -80,12 +93,17 @@ class ListenerBook(Generic[C]):
     """One listener's sessions: the registry, each session's front-end
     session (``C``), the ones waiting for ``accept()``, and the counters."""
 
-    def __init__(self, config: SessionConfig, *, max_sessions: int, node_id: int, journal: str | None) -> None:
+    def __init__(self, config: SessionConfig, *, max_sessions: int, node_id: int | None, journal: str | None) -> None:
+        if node_id is not None and not 0 < node_id <= MAX_NODE_ID:
+            # 0 would silently mean "no node id": behind a balancer that routes
+            # by it, every resume of this node's sessions would go astray.
+            raise UsageError(f"node_id must be 1..{MAX_NODE_ID}, or None (the default) for a listener without one; "
+                             f"got {node_id}")
         if journal is not None:
             config = Durable.durable_config(config)
         self.config = config
         self.journal = journal
-        self.registry = SessionRegistry(config, max_sessions=max_sessions, node_id=node_id)
+        self.registry = SessionRegistry(config, max_sessions=max_sessions, node_id=node_id or 0)
         self.channels: dict[bytes, C] = {}
         #: New sessions for accept(), in the order their clients confirmed them.
         self.offered: deque[C] = deque()
@@ -111,12 +129,14 @@ class ListenerBook(Generic[C]):
                 self.registry.adopt(engine)
                 self.channels[engine.session_id] = channel
             self.offered.append(channel)
-            logger.info("restored session %s from %s", engine.session_id.hex()[:8], durable.directory)
+            logger.info("restored session %s from %s", engine.session_id.hex(), durable.directory)
 
     def resume_target(self, hello: Hello) -> C | HandshakeRejected:
         """The channel a resuming HELLO names, or the refusal."""
         if self.closed:
             return HandshakeRejected(RejectReason.SERVER_BUSY, "the server is closing")
+        if hello.session_id == PROBE_SESSION_ID:
+            return HandshakeRejected(RejectReason.SESSION_UNKNOWN, PROBE_ANSWER)
         channel = self.channels.get(hello.session_id)
         if channel is None:
             return self.registry.unknown_session(hello)

@@ -83,7 +83,7 @@ class ListenOptions(ChannelOptions, total=False):
     max_sessions: int
     max_pending_handshakes: int
     backlog: int
-    node_id: int
+    node_id: int | None
 
 
 #: SessionConfig fields that are not options: set by the shell itself.

@@ -279,7 +279,7 @@ class SessionEngine:
         """End the session because the peer broke the protocol; tell it why."""
         if self._state in TERMINAL_STATES:
             return
-        logger.warning("session %s failed: %s", self.session_id.hex()[:8], error)
+        logger.warning("session %s failed: %s", self.session_id.hex(), error)
         if isinstance(error, SequenceClaimError):
             reason = RejectReason.BAD_SEQUENCE
         elif isinstance(error, AuthenticationFailed):
@@ -418,7 +418,7 @@ class SessionEngine:
         if self._state in (S.IDLE, S.DETACHED, *TERMINAL_STATES):
             self._move(I.TRANSPORT_LOST, now)  # nothing to drop
             return
-        logger.info("session %s: %s", self.session_id.hex()[:8], reason)
+        logger.info("session %s: %s", self.session_id.hex(), reason)
         self._connection_ended(I.TRANSPORT_LOST, now)
 
     def _connection_ended(self, event: SessionInput, now: float) -> None:

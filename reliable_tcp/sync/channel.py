@@ -348,7 +348,7 @@ class Channel:
         self._close_and_report(10.0, commit=exc_info[0] is None)
 
     def __repr__(self) -> str:
-        return f"<Channel {self.name} {self.state.value} session={self.session_id[:8]}>"
+        return f"<Channel {self.name} {self.state.value} session={self.session_id}>"
 
     def _raise_if_closed(self) -> None:
         """Raise what a send gets once the channel is closing or ended. Lock held."""

@@ -28,7 +28,7 @@ import threading
 import time
 from typing import Any, Unpack
 
-from ..common.listener import ListenerBook, read_hello
+from ..common.listener import ListenerBook, log_refusal, read_hello
 from ..common.options import ListenOptions, ShellOptions, resolve_options
 from ..common.sockets import close_socket, configure_socket
 from ..common.status import ListenerStatistics
@@ -66,7 +66,7 @@ class Listener:
         *,
         max_sessions: int = 1024,
         max_pending_handshakes: int = 64,
-        node_id: int = 0,
+        node_id: int | None = None,
         backlog: int = 128,
         journal: str | None = None,
     ) -> None:
@@ -254,7 +254,7 @@ class Listener:
             if refusal is not None:
                 self._refuse(sock, peer, tls, refusal)
                 return False
-            logger.info("%s: resumed session %s", peer, hello.session_id.hex()[:8])
+            logger.info("%s: resumed session %s", peer, hello.session_id.hex())
             return True
         with self._lock:
             started = self._book.start(hello, time.monotonic())
@@ -278,13 +278,13 @@ class Listener:
             self._book.add(engine, session)
         session.open_link(sock, tls, order=order)
         # accept() gets it once the client has spoken after ACCEPT (PeerConfirmed).
-        logger.info("%s: new session %s", peer, engine.session_id.hex()[:8])
+        logger.info("%s: new session %s", peer, engine.session_id.hex())
         return True
 
     def _refuse(self, sock: socket.socket, peer: Any, tls: TLSLayer | None, refusal: HandshakeRejected) -> None:
         """Answer REJECT, then end the connection in order: our FIN, and a
         short wait for the peer's, so the REJECT is read, not reset away."""
-        logger.info("%s: handshake refused: %s (%s)", peer, RejectReason(refusal.reason).name, refusal.text)
+        log_refusal(logger, f"{peer}: ", refusal)
         self._count_rejected()
         data = reject_reply(refusal)
         deadline = Deadline(min(REJECT_LINGER, self._config.handshake_timeout))

@@ -50,7 +50,7 @@ def _resume_hello(session_id: bytes) -> Hello:
 
 
 def _book(**overrides: object) -> ListenerBook[FakeChannel]:
-    options = {"max_sessions": 4, "node_id": 0, "journal": None} | overrides
+    options = {"max_sessions": 4, "node_id": None, "journal": None} | overrides
     return ListenerBook(CONFIG, **options)  # type: ignore[arg-type]
 
 
@@ -150,3 +150,14 @@ def test_a_hello_that_cannot_open_a_session_gets_its_refusal() -> None:
     assert refusal.reason in (RejectReason.PROTOCOL_ERROR, RejectReason.UNSUPPORTED_VERSION)
     hello, answer, refusal = read_hello(ServerHandshake(b"k" * 32), b"")
     assert (hello, answer, refusal) == (None, b"", None)  # nothing yet: wait for more
+
+
+def test_a_resume_of_the_zero_session_id_is_a_health_check_answered_session_unknown() -> None:
+    """docs/protocol.md 4.6: what a load balancer's check sends, answered at
+    once with SESSION_UNKNOWN, also by a node with a node id (no NOT_HERE)."""
+    from reliable_tcp.common.listener import PROBE_ANSWER
+
+    for node_id in (None, 3):
+        refusal = _book(node_id=node_id).resume_target(_resume_hello(bytes(16)))
+        assert isinstance(refusal, HandshakeRejected)
+        assert refusal.reason == RejectReason.SESSION_UNKNOWN and refusal.text == PROBE_ANSWER

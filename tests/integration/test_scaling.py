@@ -71,8 +71,10 @@ class Cluster:
             self.start_node(node)
         self.port = free_port()
         self.config = tmp / "haproxy.cfg"
+        self.stats_socket = tmp / "haproxy.sock"
         self.config.write_text(haproxy_config.render(
             f"127.0.0.1:{self.port}", {n: f"127.0.0.1:{p}" for n, p in self.node_ports.items()}, check_interval_ms=200,
+            check_timeout_ms=500, stats_socket=str(self.stats_socket),
             tls_certificate=str(tls_certificate) if tls_certificate else None))
         self.haproxy: subprocess.Popen[bytes] | None = None
         self.start_haproxy()
@@ -86,6 +88,27 @@ class Cluster:
                                     stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, "PYTHONPATH": str(ROOT)})
         self.nodes[node] = proc
         wait_listening(self.node_ports[node], proc)
+
+    def haproxy_command(self, command: str) -> str:
+        """One command on HAProxy's stats socket (its runtime API); the answer."""
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(10)
+            sock.connect(str(self.stats_socket))
+            sock.sendall(command.encode() + b"\n")
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        return answer.decode()
+
+    def server_status(self, node: int) -> str:
+        """HAProxy's verdict on a node: UP, DOWN, MAINT, ... (from ``show stat``)."""
+        rows = [line.split(",") for line in self.haproxy_command("show stat").splitlines() if line and line[0] != "#"]
+        header = self.haproxy_command("show stat").splitlines()[0].lstrip("# ").split(",")
+        status = header.index("status")
+        for row in rows:
+            if row[0] == "nodes" and row[1] == f"node{node}":
+                return row[status]
+        raise AssertionError(f"node{node} is not in HAProxy's stats")
 
     def kill_node(self, node: int) -> None:
         proc = self.nodes[node]
@@ -334,3 +357,88 @@ def test_tls_terminated_at_haproxy_still_routes_every_resume_to_its_node(cluster
         finally:
             for client in clients:
                 client.abort()
+
+
+@pytest.mark.parametrize("cluster", [([1, 2], 60.0)], indirect=True)
+@pytest.mark.timeout(120)
+def test_new_sessions_go_to_the_least_loaded_node_after_every_session_resumed(cluster: Cluster) -> None:
+    """Issue 25, item 9: six sessions on node 1 (node 2 in maintenance while
+    they open), every connection cut and resumed on node 1, node 2 back:
+    the next new sessions must all go to node 2. With resumes in a backend
+    of their own, leastconn counted none of node 1's resumed sessions and
+    alternated 1, 2, 1, 2."""
+    options = fast_options(resume_window=60.0 * UNIT, handshake_timeout=3.0 * UNIT)
+    cluster.haproxy_command("disable server nodes/node2")
+    with FaultProxy(("127.0.0.1", cluster.port)) as proxy:
+        loaded = [rt.connect(proxy.address, timeout=30, **options) for _ in range(6)]
+        fresh: list[rt.Channel] = []
+        try:
+            assert {node_of(c) for c in loaded} == {1}
+            cluster.haproxy_command("enable server nodes/node2")
+            wait_for(lambda: cluster.server_status(2) == "UP", 20, "node 2 back in service")
+            proxy.reset()
+            wait_for(lambda: all(c.statistics().resumes >= 1 for c in loaded), 30, "every session to resume")
+            for client in loaded:
+                client.send(b"resumed")
+                assert client.recv(timeout=10) == b"resumed"
+            fresh = [rt.connect(proxy.address, timeout=30, **options) for _ in range(4)]
+            assert [node_of(c) for c in fresh] == [2, 2, 2, 2], "new sessions did not go to the least-loaded node"
+            assert cluster.misrouted() == 0
+        finally:
+            for client in [*loaded, *fresh]:
+                client.abort()
+
+
+@pytest.mark.parametrize("cluster", [([1, 2], 60.0)], indirect=True)
+@pytest.mark.timeout(120)
+def test_a_hung_node_is_taken_out_by_the_protocol_health_check(cluster: Cluster) -> None:
+    """A node whose process hangs (SIGSTOP) still accepts TCP connections
+    (the kernel does that): a connect-only health check keeps it in and
+    new sessions wait out their handshake timeout there. The check that
+    speaks the protocol (a HELLO for the zero session id, answered by a
+    REJECT) takes it out, and new sessions go to the live node."""
+    options = fast_options(resume_window=60.0 * UNIT, handshake_timeout=3.0 * UNIT)
+    os.kill(cluster.nodes[2].pid, signal.SIGSTOP)
+    clients: list[rt.Channel] = []
+    try:
+        wait_for(lambda: cluster.server_status(2).startswith("DOWN"), 30, "HAProxy to take the hung node out")
+        assert cluster.server_status(1) == "UP"  # the live node answers the same check
+        clients = [rt.connect(("127.0.0.1", cluster.port), timeout=30, **options) for _ in range(4)]
+        assert [node_of(c) for c in clients] == [1, 1, 1, 1]
+        for client in clients:
+            client.send(b"served")
+            assert client.recv(timeout=10) == b"served"
+    finally:
+        os.kill(cluster.nodes[2].pid, signal.SIGCONT)
+        for client in clients:
+            client.abort()
+    wait_for(lambda: cluster.server_status(2) == "UP", 30, "the node back once it runs again")
+    logs = (cluster.tmp / "node1.err").read_text()
+    assert "health check" not in logs  # the check is logged at DEBUG only: one a second would drown the log
+
+
+def test_node_ids_that_would_route_wrong_are_refused(tmp_path: Path) -> None:
+    """node_id=0 would silently mean "no node id"; the same id on two nodes
+    would send resumes to the wrong one: both are refused, not run."""
+    import reliable_tcp.asyncio as rta
+
+    with pytest.raises(rt.UsageError, match="node_id must be 1..65535"):
+        rt.listen(("127.0.0.1", 0), node_id=0)
+
+    async def listen_asyncio() -> None:
+        await rta.listen(("127.0.0.1", 0), node_id=0)
+
+    import asyncio
+
+    with pytest.raises(rt.UsageError, match="node_id must be 1..65535"):
+        asyncio.run(listen_asyncio())
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "rtcat"), "-l", "--node-id", "0", "127.0.0.1", "0"],
+                          capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2 and "--node-id N (1..65535)" in done.stderr
+    with pytest.raises(ValueError, match="given twice"):
+        haproxy_config.parse_nodes(["1=127.0.0.1:7001", "1=127.0.0.1:7002"])
+    with pytest.raises(ValueError, match="1..65535"):
+        haproxy_config.parse_nodes(["0=127.0.0.1:7001"])
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "haproxy_config.py"), "2=10.0.0.1:7000",
+                           "2=10.0.0.2:7000"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "given twice" in done.stderr
