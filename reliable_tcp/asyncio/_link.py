@@ -10,6 +10,7 @@ protocol knows its owner only through :class:`ProtocolOwner`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import socket
 from typing import Any, Protocol
@@ -155,6 +156,21 @@ class LinkProtocol(asyncio.Protocol):
                 self._hand_over_soon()  # the backlog first; it resumes the transport once empty
             else:
                 self.transport.resume_reading()
+
+    def end_after_reject(self, loop: asyncio.AbstractEventLoop, linger: float) -> None:
+        """After a REJECT: FIN once what is buffered has left, and keep reading
+        (what arrives is discarded) until the peer's EOF closes the
+        connection, or ``linger`` passes. Closing at once would reset the
+        connection while the peer's bytes wait unread here, and a reset can
+        destroy the REJECT in the peer's receive buffer before it is read
+        (docs/protocol.md 7.4, "Orderly end")."""
+        if self.transport is None or self.lost:
+            return
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            loop.call_later(linger, functools.partial(self.close, abort=False))
+        else:
+            self.close(abort=False)
 
     def close(self, *, abort: bool) -> None:
         """End the connection: in order (buffered bytes, then FIN) or with RST."""

@@ -27,7 +27,7 @@ from ..common.front import SessionFront
 from ..common.options import ShellOptions
 from ..common.session import Ended, gather_evidence
 from ..common.status import ChannelEvent, ChannelState, ChannelStatistics
-from ..common.timing import FINAL_FLUSH, JOURNAL_FINISH
+from ..common.timing import FINAL_FLUSH, JOURNAL_FINISH, REJECT_LINGER
 from ..core.engine import SessionEngine
 from ..core.frames import Hello
 from ..durable.session_journal import Durable
@@ -113,7 +113,7 @@ class LoopSession(SessionFront[LinkProtocol]):
             task.cancel()
         link = self.policy.link
         if link is not None:
-            link.close(abort=False)  # the REJECT is buffered: it leaves, then FIN
+            link.end_after_reject(self.loop, REJECT_LINGER)  # the REJECT is buffered: it leaves, then FIN
         self.finish_durable(reported=True)
         return ending.unacked if ending is not None else ()
 

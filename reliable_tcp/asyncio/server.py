@@ -10,7 +10,6 @@ for the peer's.
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 import logging
 from collections.abc import Awaitable, Callable
@@ -89,14 +88,8 @@ class _Handshake:
             self._finish()
         self._listener._book.rejected_handshakes += 1
         log_refusal(logger, "", refusal)
-        link = self._link
-        link.write([reject_reply(refusal)])
-        transport = link.transport
-        if transport is not None and transport.can_write_eof():
-            transport.write_eof()
-            asyncio.get_running_loop().call_later(REJECT_LINGER, functools.partial(link.close, abort=False))
-        else:
-            link.close(abort=False)
+        self._link.write([reject_reply(refusal)])
+        self._link.end_after_reject(asyncio.get_running_loop(), REJECT_LINGER)
 
 
 def _peer_gone(link: LinkProtocol) -> bool:

@@ -510,12 +510,14 @@ class _Session:
         if not message.startswith(tunnel.MAGIC):
             return None
         self.refused_tunnel = True
+        reason = ("a tunnel request arrived, but this listener serves no tunnels "
+                  "(start it with --allow, --allow-remote or --exec); refused")
+        print(f"rtcat: {reason}", file=sys.stderr, flush=True)  # now, not once the client has gone
         try:
             channel.send(bytes([tunnel.Kind.REFUSED]) + b"this rtcat listener serves no tunnels")
         except ReliableTCPError:
             pass
-        return ("a tunnel request arrived, but this listener serves no tunnels "
-                "(start it with --allow, --allow-remote or --exec); refused")
+        return reason
 
     def _finish(self, channel: Channel, result: tunnel.RelayResult) -> int:
         status = _exit_status(result)
@@ -533,7 +535,7 @@ class _Session:
             print(f"rtcat: {result.reason}", file=sys.stderr)
             print(f"rtcat: {sum(map(len, data))} bytes in {len(data)} messages were not acknowledged{also}",
                   file=sys.stderr)
-        elif status != EXIT_OK:
+        elif status != EXIT_OK and not self.refused_tunnel:  # a refusal was said when it happened
             print(f"rtcat: {result.reason}", file=sys.stderr)
         if status != EXIT_OK and channel.state not in (ChannelState.CLOSED, ChannelState.FAILED):
             channel.abort()  # every way out but a clean end ends the session at once: the peer learns it

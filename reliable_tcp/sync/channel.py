@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from ..common.status import ChannelState, ChannelStatistics
-from ..common.timing import ABORT_FLUSH, FINAL_FLUSH, HANDSHAKE_SHARE
+from ..common.timing import ABORT_FLUSH, HANDSHAKE_SHARE, REJECT_LINGER
 from ..core.state import TERMINAL_STATES, SessionState
 from ..exceptions import ChannelClosed, JournalWriteFailed, UsageError
 from ._deadline import Deadline
@@ -330,8 +330,11 @@ class Channel:
             unacked = self._session.policy.ending.unacked if self._session.policy.ending is not None else ()
             link = self._session.policy.link
         if link is not None:
-            link.finished.wait(ABORT_FLUSH)  # the writer puts the REJECT out
-        self._session.teardown(Deadline(FINAL_FLUSH), linger=False)
+            link.finished.wait(ABORT_FLUSH)  # the writer puts the REJECT out, then FIN
+        # Then the peer's EOF, briefly: closing while its bytes wait unread here
+        # would reset the connection, and a reset can destroy the REJECT in
+        # the peer's receive buffer before it reads it (protocol.md 7.4).
+        self._session.teardown(Deadline(REJECT_LINGER), linger=True)
         if unacked:
             logger.warning("%s: aborted with %d unacknowledged messages", self.name, len(unacked))
         return unacked

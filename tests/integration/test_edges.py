@@ -6,6 +6,7 @@ outlives its timeout" where a user is most likely to find them broken.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -366,3 +367,38 @@ def test_a_path_that_dies_after_every_handshake_is_redialled_no_faster_than_a_de
             assert client.state is not rt.ChannelState.FAILED
         finally:
             client.abort()
+
+
+@pytest.mark.timeout(120)
+def test_an_abort_reaches_a_peer_that_floods_the_aborting_side(front: Any) -> None:
+    """The side that aborts has the peer's bytes waiting unread: closing at
+    once would reset the connection, and the reset could destroy the REJECT
+    ABORTED in the peer's receive buffer before it was read; the peer then
+    saw a broken pipe and tried to resume for its whole resume window. The
+    aborting side ends in order (FIN, the peer's EOF), so the peer always
+    learns of the abort at once. Several rounds: the reset won only some."""
+    for _ in range(5):
+        with front.listen(("127.0.0.1", 0), **fast_options()) as listener:
+            client = front.connect(listener.address, **fast_options(resume_window=60.0))
+            server = listener.accept(timeout=10)
+            stop = threading.Event()
+
+            def flood(client: Any = client, stop: threading.Event = stop) -> None:
+                with contextlib.suppress(rt.ReliableTCPError, TimeoutError):
+                    while not stop.is_set():
+                        client.send(b"x" * 65536, timeout=30)
+
+            flooding = Worker(flood, "flood")
+            flooding.start()
+            try:
+                server.recv(timeout=10)
+                server.abort()
+                started = time.monotonic()
+                wait_for(lambda: client.state is rt.ChannelState.FAILED, 10,  # noqa: B023
+                         "the flooding side to learn of the abort (not to resume)")
+                assert time.monotonic() - started < 5 * UNIT
+                assert client.statistics().resumes == 0
+            finally:
+                stop.set()
+                client.abort()
+                flooding.result(30)

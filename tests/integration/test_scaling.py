@@ -74,7 +74,7 @@ class Cluster:
         self.stats_socket = tmp / "haproxy.sock"
         self.config.write_text(haproxy_config.render(
             f"127.0.0.1:{self.port}", {n: f"127.0.0.1:{p}" for n, p in self.node_ports.items()}, check_interval_ms=200,
-            check_timeout_ms=500, stats_socket=str(self.stats_socket),
+            check_timeout_ms=1500, stats_socket=str(self.stats_socket),
             tls_certificate=str(tls_certificate) if tls_certificate else None))
         self.haproxy: subprocess.Popen[bytes] | None = None
         self.start_haproxy()
