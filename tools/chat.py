@@ -6,9 +6,12 @@
     python tools/chat.py join 127.0.0.1 9000 customer-1
 
 The server relays every line to every other participant, prefixed with the
-sender's name. Pull a cable, sleep a laptop, switch a phone to airplane mode
-for less than the resume window: no line is lost or doubled. Written only
-against the public API.
+sender's name. Each line you type is shown with \u2713 when it is queued and
+again with \u2713\u2713 once the server has it (its delivery receipt); while
+the link is down a status line says so and for how long, and what you type
+meanwhile goes out when it is back. Pull a cable, sleep a laptop, switch a
+phone to airplane mode for less than the resume window: no line is lost or
+doubled. Written only against the public API.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
+import time
 
 import reliable_tcp
 
@@ -65,15 +69,51 @@ class ChatServer:
 
 
 class ChatClient:
-    """One participant: sends lines, collects (or prints) what others say."""
+    """One participant: sends lines, tracks each one's delivery receipt,
+    collects (or prints) what others say, and knows whether the link is up."""
 
     def __init__(self, address: tuple[str, int], name: str, **options: object) -> None:
-        self.channel = reliable_tcp.connect(address, **options)  # type: ignore[arg-type]
+        self._lock = threading.Lock()
+        self._down_since: float | None = None  # monotonic time the link went down
+        self._outages: list[float] = []  # how long each finished outage lasted
+        self.channel = reliable_tcp.connect(address, on_event=self._on_event, **options)  # type: ignore[arg-type]
         self.channel.send(name.encode())
+        #: Each line said, by its sequence number (its receipt's name).
+        self.said: dict[int, str] = {}
 
-    def say(self, line: str) -> None:
-        """Send one line to everyone else."""
-        self.channel.send(line.encode())
+    def say(self, line: str) -> int:
+        """Send one line to everyone else (queued at once, even while the link
+        is down: it goes out when the link is back); its sequence number."""
+        seq = self.channel.send(line.encode())
+        self.said[seq] = line
+        return seq
+
+    def delivered(self, seq: int) -> bool:
+        """Whether the line ``say`` numbered ``seq`` reached the chat server."""
+        return self.channel.acked_seq >= seq
+
+    def wait_delivered(self, seq: int, timeout: float | None = None) -> None:
+        """Until line ``seq`` reached the server (TimeoutError, SessionLost)."""
+        self.channel.wait_acked(seq, timeout)
+
+    def link_status(self) -> str:
+        """"up", or "down for N s" while the link is out."""
+        with self._lock:
+            since = self._down_since
+        return "up" if since is None else f"down for {time.monotonic() - since:.0f} s"
+
+    def outages(self) -> list[float]:
+        """How long each outage that ended lasted (s)."""
+        with self._lock:
+            return list(self._outages)
+
+    def _on_event(self, event: reliable_tcp.ChannelEvent) -> None:
+        with self._lock:
+            if event.kind is reliable_tcp.EventKind.DISCONNECTED and self._down_since is None:
+                self._down_since = time.monotonic()
+            elif event.kind is reliable_tcp.EventKind.RESUMED and self._down_since is not None:
+                self._outages.append(time.monotonic() - self._down_since)
+                self._down_since = None
 
     def lines(self) -> list[str]:
         """Every line received so far (non-blocking)."""
@@ -87,6 +127,43 @@ class ChatClient:
     def close(self) -> None:
         """Leave the chat after everything said was acknowledged."""
         self.channel.close()
+
+
+#: What the terminal shows under each of the user's own lines.
+QUEUED, DELIVERED = "\u2713", "\u2713\u2713"
+
+
+def _show_receipts(client: ChatClient, stop: threading.Event) -> None:
+    """Print each of the user's lines again with ✓✓ once the server has it, in order."""
+    shown = 0
+    while not stop.is_set():
+        pending = sorted(seq for seq in list(client.said) if seq > shown)  # a copy: the main thread adds lines
+        if not pending:
+            stop.wait(0.05)
+            continue
+        try:
+            client.wait_delivered(pending[0], timeout=0.5)
+        except TimeoutError:
+            continue
+        except reliable_tcp.ReliableTCPError:
+            return
+        for seq in pending:
+            if not client.delivered(seq):
+                break
+            print(f"  {DELIVERED} {client.said[seq]}", flush=True)
+            shown = seq
+
+
+def _show_link(client: ChatClient, stop: threading.Event) -> None:
+    """A status line on stderr while the link is down, and when it is back."""
+    was = "up"
+    while not stop.wait(1.0):
+        status = client.link_status()
+        if status != "up":
+            print(f"chat: link {status}; what you type goes out when it is back", file=sys.stderr, flush=True)
+        elif was != "up":
+            print(f"chat: link back after {client.outages()[-1]:.1f} s", file=sys.stderr, flush=True)
+        was = status
 
 
 def main() -> int:
@@ -110,10 +187,15 @@ def main() -> int:
     client = ChatClient((args.host, args.port), args.name)
     printer = threading.Thread(target=lambda: [print(m.decode(), flush=True) for m in client.channel], daemon=True)
     printer.start()
+    stop = threading.Event()
+    for show in (_show_receipts, _show_link):
+        threading.Thread(target=show, args=(client, stop), daemon=True).start()
     try:
         for line in sys.stdin:
             client.say(line.rstrip("\n"))
+            print(f"  {QUEUED} {line.rstrip()}", flush=True)
         client.close()
+        stop.set()
     except KeyboardInterrupt:
         client.channel.abort()
         return 130

@@ -186,6 +186,29 @@ class Channel:
         if self._session.policy.ending is not None and engine.unacked_count:
             raise self._session.policy.ending.exception()
 
+    @property
+    def acked_seq(self) -> int:
+        """The highest sequence number the peer has acknowledged (as
+        :attr:`reliable_tcp.Channel.acked_seq`)."""
+        return self._session.engine.acked_seq
+
+    async def wait_acked(self, seq: int, timeout: float | None = None) -> None:
+        """Wait until the peer has acknowledged message ``seq``; raises like
+        :meth:`reliable_tcp.Channel.wait_acked`. Cancelling it cancels only
+        the wait (other waiters, and the message, are untouched)."""
+        session = self._session
+        policy = session.policy
+        receipt = policy.receipt(seq)
+        if receipt is False:
+            deadline = None if timeout is None else session.loop.time() + timeout
+            while (receipt := policy.receipt(seq)) is False:
+                if not await session.changed.wait(deadline):
+                    raise TimeoutError(
+                        f"message {seq} was not acknowledged in time (acknowledged up to {session.engine.acked_seq})")
+        if receipt is None:
+            assert policy.ending is not None
+            raise policy.ending.exception()
+
     async def recv(self) -> bytes:
         """The next message, in order; raises like :meth:`reliable_tcp.Channel.recv`
         (with a journal, one task consumes at a time, as one thread does there)."""

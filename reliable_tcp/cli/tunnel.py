@@ -58,6 +58,9 @@ logger = logging.getLogger(__name__)
 MAGIC = b"RTCAT-TUNNEL/1 "
 #: How much one read from a connection or a command takes (one DATA message at most).
 CHUNK = 64 * 1024
+#: Plain framing: how long what was sent before a failure may take to be
+#: acknowledged before the session is aborted.
+FLUSH_BEFORE_ABORT = 5.0
 _ID = struct.Struct(">Q")
 
 
@@ -466,7 +469,14 @@ class _Relay:
             except ReliableTCPError:
                 pass
         elif tell_peer:
-            self.channel.abort()  # no reset in this framing: the far end learns it from the session's end
+            # No reset in this framing: the far end learns it from the session's
+            # end. What was sent before the failure gets there first (briefly:
+            # not through an outage), so an input error costs only what follows it.
+            try:
+                self.channel.flush(timeout=FLUSH_BEFORE_ABORT)
+            except (ReliableTCPError, TimeoutError):
+                pass
+            self.channel.abort()
 
     def _one_direction_done(self, *, sent: bool) -> None:
         """Record an end; on the opening side, the second one closes the session."""

@@ -44,7 +44,7 @@ from ..core import events as ev
 from ..core.engine import SessionEngine
 from ..core.frames import Hello, RejectReason
 from ..core.state import LIVE_STATES, TERMINAL_STATES
-from ..exceptions import ChannelClosed, HandshakeRejected, ReliableTCPError
+from ..exceptions import ChannelClosed, HandshakeRejected, ReliableTCPError, UsageError
 from .backoff import Backoff, is_retryable
 from .ending import EndKind, Ending, first_handshake_error
 from .sockets import link_error_reason
@@ -242,6 +242,20 @@ class SessionPolicy(Generic[L]):
         """The engine's output may leave: not while a new secret waits for
         the journal (unless the session ended: its last frames carry none)."""
         return self.ending is not None or not self._output_held
+
+    def receipt(self, seq: int) -> bool | None:
+        """Where message ``seq`` stands: True once the peer acknowledged it,
+        False while it still may, None if the session ended without it (the
+        end's exception says what was lost). UsageError for a number that
+        was never sent (``send`` returns the numbers, from 1)."""
+        if type(seq) is not int:
+            raise UsageError(f"a message's sequence number is an int, not {type(seq).__name__}")
+        sent = self.engine.next_seq - 1
+        if not 1 <= seq <= sent:
+            raise UsageError(f"message {seq} was never sent (sent so far: {sent})")
+        if self.engine.acked_seq >= seq:
+            return True
+        return None if self.ending is not None else False
 
     def raise_if_closed(self) -> None:
         """Raise what a send or receive meets once the channel ended or closes."""

@@ -238,6 +238,12 @@ class SessionEngine:
         return self._window.next_seq
 
     @property
+    def acked_seq(self) -> int:
+        """The highest sequence number the peer has acknowledged: every
+        message up to it is the peer's (0 before the first)."""
+        return self._window.base - 1
+
+    @property
     def peer_max_message_size(self) -> int:
         """The largest message the peer accepts (its announcement, or the default)."""
         return self._peer_max_message

@@ -176,6 +176,37 @@ class Channel:
         """
         self._flush(Deadline(timeout), for_owner=True)
 
+    @property
+    def acked_seq(self) -> int:
+        """The highest sequence number the peer has acknowledged: every
+        message up to it reached the peer (what that means: docs/guide.md,
+        "Delivery receipts"). Continues across reconnects and, with a
+        journal, across restarts; 0 before the first acknowledgement."""
+        with self._session.lock:
+            return self._session.engine.acked_seq
+
+    def wait_acked(self, seq: int, timeout: float | None = None) -> None:
+        """Wait until the peer has acknowledged message ``seq`` (a number
+        :meth:`send` returned); at once if it already has.
+
+        Raises TimeoutError when ``timeout`` passes first, SessionLost (its
+        ``unacked`` listing what never reached the peer) if the session
+        ended without it, and UsageError for a number never sent.
+        """
+        deadline = Deadline(timeout)
+        session = self._session
+        with session.lock:
+            policy = session.policy
+            receipt = policy.receipt(seq)
+            if receipt is False:
+                deadline.wait(session.sendable, lambda: policy.receipt(seq) is not False)
+                receipt = policy.receipt(seq)
+            if receipt is None:
+                raise session.end_exception()
+            acked = session.engine.acked_seq
+        if not receipt:
+            raise TimeoutError(f"message {seq} was not acknowledged in time (acknowledged up to {acked})")
+
     def _flush(self, deadline: Deadline, *, for_owner: bool) -> bool:
         with self._session.lock:
             engine = self._session.engine

@@ -52,3 +52,45 @@ def test_every_line_reaches_every_other_participant_once() -> None:
         for thread in server.threads:
             thread.join(10)
         assert not serving.is_alive()
+
+
+def test_receipts_and_the_link_status_through_a_cut() -> None:
+    """Issue 28: two participants; the agent's link is blackholed mid-chat.
+    Lines typed meanwhile are queued (no receipt), the status says the link
+    is down, and once it heals every line is delivered, receipts in order,
+    each line once and in order at the other participant."""
+    options = fast_options(resume_window=60.0)
+    with rt.listen(("127.0.0.1", 0), **options) as listener, FaultProxy(listener.address) as proxy:
+        server = chat.ChatServer(listener)
+        serving = threading.Thread(target=server.serve_forever, name="test-chat-server")
+        serving.start()
+        agent = chat.ChatClient(proxy.address, "agent", **options)
+        customer = chat.ChatClient(listener.address, "customer", **options)
+        try:
+            wait_for(lambda: len(server.members) == 2, 10, "both to join")
+            first = agent.say("hello, how can I help?")
+            agent.wait_delivered(first, timeout=10)
+            proxy.blackhole()
+            wait_for(lambda: agent.link_status().startswith("down for"), 10, "the status to say the link is down")
+            typed = [agent.say(f"while the cable is out {n}") for n in range(5)]
+            assert not any(agent.delivered(seq) for seq in typed)  # queued, not delivered
+            proxy.set_faults("both", blackhole=False)
+            for seq in typed:
+                agent.wait_delivered(seq, timeout=30)
+            assert agent.link_status() == "up" and len(agent.outages()) == 1
+            got: list[str] = []
+            expected = ["agent: hello, how can I help?"] + [f"agent: while the cable is out {n}" for n in range(5)]
+
+            def arrived() -> bool:
+                got.extend(customer.lines())
+                return len(got) >= len(expected)
+
+            wait_for(arrived, 20, "every line at the customer")
+            assert got == expected  # once each, in order
+        finally:
+            for client in (agent, customer):
+                client.channel.abort()
+            listener.close()
+            serving.join(10)
+            for thread in server.threads:
+                thread.join(10)

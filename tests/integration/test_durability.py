@@ -30,6 +30,8 @@ class Peer:
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      env={**os.environ, "PYTHONPATH": str(ROOT)})
         self.last = -1
+        #: What the restarted peer's channel says of itself: last sent, last committed, acknowledged.
+        self.started: tuple[int, int, int] | None = None
         self.changed = threading.Condition()
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -38,6 +40,10 @@ class Peer:
         assert self.proc.stdout is not None
         for raw in self.proc.stdout:
             words = raw.split()
+            if len(words) == 4 and words[0] == b"started":
+                with self.changed:
+                    self.started = (int(words[1]), int(words[2]), int(words[3]))
+                    self.changed.notify_all()
             if len(words) == 2 and words[0] in (b"sent", b"got"):
                 with self.changed:
                     self.last = int(words[1])
@@ -85,15 +91,21 @@ def test_sender_killed_and_restarted_loses_and_repeats_nothing(tmp_path: Path, p
         receiver.start()
         argv = [*PEER, "send", "--address", address, "--journal", journal, "--count", str(count), "--front", peer_front]
         target = 0
+        receipts: list[int] = []
         for _ in range(kills):
             peer = Peer(argv)
             target = min(count - 1, max(target, peer.last) + rng.randint(100, 500))
             peer.wait_progress(target)
+            assert peer.started is not None
+            receipts.append(peer.started[2])
+            # A restored receipt never claims more than the receiver got (issue 28).
+            assert peer.started[2] <= len(delivered) and peer.started[2] <= peer.started[0]
             peer.kill()  # SIGKILL: no goodbye, the journal is all that is left
         last = Peer(argv)
         assert last.finish() == 0
         receiver.result(60)
         assert delivered == list(range(count))  # none lost, none twice, in order
+        assert receipts[0] == 0 and max(receipts) > 0  # receipts continue across restarts
         assert not os.path.exists(os.path.join(journal, "log"))  # a clean close removes the journal
         holder[0].close()
 

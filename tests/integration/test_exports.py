@@ -79,8 +79,9 @@ def test_star_import_does_not_shadow_the_standard_asyncio() -> None:
 
 #: What an application may call on a channel, on either front.
 CHANNEL_API = {
-    "abort", "close", "commit", "flush", "last_committed_seq", "last_received_seq", "last_sent_seq",
-    "max_sendable_size", "name", "recv", "recv_many", "restored", "send", "send_many", "session_id", "state", "statistics",
+    "abort", "acked_seq", "close", "commit", "flush", "last_committed_seq", "last_received_seq", "last_sent_seq",
+    "max_sendable_size", "name", "recv", "recv_many", "restored", "send", "send_many", "session_id", "state",
+    "statistics", "wait_acked",
 }
 
 

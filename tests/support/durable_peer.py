@@ -37,7 +37,7 @@ def main() -> int:
         return asyncio.run(main_asyncio(args))
     host, port = args.address.rsplit(":", 1)
     channel = reliable_tcp.connect((host, int(port)), journal=args.journal, timeout=30, **OPTIONS)
-    print(f"started {channel.last_sent_seq} {channel.last_committed_seq}", flush=True)
+    print(f"started {channel.last_sent_seq} {channel.last_committed_seq} {channel.acked_seq}", flush=True)
     if args.mode == "send":
         for number in range(channel.last_sent_seq, args.count):
             channel.send(b"%d" % number)
@@ -51,7 +51,7 @@ def main() -> int:
 async def main_asyncio(args: argparse.Namespace) -> int:
     host, port = args.address.rsplit(":", 1)
     channel = await rta.connect((host, int(port)), journal=args.journal, timeout=30, **OPTIONS)
-    print(f"started {channel.last_sent_seq} {channel.last_committed_seq}", flush=True)
+    print(f"started {channel.last_sent_seq} {channel.last_committed_seq} {channel.acked_seq}", flush=True)
     if args.mode == "send":
         for number in range(channel.last_sent_seq, args.count):
             await channel.send(b"%d" % number)

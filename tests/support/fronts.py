@@ -127,6 +127,14 @@ class SyncChannel:
     def commit(self) -> None:
         self._front.run(self.channel.commit())
 
+    @property
+    def acked_seq(self) -> int:
+        return self._front.call(lambda: self.channel.acked_seq)  # type: ignore[no-any-return]
+
+    def wait_acked(self, seq: int, timeout: float | None = None) -> None:
+        # The channel's own timeout (not the wrapper's cancellation): that is what is under test.
+        self._front.run(self.channel.wait_acked(seq, timeout))
+
     def statistics(self) -> rt.ChannelStatistics:
         return self._front.call(self.channel.statistics)  # type: ignore[no-any-return]
 
