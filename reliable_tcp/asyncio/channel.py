@@ -198,13 +198,11 @@ class Channel:
         the wait (other waiters, and the message, are untouched)."""
         session = self._session
         policy = session.policy
-        receipt = policy.receipt(seq)
-        if receipt is False:
-            deadline = None if timeout is None else session.loop.time() + timeout
-            while (receipt := policy.receipt(seq)) is False:
-                if not await session.changed.wait(deadline):
-                    raise TimeoutError(
-                        f"message {seq} was not acknowledged in time (acknowledged up to {session.engine.acked_seq})")
+        deadline = None if timeout is None else session.loop.time() + timeout
+        while (receipt := policy.receipt(seq)) is False:
+            if not await session.changed.wait(deadline):
+                raise TimeoutError(
+                    f"message {seq} was not acknowledged in time (acknowledged up to {session.engine.acked_seq})")
         if receipt is None:
             assert policy.ending is not None
             raise policy.ending.exception()

@@ -75,6 +75,14 @@ ANSWERING_SIDE_SLACK = 1.5
 #: The most PONGs a side sends per second (and in a burst): PONGs carry
 #: nothing new, and docs/protocol.md 5.3 caps those at 1,000 per second.
 PONGS_PER_SECOND = 1_000
+
+
+def _refilled(budget: float, elapsed: float, rate: int) -> float:
+    """A token bucket's tokens after ``elapsed`` seconds at ``rate`` per
+    second, up to one second's worth."""
+    return min(float(rate), budget + elapsed * rate)
+
+
 _INPUT_OF_FRAME = {
     Hello: I.RECV_HELLO,
     Accept: I.RECV_ACCEPT,
@@ -502,7 +510,7 @@ class SessionEngine:
         """Token bucket for frames that carry nothing new: refilled at
         max_control_frames_per_second, up to one second's worth."""
         rate = self.config.max_control_frames_per_second
-        self._frame_budget = min(float(rate), self._frame_budget + (now - self._budget_time) * rate) - 1
+        self._frame_budget = _refilled(self._frame_budget, now - self._budget_time, rate) - 1
         self._budget_time = now
         if self._frame_budget < 0:
             raise ProtocolError(f"more than {rate} frames per second that carry nothing new")
@@ -512,7 +520,7 @@ class SessionEngine:
         this side sends that carry nothing new, at most PONGS_PER_SECOND
         (docs/protocol.md 5.3), so a peer that pings faster than that (it
         broke the rule first) is not answered beyond it."""
-        self._pong_budget = min(float(PONGS_PER_SECOND), self._pong_budget + (now - self._pong_time) * PONGS_PER_SECOND)
+        self._pong_budget = _refilled(self._pong_budget, now - self._pong_time, PONGS_PER_SECOND)
         self._pong_time = now
         if self._pong_budget < 1:
             return False

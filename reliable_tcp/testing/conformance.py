@@ -216,14 +216,9 @@ class Transcript:
         engine = self.client if side == "client" else self.server
         assert engine is not None
         step: dict[str, Any] = {"call": name, "side": side}
-        if name == "send":
-            assert message is not None
+        if message is not None:
             step["message"] = message.hex()
-            engine.send_message(message, self.now)
-        elif name == "close":
-            engine.close(self.now)
-        else:
-            engine.abort(self.now)
+        _perform(engine, step, self.now)
         self.steps.append(step)
 
     def cut(self, note: str) -> None:
@@ -561,12 +556,7 @@ def replay_client(transcript: dict[str, Any]) -> list[str]:
             engine.handle_timer(now)
             written += engine.data_to_send(now)
         elif step.get("side") == "client" and "call" in step:
-            if step["call"] == "send":
-                engine.send_message(bytes.fromhex(step["message"]), now)
-            elif step["call"] == "close":
-                engine.close(now)
-            else:
-                engine.abort(now)
+            _perform(engine, step, now)
         elif step.get("from") == "server" and not step.get("lost"):
             engine.receive_data(bytes.fromhex(step["hex"]), now)
             written += engine.data_to_send(now)
@@ -578,6 +568,16 @@ def replay_client(transcript: dict[str, Any]) -> list[str]:
     if engine.state.value != transcript["client_state"]:
         differences.append(f"ended {engine.state.value}, the transcript has {transcript['client_state']}")
     return differences
+
+
+def _perform(engine: SessionEngine, step: dict[str, Any], now: float) -> None:
+    """An application call step: ``send`` (its ``message``), ``close`` or ``abort``."""
+    if step["call"] == "send":
+        engine.send_message(bytes.fromhex(step["message"]), now)
+    elif step["call"] == "close":
+        engine.close(now)
+    else:
+        engine.abort(now)
 
 
 def client_playable(transcript: dict[str, Any]) -> bool:
