@@ -28,7 +28,9 @@
     └── ChannelBroken              the channel ended because something failed
         ├── SessionLost            the session can't be resumed; ``unacked``
         │                          holds every message the peer never acknowledged
-        └── TLSHandshakeError      the TLS handshake failed (also a ConnectionError)
+        ├── TLSHandshakeError      the TLS handshake failed (also a ConnectionError)
+        └── ProxyError             the proxy refused the tunnel or is not one (also a
+                                   ConnectionError); ``proxy``, ``answer``, ``transient``
 
 Timeouts raise the builtin :class:`TimeoutError`.
 """
@@ -58,6 +60,7 @@ __all__ = [
     "ChannelBroken",
     "SessionLost",
     "TLSHandshakeError",
+    "ProxyError",
 ]
 
 Unacked = tuple[tuple[int, bytes], ...]
@@ -221,3 +224,23 @@ class SessionLost(ChannelBroken):
 
 class TLSHandshakeError(ChannelBroken, ConnectionError):
     """The TLS handshake failed: bad certificate, wrong host name, not TLS, timeout."""
+
+
+class ProxyError(ChannelBroken, ConnectionError):
+    """The proxy refused to open a tunnel to the listener, or did not speak
+    its protocol.
+
+    ``proxy`` is the proxy's URL without its password, ``answer`` what it
+    said (an HTTP status line such as ``HTTP/1.1 407 Proxy Authentication
+    Required``, or a SOCKS5 reply), and ``transient`` whether a later try
+    may succeed (the proxy could not reach the listener) or not (credentials,
+    a rule of the proxy). Before the first session a refusal that is not
+    transient is raised by ``connect()`` at once; after it every refusal is
+    retried within the resume window, like any failed reconnect.
+    """
+
+    def __init__(self, proxy: str, answer: str, *, transient: bool) -> None:
+        super().__init__(f"proxy {proxy} refused: {answer}")
+        self.proxy = proxy
+        self.answer = answer
+        self.transient = transient

@@ -14,6 +14,12 @@ from hypothesis import HealthCheck, settings
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "support"))
 
+# connect() takes a proxy from these (docs/guide.md, "Through a proxy"); the
+# tests reach listeners on loopback, directly unless a test sets them itself.
+for _variable in ("https_proxy", "all_proxy", "no_proxy"):
+    os.environ.pop(_variable, None)
+    os.environ.pop(_variable.upper(), None)
+
 # "dev" keeps the edit-test loop quick; "ci" (selected by .ci/run) explores more.
 settings.register_profile("dev", max_examples=100, deadline=None)
 settings.register_profile(

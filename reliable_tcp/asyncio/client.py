@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import socket
 import ssl
 from collections.abc import Generator
-from typing import Any, Unpack
+from typing import Any, Literal, Unpack
 
+from ..common.proxies import Proxy, ProxyHandshake, choose_proxy
 from ..common.options import ChannelOptions, ShellOptions, resolve_options
 from ..common.sockets import configure_socket
 from ..core.config import SessionConfig
@@ -28,9 +30,10 @@ class Connector:
     backoff delay (none for the very first), until the session ends. One
     task on the session, cancelled by its teardown."""
 
-    def __init__(self, session: LoopSession, address: tuple[str, int]) -> None:
+    def __init__(self, session: LoopSession, address: tuple[str, int], proxy: Proxy | None = None) -> None:
         self._session = session
         self._address = address
+        self._proxy = proxy
 
     def start(self) -> None:
         """Start the loop as one of the session's tasks."""
@@ -57,15 +60,18 @@ class Connector:
             if delay:
                 await asyncio.sleep(delay)
             host, port = self._address
+            server_hostname = (shell.server_hostname or host) if shell.ssl_context is not None else None
             try:
                 async with asyncio.timeout(min(config.handshake_timeout, shell.connect_timeout)):
-                    _, link = await session.loop.create_connection(
-                        lambda: LinkProtocol(NO_OWNER),
-                        host,
-                        port,
-                        ssl=shell.ssl_context,
-                        server_hostname=(shell.server_hostname or host) if shell.ssl_context is not None else None,
-                    )
+                    if self._proxy is None:
+                        _, link = await session.loop.create_connection(
+                            lambda: LinkProtocol(NO_OWNER), host, port, ssl=shell.ssl_context, server_hostname=server_hostname
+                        )
+                    else:
+                        tunnel = await self._tunnel(self._proxy)
+                        _, link = await session.loop.create_connection(
+                            lambda: LinkProtocol(NO_OWNER), sock=tunnel, ssl=shell.ssl_context, server_hostname=server_hostname
+                        )
             except (OSError, TimeoutError) as exc:
                 self._failed(exc)
                 continue
@@ -75,12 +81,43 @@ class Connector:
                 configure_socket(sock, config)
             session.open_link(link)
 
+    async def _tunnel(self, proxy: Proxy) -> socket.socket:
+        """A connection to the proxy with its tunnel to the listener open
+        (each of the proxy's resolved addresses in turn)."""
+        loop = self._session.loop
+        error: OSError | None = None
+        for family, kind, proto, _, target in await loop.getaddrinfo(proxy.host, proxy.port, type=socket.SOCK_STREAM):
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setblocking(False)
+                await loop.sock_connect(sock, target)
+            except OSError as exc:
+                sock.close()
+                error = exc
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            try:
+                handshake = ProxyHandshake(proxy, *self._address)
+                while True:
+                    if request := handshake.data_to_send():
+                        await loop.sock_sendall(sock, request)
+                    if handshake.done:
+                        return sock
+                    handshake.receive(await loop.sock_recv(sock, handshake.bytes_wanted()))
+            except BaseException:
+                sock.close()
+                raise
+        raise error if error is not None else OSError(f"no address for {proxy.host}")
+
     def _failed(self, exc: BaseException) -> None:
         error = exc
         if isinstance(exc, ssl.SSLError):
             error = TLSHandshakeError(f"TLS handshake failed: {exc}")
             error.__cause__ = exc  # a certificate or a version: not retried
-        self._session.connect_failed(error, reason=f"can't connect to {self._address}: {exc}")
+        route = f"{self._address} through proxy {self._proxy}" if self._proxy is not None else f"{self._address}"
+        self._session.connect_failed(error, reason=f"can't connect to {route}: {exc}")
 
 
 class _Connecting:
@@ -107,18 +144,22 @@ def connect(
     *,
     timeout: float | None = None,
     journal: str | None = None,
+    proxy: str | Literal[False] | None = None,
     config: SessionConfig | None = None,
     shell: ShellOptions | None = None,
     **options: Unpack[ChannelOptions],
 ) -> _Connecting:
     """Open a session with the listener at ``address`` (``await`` it, or
     ``async with`` it); the same options and promises as
-    :func:`reliable_tcp.connect`."""
-    return _Connecting(_connect(address, timeout=timeout, journal=journal, config=config, shell=shell, options=options))
+    :func:`reliable_tcp.connect` (``proxy`` included)."""
+    target = (address[0], int(address[1]))
+    route = choose_proxy(proxy, *target)
+    return _Connecting(_connect(target, route, timeout=timeout, journal=journal, config=config, shell=shell, options=options))
 
 
 async def _connect(
-    address: tuple[str, int],
+    target: tuple[str, int],
+    proxy: Proxy | None,
     *,
     timeout: float | None,
     journal: str | None,
@@ -148,8 +189,7 @@ async def _connect(
             durable.release()  # the journal's lock must not outlive a connect that made no channel
         raise
     channel = Channel(session)
-    target = (address[0], int(address[1]))
-    Connector(session, target).start()
+    Connector(session, target, proxy).start()
     try:
         await session.wait_first_handshake(shell_options.connect_timeout if timeout is None else timeout, target)
     except asyncio.CancelledError:

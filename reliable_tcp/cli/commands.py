@@ -29,7 +29,8 @@ from typing import Any, BinaryIO
 
 from ..common.status import ChannelEvent, ChannelState, ChannelStatistics, EventKind
 from ..core.auth import load_psk
-from ..exceptions import ReliableTCPError
+from ..common.proxies import parse_proxy
+from ..exceptions import ReliableTCPError, UsageError
 from ..sync.channel import Channel
 from ..sync.client import connect
 from ..sync.server import listen
@@ -84,6 +85,10 @@ def _rtcat_parser() -> argparse.ArgumentParser:
     parser.add_argument("--node-id", type=int, default=None, metavar="N",
                         help="with -l: 1..65535, carried in every session id issued here, so a load balancer can "
                         "route resumes to this node (docs/scaling.md)")
+    parser.add_argument("--proxy", metavar="URL",
+                        help="reach HOST through this proxy: http://[USER:PASS@]PROXY:PORT (CONNECT) or "
+                             "socks5://[USER:PASS@]PROXY:PORT (default: https_proxy / all_proxy unless no_proxy says otherwise)")
+    parser.add_argument("--no-proxy", action="store_true", help="dial HOST directly, whatever the environment says")
     parser.add_argument("-v", "--verbose", action="store_true", help="report state changes on stderr")
     parser.add_argument("--stats", action="store_true", help="print a statistics line on stderr at the end")
     tls = parser.add_argument_group("TLS")
@@ -210,6 +215,17 @@ def rtcat_main(argv: Sequence[str] | None = None) -> int:
             print("rtcat: --node-id N (1..65535) is for the listening side (-l)", file=sys.stderr)
             return EXIT_USAGE
         options["node_id"] = args.node_id
+    if args.proxy is not None or args.no_proxy:
+        if args.listen or (args.proxy is not None and args.no_proxy):
+            print("rtcat: --proxy or --no-proxy (not both) is for the connecting side", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            if args.proxy is not None:
+                parse_proxy(args.proxy)  # a bad URL is a usage error before any session
+            options["proxy"] = False if args.no_proxy else args.proxy
+        except UsageError as exc:
+            print(f"rtcat: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     if args.dead_after is not None and args.dead_after <= args.heartbeat:
         print("rtcat: --dead-after must be longer than --heartbeat", file=sys.stderr)
         return EXIT_USAGE

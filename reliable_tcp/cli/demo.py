@@ -108,7 +108,8 @@ def run_demo(
         listener.address, seed=seed
     ) as proxy:
         say(f"demo: listener on {listener.address[1]}, fault proxy on {proxy.address[1]} (seed {proxy.seed})")
-        client = connect(proxy.address, on_event=timeline.observer("client"), **options)
+        # Both ends are on this machine: a proxy from the environment can't reach them.
+        client = connect(proxy.address, proxy=False, on_event=timeline.observer("client"), **options)
         server = listener.accept(timeout=10)
         workers = [
             threading.Thread(target=_produce, args=(client, up, rate, stop), name="demo-send-up"),

@@ -8,7 +8,7 @@ import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ..exceptions import TLSHandshakeError
+from ..exceptions import ProxyError, TLSHandshakeError
 from .sockets import link_error_reason
 
 __all__ = ["Backoff", "is_retryable"]
@@ -56,8 +56,13 @@ def is_retryable(exc: BaseException, *, reconnect: bool = False) -> bool:
     handshake is likewise final before the first session (a certificate
     or a version will not fix itself) and transient on a ``reconnect``:
     the same server passed it before, so a captive portal or a middlebox
-    answered this time. Usage errors never are.
+    answered this time. A proxy's refusal is final before the first
+    session unless the proxy says it could not reach the listener
+    (``ProxyError.transient``), and transient on a ``reconnect``: the same
+    proxy let us through before. Usage errors never are.
     """
+    if isinstance(exc, ProxyError):
+        return reconnect or exc.transient
     if isinstance(exc, (TLSHandshakeError, ssl.SSLError)) or isinstance(exc.__cause__, ssl.SSLError):
         return reconnect
     if isinstance(exc, socket.gaierror):

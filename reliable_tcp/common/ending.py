@@ -15,6 +15,7 @@ from ..exceptions import (
     AuthenticationFailed,
     ChannelBroken,
     ChannelClosed,
+    ProxyError,
     RejectedByPeer,
     ReliableTCPError,
     SessionLost,
@@ -122,6 +123,8 @@ def first_handshake_error(
     elif isinstance(cause, TLSHandshakeError):
         error = TLSHandshakeError(str(cause))
         error.__cause__ = cause.__cause__  # the ssl module's own verdict (a certificate, a version)
+    elif isinstance(cause, ProxyError):
+        error = ProxyError(cause.proxy, cause.answer, transient=cause.transient)
     else:
         error = ending.exception()
         if not isinstance(error, ChannelBroken):

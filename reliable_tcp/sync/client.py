@@ -6,8 +6,9 @@ import logging
 import random
 import socket
 import threading
-from typing import Unpack
+from typing import Literal, Unpack
 
+from ..common.proxies import Proxy, ProxyHandshake, choose_proxy
 from ..common.options import ChannelOptions, ShellOptions, resolve_options
 from ..common.sockets import close_socket, configure_socket
 from ..core.config import SessionConfig
@@ -32,10 +33,16 @@ class Connector:
     unanswered."""
 
     def __init__(
-        self, session: SessionShell, address: tuple[str, int], config: SessionConfig, shell: ShellOptions
+        self,
+        session: SessionShell,
+        address: tuple[str, int],
+        config: SessionConfig,
+        shell: ShellOptions,
+        proxy: Proxy | None = None,
     ) -> None:
         self._session = session
         self._address = address
+        self._proxy = proxy
         self._config = config
         self.options = shell
         self._stopped = threading.Event()
@@ -85,14 +92,19 @@ class Connector:
     def _attempt(self) -> None:
         timeout = min(self._config.handshake_timeout, self.options.connect_timeout)
         try:
-            sock = self._dial(timeout)
+            if self._proxy is None:
+                sock = self._dial(self._address, timeout)
+            else:
+                sock = self._dial((self._proxy.host, self._proxy.port), timeout)
+                self._tunnel(sock, self._proxy, Deadline(timeout))
             tls = self._secure(sock, timeout) if self.options.ssl_context is not None else None
         except OSError as exc:
             self._forget_dialing()
             if self._stopped.is_set():
                 return
-            logger.debug("connect to %s failed: %s", self._address, exc)
-            self._session.connect_failed(exc, reason=f"can't connect to {self._address}: {exc}")
+            route = f"{self._address} through proxy {self._proxy}" if self._proxy is not None else f"{self._address}"
+            logger.debug("connect to %s failed: %s", route, exc)
+            self._session.connect_failed(exc, reason=f"can't connect to {route}: {exc}")
             return
         sock.settimeout(None)
         configure_socket(sock, self._config)
@@ -102,9 +114,9 @@ class Connector:
             return
         self._session.open_link(sock, tls)
 
-    def _dial(self, timeout: float) -> socket.socket:
-        """A TCP connection to the address (each of its resolved addresses in turn)."""
-        host, port = self._address
+    def _dial(self, address: tuple[str, int], timeout: float) -> socket.socket:
+        """A TCP connection to ``address`` (each of its resolved addresses in turn)."""
+        host, port = address
         error: OSError | None = None
         for family, kind, proto, _, target in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
             sock = socket.socket(family, kind, proto)
@@ -122,6 +134,25 @@ class Connector:
                 self._forget_dialing()
                 sock.close()
         raise error if error is not None else OSError(f"no address for {host}")
+
+    def _tunnel(self, sock: socket.socket, proxy: Proxy, deadline: Deadline) -> None:
+        """Open the proxy's tunnel to the listener on ``sock`` (the proxy's
+        connection); ``stop()`` interrupts it like the dial."""
+        handshake = ProxyHandshake(proxy, *self._address)
+        try:
+            while True:
+                remaining = deadline.remaining()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"proxy {proxy} did not answer in time")
+                sock.settimeout(remaining)
+                if request := handshake.data_to_send():
+                    sock.sendall(request)
+                if handshake.done:
+                    return
+                handshake.receive(sock.recv(handshake.bytes_wanted()))
+        except BaseException:
+            close_socket(sock, abort=True)
+            raise
 
     def _secure(self, sock: socket.socket, timeout: float) -> TLSLayer:
         assert self.options.ssl_context is not None
@@ -143,6 +174,7 @@ def connect(
     *,
     timeout: float | None = None,
     journal: str | None = None,
+    proxy: str | Literal[False] | None = None,
     config: SessionConfig | None = None,
     shell: ShellOptions | None = None,
     **options: Unpack[ChannelOptions],
@@ -160,7 +192,17 @@ def connect(
     :class:`~reliable_tcp.common.options.ChannelOptions`), applied over ``config``
     and ``shell``. With ``journal`` (a directory) the session survives a
     restart of this process: see docs/durability.md.
+
+    ``proxy`` reaches the listener through a proxy, on every reconnect too:
+    ``"http://[user:pass@]host:port"`` (HTTP CONNECT) or
+    ``"socks5://[user:pass@]host:port"``. ``None`` (the default) takes the
+    proxy from the environment (``https_proxy``, ``all_proxy``,
+    ``no_proxy``), ``False`` always dials directly. A refusal raises
+    :class:`~reliable_tcp.exceptions.ProxyError` (docs/guide.md, "Through a
+    proxy").
     """
+    target = (address[0], int(address[1]))
+    route = choose_proxy(proxy, *target)
     resolved, shell_options, _ = resolve_options(options, config, shell)
     deadline = Deadline(shell_options.connect_timeout if timeout is None else timeout)
     durable = None
@@ -176,8 +218,7 @@ def connect(
             durable.release()
         raise
     channel = Channel(session)
-    target = (address[0], int(address[1]))
-    session.connector = connector = Connector(session, target, resolved, shell_options)
+    session.connector = connector = Connector(session, target, resolved, shell_options, route)
     connector.start()
     session.wait_first_handshake(deadline, target)
     return channel

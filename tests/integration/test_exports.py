@@ -18,7 +18,7 @@ PUBLIC = {
         "FrameTooLarge", "InvalidState", "JournalDamaged", "JournalError", "JournalInfo", "JournalLocked",
         "JournalWriteFailed", "ListenOptions", "Listener", "ListenerStatistics", "MessageTooLarge",
         "ProtocolError", "RejectedByPeer", "ReliableTCPError", "SequenceClaimError", "SessionConfig",
-        "SessionLost", "ShellOptions", "TLSHandshakeError", "UnsupportedVersion", "UsageError", "WindowFull",
+        "ProxyError", "SessionLost", "ShellOptions", "TLSHandshakeError", "UnsupportedVersion", "UsageError", "WindowFull",
         "connect", "list_journals", "listen", "load_psk", "remove_journal",
     },
     "reliable_tcp.asyncio": {"Channel", "Listener", "Server", "connect", "listen", "serve"},
