@@ -120,6 +120,9 @@ class Cluster:
         with open(self.tmp / "haproxy.err", "ab") as err:
             self.haproxy = subprocess.Popen([HAPROXY, "-db", "-f", str(self.config)], stdout=subprocess.DEVNULL, stderr=err)
         wait_listening(self.port, self.haproxy)
+        # HAProxy binds its stats socket under a temporary name and renames it,
+        # which can come after the frontend already accepts connections.
+        wait_for(self.stats_socket.exists, 20, "HAProxy's stats socket")
 
     def restart_haproxy(self) -> None:
         assert self.haproxy is not None
