@@ -18,16 +18,21 @@ __all__ = ["Backoff", "is_retryable"]
 class Backoff:
     """Delays between reconnect attempts.
 
-    The first attempt comes after a sub-second random delay (a new
-    connection beats waiting for TCP's own retransmission backoff), then
-    each delay doubles up to ``maximum``; every delay is spread by
-    ``jitter`` (a fraction) so that many clients do not reconnect in step.
+    The ceiling starts at ``initial`` (a new connection beats waiting for
+    TCP's own retransmission backoff) and grows by ``factor`` per attempt up
+    to ``maximum``. Each delay is drawn between ``ceiling * (1 - jitter)``
+    and the ceiling. The default, ``jitter=1.0``, is "full jitter": any
+    delay from zero to the ceiling, so that clients cut at the same moment
+    (a server restart, a blip in front of many of them) come back spread
+    over the whole interval instead of in waves (measured in
+    docs/reliability.md, "Many clients cut at once"). ``jitter=0`` gives
+    exact doublings.
     """
 
     initial: float = 0.05
     maximum: float = 2.0
     factor: float = 2.0
-    jitter: float = 0.5
+    jitter: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0 < self.initial <= self.maximum:

@@ -111,6 +111,29 @@ def test_backoff_grows_with_jitter_and_caps() -> None:
         Backoff(initial=0)
 
 
+def test_the_default_backoff_spreads_clients_cut_at_once_over_the_whole_interval() -> None:
+    """Issue 29, item 2: full jitter. 2,000 clients (each its own random
+    source) draw their first and their seventh delay: both spread from near
+    zero to the ceiling, about uniformly, instead of bunching in its upper
+    half as ``jitter=0.5`` did."""
+    import random
+
+    backoff = Backoff()
+    assert backoff.jitter == 1.0
+    series = [backoff.delays(random.Random(client)) for client in range(2000)]
+    first = [next(delays) for delays in series]
+    for _ in range(5):
+        for delays in series:
+            next(delays)
+    seventh = [next(delays) for delays in series]  # 0.05 s doubled six times: at the 2 s cap
+    for delays_drawn, ceiling in ((first, backoff.initial), (seventh, backoff.maximum)):
+        assert all(0 <= d <= ceiling for d in delays_drawn)
+        quarters = [sum(q * ceiling / 4 <= d < (q + 1) * ceiling / 4 for d in delays_drawn) for q in range(4)]
+        assert all(400 <= n <= 600 for n in quarters), quarters  # 500 each, give or take chance
+    old = [next(Backoff(jitter=0.5).delays(random.Random(client))) for client in range(2000)]
+    assert min(old) >= backoff.initial / 2  # what the default was: nobody came back in the first half
+
+
 def test_retryable_errors() -> None:
     assert is_retryable(ConnectionRefusedError(errno.ECONNREFUSED, "refused"))
     assert is_retryable(TimeoutError())
