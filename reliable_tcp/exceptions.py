@@ -25,6 +25,8 @@
     │   └── JournalWriteFailed     a record could not be written (disk full, I/O
     │                              error); ``__cause__`` is the OSError
     ├── ChannelClosed              the channel ended cleanly (close handshake)
+    │   └── SessionHandedOver      a draining listener left the session in its
+    │                              journal for the restarted listener
     └── ChannelBroken              the channel ended because something failed
         ├── SessionLost            the session can't be resumed; ``unacked``
         │                          holds every message the peer never acknowledged
@@ -57,6 +59,7 @@ __all__ = [
     "JournalDamaged",
     "JournalWriteFailed",
     "ChannelClosed",
+    "SessionHandedOver",
     "ChannelBroken",
     "SessionLost",
     "TLSHandshakeError",
@@ -202,6 +205,14 @@ class ChannelClosed(ReliableTCPError):
     def __init__(self, reason: str = "closed", unacked: Unacked = ()) -> None:
         super().__init__(reason)
         self.unacked = unacked
+
+
+class SessionHandedOver(ChannelClosed):
+    """A draining listener (``Listener.drain``) left this session in its
+    journal for the restarted listener: this process's channel is done with
+    it, though the session did not end. ``recv``, ``send`` and ``commit``
+    raise it; ``close`` and ``abort`` do nothing. What this process received
+    and could not commit, the restarted listener delivers again."""
 
 
 class ChannelBroken(ReliableTCPError):

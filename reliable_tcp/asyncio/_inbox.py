@@ -55,11 +55,15 @@ class Inbox:
             self._pause()
         self._readable.fire()
 
-    def end(self, error: Callable[[], BaseException]) -> None:
+    def end(self, error: Callable[[], BaseException], *, discard: bool = False) -> None:
         """No more messages will come: once the queue is drained, every take
-        raises ``error()``. The first call wins."""
+        raises ``error()``. The first call wins. ``discard``: what is queued
+        goes too (see the threaded Inbox)."""
         if self._end is None:
             self._end = error
+        if discard:
+            self._messages.clear()
+            self._bytes = 0
         self._readable.fire()
 
     def resume_if_room(self) -> None:

@@ -16,6 +16,7 @@ import socket
 from typing import Any, Protocol
 
 from ..common.sockets import input_waits, seconds_since_peer_ack
+from ..common.timing import REJECT_LINGER
 
 __all__ = ["LinkProtocol", "ProtocolOwner", "NO_OWNER"]
 
@@ -76,6 +77,9 @@ class LinkProtocol(asyncio.Protocol):
         #: Set before the transport exists: reset the connection as soon as it does
         #: (the listener is full or closing; the transport comes after the factory returns).
         self.refuse_when_made = False
+        #: Set before the transport exists: send these bytes (a REJECT), then
+        #: end in order (the listener has too many handshakes under way).
+        self.reject_when_made: bytes | None = None
 
     # ------------------------------------------------------------ asyncio
 
@@ -84,6 +88,9 @@ class LinkProtocol(asyncio.Protocol):
         self.transport = transport
         if self.refuse_when_made:
             transport.abort()
+        elif self.reject_when_made is not None:
+            transport.write(self.reject_when_made)
+            self.end_after_reject(asyncio.get_running_loop(), REJECT_LINGER)
 
     def data_received(self, data: bytes) -> None:
         if self._backlog:  # earlier bytes still wait their turn: these go after them

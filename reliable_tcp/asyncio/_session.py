@@ -31,6 +31,7 @@ from ..common.timing import FINAL_FLUSH, JOURNAL_FINISH, REJECT_LINGER
 from ..core.engine import SessionEngine
 from ..core.frames import Hello
 from ..durable.session_journal import Durable
+from ..exceptions import SessionHandedOver
 from ._inbox import Inbox
 from ._link import NO_OWNER, LinkProtocol
 from ._signal import Signal
@@ -74,6 +75,8 @@ class LoopSession(SessionFront[LinkProtocol]):
         self._flush_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
+        #: Commits being written to the journal (off the loop).
+        self.journal_writes: set[asyncio.Future[None]] = set()
         self.closer: asyncio.Future[None] | None = None
         self._reschedule()
 
@@ -90,6 +93,27 @@ class LoopSession(SessionFront[LinkProtocol]):
         """Refuse new sends and send CLOSE behind what is queued (also the
         listener's door, so it can start every session's close at once)."""
         self.carry_out(self.policy.close(self.loop.time()))
+
+    def move_away(self, reason: str) -> None:
+        """The listener drains: end this session's connection in order (FIN)
+        and keep the session, for its client's resume after the restart."""
+        link = self.policy.link
+        if link is not None:
+            self.carry_out(self.policy.link_lost(link, self.loop.time(), reason, None, abort=False))
+
+    async def hand_over(self, deadline: float | None, reason: str) -> None:
+        """A draining listener is done: release the session unchanged in its
+        journal for the restarted listener; the channel's calls raise
+        SessionHandedOver(``reason``) from now on."""
+        if self._timer is not None:  # inert from now on: no resume window runs out in this process
+            self._timer.cancel()
+            self._timer = None
+        # First the flag, then the journal goes: a commit that finds no
+        # journal must know why, or it would pass for done (Channel._commit).
+        self.policy.hand_over(reason)
+        self.inbox.end(lambda: SessionHandedOver(reason), discard=True)  # not committable here: delivered again there
+        self.changed.fire()
+        await self.teardown(deadline, reported=False)
 
     async def finish_close(self, deadline: float | None, *, reported: bool = True) -> None:
         """Wait for the close handshake until ``deadline``, then release everything."""
@@ -148,6 +172,8 @@ class LoopSession(SessionFront[LinkProtocol]):
                 link.close(abort=True)
         if self.tasks:
             await asyncio.wait(set(self.tasks), timeout=FINAL_FLUSH)
+        if self.journal_writes:
+            await asyncio.wait(set(self.journal_writes), timeout=JOURNAL_FINISH)  # a commit's record is written whole
         finishing = self.finish_durable(reported=reported)
         if finishing is not None:
             # As the threaded close: the journal is closed (deleted after a

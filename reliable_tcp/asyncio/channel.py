@@ -38,7 +38,7 @@ from ..common.ending import Unacked
 from ..common.status import ChannelState, ChannelStatistics
 from ..common.timing import HANDSHAKE_SHARE
 from ..core.state import TERMINAL_STATES
-from ..exceptions import ChannelClosed, JournalWriteFailed, UsageError
+from ..exceptions import ChannelClosed, JournalWriteFailed, SessionHandedOver, UsageError
 from ._session import LoopSession
 
 __all__ = ["Channel"]
@@ -254,9 +254,15 @@ class Channel:
         upto = self.last_received_seq
         if upto <= self._session.engine.committed:
             return
-        if self._session.durable is not None:
+        durable = self._session.durable
+        if durable is None and self._session.policy.handed_over is not None:
+            raise SessionHandedOver(self._session.policy.handed_over)  # as the threaded commit: it can't reach the journal
+        if durable is not None:
+            writing = self._session.loop.run_in_executor(None, durable.record_consumed, upto)
+            self._session.journal_writes.add(writing)  # a teardown waits for it before it closes the journal
+            writing.add_done_callback(self._session.journal_writes.discard)
             try:
-                await self._session.loop.run_in_executor(None, self._session.durable.record_consumed, upto)
+                await writing
             except JournalWriteFailed as exc:
                 logger.warning("%s: commit not journaled, retried at the next one: %s", self._session.name, exc)
                 return
@@ -273,6 +279,8 @@ class Channel:
         await self._close_and_report(timeout, commit=True)
 
     async def _close_and_report(self, timeout: float | None, *, commit: bool) -> None:
+        if self._session.policy.handed_over is not None:
+            return  # a drain gave the session to the restarted listener: nothing here to close
         if self._session.closer is None:
             self._session.closer = asyncio.ensure_future(self._close(timeout, commit=commit))
         await asyncio.shield(self._session.closer)
@@ -297,6 +305,8 @@ class Channel:
     def abort(self) -> Unacked:
         """End the session at once; return the ``(seq, payload)`` discarded
         (the peer is told, as :meth:`reliable_tcp.Channel.abort`)."""
+        if self._session.policy.handed_over is not None:
+            return ()  # a drain gave the session to the restarted listener: it is not this process's to end
         unacked = self._session.abort()
         if unacked:
             logger.warning("%s: aborted with %d unacknowledged messages", self.name, len(unacked))

@@ -10,8 +10,8 @@ import ssl
 from collections.abc import Generator
 from typing import Any, Literal, Unpack
 
-from ..common.proxies import Proxy, ProxyHandshake, choose_proxy
 from ..common.options import ChannelOptions, ShellOptions, resolve_options
+from ..common.proxies import Proxy, ProxyHandshake, choose_proxy
 from ..common.sockets import configure_socket
 from ..core.config import SessionConfig
 from ..core.engine import SessionEngine
@@ -55,7 +55,7 @@ class Connector:
             if policy.proven_links != proven:
                 proven = policy.proven_links
                 delays = shell.backoff.delays(rng)  # only a link that proved itself restarts the backoff
-            delay = 0.0 if first else next(delays)
+            delay = policy.attempt_delay(session.loop.time(), 0.0 if first else next(delays), rng.random())
             first = False
             if delay:
                 await asyncio.sleep(delay)

@@ -15,17 +15,17 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Unpack
 
-from ..common.listener import ListenerBook, log_refusal, read_hello
+from ..common.listener import HANDED_OVER, ListenerBook, drain_pace, log_refusal, read_hello
 from ..common.options import ListenOptions, ShellOptions, resolve_options
 from ..common.sockets import configure_socket, input_waits
 from ..common.status import ListenerStatistics
-from ..common.timing import REJECT_LINGER
+from ..common.timing import DRAIN_CLOSE_RESERVE, DRAIN_LINGER, REJECT_LINGER
 from ..core.config import SessionConfig
 from ..core.engine import SessionEngine
 from ..core.frames import Hello, RejectReason
 from ..core.handshake import ServerHandshake, reject_reply
 from ..durable.session_journal import Durable
-from ..exceptions import ChannelClosed, HandshakeRejected, ReliableTCPError
+from ..exceptions import ChannelClosed, HandshakeRejected, ReliableTCPError, UsageError
 from ._link import NO_OWNER, LinkProtocol
 from ._session import LoopSession
 from ._signal import Signal
@@ -152,10 +152,14 @@ class Listener:
 
     def _new_connection(self) -> LinkProtocol:
         link = LinkProtocol(NO_OWNER, order=next(self._order))
-        if self._book.closed or len(self._pending) >= self._max_pending:
+        if self._book.closed:
             self._book.rejected_handshakes += 1
-            logger.warning("too many pending handshakes; dropped")
             link.refuse_when_made = True
+            return link
+        if len(self._pending) >= self._max_pending:
+            self._book.rejected_handshakes += 1
+            logger.warning("too many pending handshakes; refused with a retry hint")
+            link.reject_when_made = reject_reply(self._book.too_many_handshakes())
             return link
         self._pending.add(link)
         link.owner = _Handshake(self, link)
@@ -203,6 +207,7 @@ class Listener:
 
     def _session_ended(self, session: LoopSession) -> None:
         self._book.ended(session)
+        self._changed.fire()  # a drain waits for the last one
 
     async def accept(self) -> Channel:
         """The next new session (cancel to stop waiting: nothing is taken).
@@ -221,26 +226,71 @@ class Listener:
         return self._book.statistics(len(self._pending))
 
     @property
+    def draining(self) -> bool:
+        """Whether :meth:`drain` has begun (new sessions are refused from then on)."""
+        return self._book.draining is not None
+
+    @property
     def session_count(self) -> int:
         """Sessions currently registered."""
         return len(self._book.registry)
 
+    async def drain(self, timeout: float = 30.0, *, retry_after: float = 5.0, rate: float | None = None) -> None:
+        """Empty the listener before a planned restart, then close it (see
+        :meth:`reliable_tcp.Listener.drain`)."""
+        if timeout <= 0 or retry_after < 0 or (rate is not None and rate <= 0):
+            raise UsageError("drain needs timeout > 0, retry_after >= 0 and rate > 0")
+        if self._book.closed:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        sessions = self._book.drain(retry_after)
+        logger.info("listener on port %d: draining %d sessions", self.address[1], len(sessions))
+        if self._book.journal is None:
+            waiting = deadline - min(DRAIN_CLOSE_RESERVE, timeout / 4)  # time left for the close handshakes
+            while self._book.channels and not self._book.closed:
+                if not await self._changed.wait(waiting):
+                    break
+            await self._shut(deadline, end_sessions=True)
+            return
+        pace = drain_pace(len(sessions), timeout, rate)
+        started = loop.time()
+        for number, session in enumerate(sessions):
+            delay = started + number * pace - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if self._book.closed or loop.time() >= deadline:
+                break
+            session.move_away("the listener is draining before a restart")
+        # The last ones moved get their resume refused with the hint too, rather than a closed port.
+        linger = min(DRAIN_LINGER, deadline - loop.time())
+        if linger > 0 and not self._book.closed:
+            await asyncio.sleep(linger)
+        await self._shut(deadline, end_sessions=False)
+
     async def close(self, timeout: float = 5.0) -> None:
         """Stop accepting and end every session within ``timeout`` (see
         :meth:`reliable_tcp.Listener.close`)."""
+        await self._shut(asyncio.get_running_loop().time() + timeout, end_sessions=True)
+
+    async def _shut(self, deadline: float, *, end_sessions: bool) -> None:
+        """Close: end every session (``end_sessions``), or release each
+        unchanged in its journal for the restarted listener (a drain)."""
         if self._book.closed:
             return
         sessions = self._book.close()
         self._changed.fire()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
         if self._server is not None:
             self._server.close()
         for link in list(self._pending):
             link.close(abort=True)
-        for session in sessions:
-            session.begin_close()
-        await asyncio.gather(*(session.finish_close(deadline, reported=False) for session in sessions))
+        if end_sessions:
+            for session in sessions:
+                session.begin_close()
+            await asyncio.gather(*(session.finish_close(deadline, reported=False) for session in sessions))
+        else:
+            await asyncio.gather(*(session.hand_over(deadline, HANDED_OVER) for session in sessions))
         if self._server is not None:
             try:
                 await asyncio.wait_for(self._server.wait_closed(), max(0.1, deadline - loop.time()))
@@ -348,6 +398,12 @@ class Server:
     async def serve_forever(self) -> None:
         """Serve until cancelled or closed."""
         await asyncio.shield(self._acceptor)
+
+    async def drain(self, timeout: float = 30.0, *, retry_after: float = 5.0, rate: float | None = None) -> None:
+        """Empty the listener before a planned restart (:meth:`Listener.drain`),
+        then wait for the handlers as :meth:`close` does."""
+        await self.listener.drain(timeout, retry_after=retry_after, rate=rate)
+        await self.close()
 
     async def close(self, timeout: float = 5.0) -> None:
         """Stop accepting, end every session, and wait for the handlers."""

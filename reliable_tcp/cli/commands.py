@@ -27,18 +27,18 @@ import time
 from collections.abc import Sequence
 from typing import Any, BinaryIO
 
+from ..common.proxies import parse_proxy
 from ..common.status import ChannelEvent, ChannelState, ChannelStatistics, EventKind
 from ..core.auth import load_psk
-from ..common.proxies import parse_proxy
-from ..exceptions import ReliableTCPError, UsageError
+from ..exceptions import ChannelClosed, ReliableTCPError, UsageError
 from ..sync.channel import Channel
 from ..sync.client import connect
-from ..sync.server import listen
+from ..sync.server import Listener, listen
 from ..testing.proxy import FaultProxy
 from . import stdio, tunnel
 
 __all__ = ["rtcat_main", "rtproxy_main", "EXIT_OK", "EXIT_CONNECT", "EXIT_USAGE", "EXIT_LOST", "EXIT_STDOUT",
-           "EXIT_INPUT", "EXIT_INTERRUPT"]
+           "EXIT_INPUT", "EXIT_INTERRUPT", "EXIT_TERMINATED"]
 
 EXIT_OK = 0
 EXIT_CONNECT = 1
@@ -47,6 +47,12 @@ EXIT_LOST = 3
 EXIT_STDOUT = 4
 EXIT_INPUT = 5
 EXIT_INTERRUPT = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process it ended
+
+#: rtcat -l on SIGTERM with a journal: how long the drain may take, and when
+#: the client is told to come back (a supervisor restarts it by then).
+DRAIN_TIMEOUT = 10.0
+DRAIN_RETRY_AFTER = 2.0
 
 
 def _seconds(text: str) -> float:
@@ -451,6 +457,7 @@ class _Session:
         self.stdout_closed = stdout_closed
         self.channel: Channel | None = None
         self.refused_tunnel = False
+        self.terminating: threading.Thread | None = None  # SIGTERM: the thread ending the listener
 
     # ------------------------------------------------------------ modes
 
@@ -479,14 +486,57 @@ class _Session:
         with listener:
             if self.args.verbose:
                 print(f"rtcat: listening on {tunnel.format_address(listener.address)}", file=sys.stderr)
-            first = True
-            while True:
-                self.channel = listener.accept()
-                # stdin belongs to the first session only (with -k, later ones just receive).
-                status = self._carry(self.channel, with_input=first, opened_here=False)
-                first = False
-                if not self.args.keep_listening or status in (EXIT_STDOUT, EXIT_INTERRUPT):
-                    return status
+            previous = signal.signal(signal.SIGTERM, lambda *_: self._on_sigterm(listener))
+            try:
+                first = True
+                while True:
+                    try:
+                        self.channel = listener.accept()
+                    except ChannelClosed:
+                        if self.terminating is None:
+                            raise
+                        return self._terminated()
+                    # stdin belongs to the first session only (with -k, later ones just receive).
+                    status = self._carry(self.channel, with_input=first, opened_here=False)
+                    first = False
+                    if self.terminating is not None:
+                        return self._terminated()
+                    if not self.args.keep_listening or status in (EXIT_STDOUT, EXIT_INTERRUPT):
+                        return status
+            finally:
+                signal.signal(signal.SIGTERM, previous)
+
+    def _on_sigterm(self, listener: Listener) -> None:
+        """SIGTERM (in the main thread, between two of its steps): end the
+        listener from a thread of its own, so the session and the relay are
+        never interrupted halfway; the main thread sees the session end."""
+        if self.terminating is not None:
+            return
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+        self.terminating = threading.Thread(target=self._end_listener, args=(listener,), name="rtcat-sigterm", daemon=True)
+        self.terminating.start()
+
+    def _end_listener(self, listener: Listener) -> None:
+        """With a journal, drain: the client is told to come back in a moment
+        and the next rtcat -l with the journal takes the session back.
+        Without one the session can't outlive this process: it is aborted,
+        so the peer learns it at once."""
+        if self.args.journal:
+            listener.drain(DRAIN_TIMEOUT, retry_after=DRAIN_RETRY_AFTER)
+        else:
+            self.abort()
+            listener.close()
+
+    def _terminated(self) -> int:
+        assert self.terminating is not None
+        self.terminating.join(DRAIN_TIMEOUT + 5.0)
+        if self.args.journal:
+            print(f"rtcat: terminated; the session waits in {self.args.journal} for the next rtcat -l with it",
+                  file=sys.stderr)
+        else:
+            print("rtcat: terminated; the session was aborted (without --journal it can't outlive this process)",
+                  file=sys.stderr)
+        return EXIT_TERMINATED
 
     def abort(self) -> None:
         if self.channel is not None:

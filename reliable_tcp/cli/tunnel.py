@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..exceptions import ChannelClosed, ReliableTCPError, SessionLost
+from ..exceptions import ChannelClosed, ReliableTCPError, SessionHandedOver, SessionLost
 from ..sync.channel import Channel
 
 __all__ = [
@@ -496,6 +496,13 @@ class _Relay:
                 self._fail(f"the session did not end cleanly: {exc}", Fault.SESSION, tell_peer=False)
 
     def _lost(self, exc: SessionLost) -> None:
+        if self._eof_received and exc.unacked and all(payload == self.framing.end for _, payload in exc.unacked):
+            # Both directions had ended here, and all the far end missed is
+            # this side's end again: a side restarted from its journal sends
+            # it once more, and the far end, which had it from before,
+            # closed meanwhile. Every byte arrived both ways.
+            self._eof_sent = True
+            return
         self.result.unacked = self.result.unacked or exc.unacked
         self._fail(str(exc), Fault.SESSION, tell_peer=False)  # "session lost: why (n unacknowledged messages)"
 
@@ -570,6 +577,10 @@ class _Relay:
                     return
         except SessionLost as exc:
             self._lost(exc)
+        except SessionHandedOver as exc:
+            # Not an end: the restarted listener carries on. The endpoint is
+            # abandoned as it stands (an --output keeps its sidecar).
+            self._fail(str(exc), Fault.SESSION, tell_peer=False)
         except ChannelClosed:
             self._closed_by_far_end()
         except ReliableTCPError as exc:

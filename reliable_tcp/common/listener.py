@@ -8,7 +8,9 @@ carrying the REJECT reason) for the front to send.
 
 Rules kept here, one place each:
 - what a HELLO that can't be read is answered with (:func:`read_hello`);
-- a closing listener refuses every handshake (SERVER_BUSY); a resume needs
+- a closing listener refuses every handshake (SERVER_BUSY); a draining one
+  every new session, and on a durable listener every resume, with a hint
+  of when to come back; a full one says come back in a second; a resume needs
   a session this listener holds (else SESSION_UNKNOWN, or NOT_HERE for
   another node's id); a new session needs room in the registry and, on a
   durable listener, a journal (else SERVER_BUSY);
@@ -34,14 +36,14 @@ from typing import Generic, Protocol, TypeVar
 
 from ..core.config import SessionConfig
 from ..core.engine import SessionEngine
-from ..core.frames import MAX_NODE_ID, Hello, RejectReason
+from ..core.frames import MAX_NODE_ID, Hello, RejectReason, retry_after, with_retry_after
 from ..core.handshake import ServerHandshake, SessionRegistry
 from ..durable.session_journal import Durable
 from ..exceptions import FrameError, HandshakeRejected, ProtocolError, ReliableTCPError, UnsupportedVersion, UsageError
 from .ending import Unacked
 from .status import ChannelState, ListenerStatistics
 
-__all__ = ["ListenerBook", "ListenedSession", "read_hello"]
+__all__ = ["BUSY_RETRY_AFTER", "HANDED_OVER", "ListenerBook", "ListenedSession", "drain_pace", "read_hello"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +53,15 @@ logger = logging.getLogger(__name__)
 #: SESSION_UNKNOWN and this text, and logged at DEBUG only.
 PROBE_SESSION_ID = bytes(16)
 PROBE_ANSWER = "no session has the zero id (a health check)"
+
+#: The hint (seconds) with which a listener that has no room refuses: come
+#: back in about this long (docs/protocol.md 3, "Retry hint").
+BUSY_RETRY_AFTER = 1.0
+#: The hint with which a listener that has ``max_pending_handshakes`` under
+#: way refuses one more connection (seconds): handshakes take milliseconds.
+PENDING_RETRY_AFTER = 0.2
+#: What a drained listener's channels raise (ChannelClosed) once it closed.
+HANDED_OVER = "the listener drained for a restart: the session waits in its journal for the restarted listener"
 
 
 def log_refusal(log: logging.Logger, prefix: str, refusal: HandshakeRejected) -> None:
@@ -72,6 +83,16 @@ def read_hello(reader: ServerHandshake, data: bytes) -> tuple[Hello | None, byte
         return None, b"", HandshakeRejected(RejectReason.UNSUPPORTED_VERSION, str(exc))
     except (FrameError, ProtocolError) as exc:
         return None, b"", HandshakeRejected(RejectReason.PROTOCOL_ERROR, str(exc))
+
+
+def drain_pace(sessions: int, timeout: float, rate: float | None) -> float:
+    """Seconds between two sessions a drain moves away: ``1 / rate``, or
+    (by default) all of them spread over half of ``timeout``, so that the
+    last has left with time to spare and their resumes, refused with the
+    hint, do not all arrive at once."""
+    if rate is not None:
+        return 1.0 / rate
+    return (timeout / 2) / max(1, sessions)
 
 
 class ListenedSession(Protocol):
@@ -108,6 +129,8 @@ class ListenerBook(Generic[C]):
         #: New sessions for accept(), in the order their clients confirmed them.
         self.offered: deque[C] = deque()
         self.closed = False
+        #: While draining (:meth:`drain`): the hint every refusal carries.
+        self.draining: float | None = None
         self.rejected_handshakes = 0
         self.sessions_failed = 0
 
@@ -131,12 +154,32 @@ class ListenerBook(Generic[C]):
             self.offered.append(channel)
             logger.info("restored session %s from %s", engine.session_id.hex(), durable.directory)
 
+    def drain(self, retry_after: float) -> list[C]:
+        """The listener drains before a restart: from now on it refuses every
+        new session, and on a durable listener every resume too (the session
+        waits in its journal for the restarted listener), with SERVER_BUSY
+        and the hint to come back in ``retry_after`` seconds. The sessions
+        it holds now, to move away (durable) or to wait for."""
+        self.draining = retry_after
+        return list(self.channels.values())
+
+    def too_many_handshakes(self) -> HandshakeRejected:
+        """The refusal of a connection that arrives while ``max_pending_handshakes``
+        are under way: come back in a moment (the drain's hint while draining)."""
+        hint = self.draining if self.draining is not None else PENDING_RETRY_AFTER
+        return self._busy("too many handshakes at once", hint)
+
+    def _busy(self, text: str, hint: float) -> HandshakeRejected:
+        return HandshakeRejected(RejectReason.SERVER_BUSY, with_retry_after(hint, text))
+
     def resume_target(self, hello: Hello) -> C | HandshakeRejected:
         """The channel a resuming HELLO names, or the refusal."""
         if self.closed:
             return HandshakeRejected(RejectReason.SERVER_BUSY, "the server is closing")
         if hello.session_id == PROBE_SESSION_ID:
             return HandshakeRejected(RejectReason.SESSION_UNKNOWN, PROBE_ANSWER)
+        if self.draining is not None and self.journal is not None and hello.session_id in self.channels:
+            return self._busy("the server is restarting; the session is kept", self.draining)
         channel = self.channels.get(hello.session_id)
         if channel is None:
             return self.registry.unknown_session(hello)
@@ -147,9 +190,13 @@ class ListenerBook(Generic[C]):
         listener the front opens its journal next (:meth:`journal_path`)."""
         if self.closed:
             return HandshakeRejected(RejectReason.SERVER_BUSY, "the server is closing")
+        if self.draining is not None:
+            return self._busy("the server is draining before a restart", self.draining)
         try:
             return self.registry.start(hello, now)
         except HandshakeRejected as rejected:
+            if rejected.reason == RejectReason.SERVER_BUSY and retry_after(rejected.reason, rejected.text) is None:
+                return self._busy(rejected.text, BUSY_RETRY_AFTER)
             return rejected
 
     def journal_path(self, engine: SessionEngine) -> str | None:
@@ -160,7 +207,7 @@ class ListenerBook(Generic[C]):
         """A new session's journal could not be created: no session without it."""
         logger.error("no journal for a new session: %s", error)
         self.registry.forget(engine.session_id)
-        return HandshakeRejected(RejectReason.SERVER_BUSY, "the server can't journal a new session")
+        return self._busy("the server can't journal a new session", BUSY_RETRY_AFTER)
 
     def add(self, engine: SessionEngine, channel: C) -> None:
         """``channel`` carries the new session ``engine``."""

@@ -42,9 +42,9 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from ..core import events as ev
 from ..core.engine import SessionEngine
-from ..core.frames import Hello, RejectReason
+from ..core.frames import Hello, RejectReason, retry_after
 from ..core.state import LIVE_STATES, TERMINAL_STATES
-from ..exceptions import ChannelClosed, HandshakeRejected, ReliableTCPError, UsageError
+from ..exceptions import ChannelClosed, HandshakeRejected, RejectedByPeer, ReliableTCPError, SessionHandedOver, UsageError
 from .backoff import Backoff, is_retryable
 from .ending import EndKind, Ending, first_handshake_error
 from .sockets import link_error_reason
@@ -209,6 +209,7 @@ class SessionPolicy(Generic[L]):
         #: No more connections (the end, or a teardown).
         self.stopping = False
         self.ending: Ending | None = None
+        self.handed_over: str | None = None  # see hand_over()
         self.close_reported = False  # see close_report()
         self.last_cause: BaseException | None = None
         self.disconnects = 0
@@ -226,6 +227,9 @@ class SessionPolicy(Generic[L]):
         self._proving_time = proving_time
         self._link_opened_at: float | None = None  # the current connection's handshake completed then
         self._link_moved_data = False
+        #: The server's last refusal asked to come back no sooner than
+        #: (monotonic time, the hint in seconds): see attempt_delay().
+        self._retry_hint: tuple[float, float] | None = None
         #: The connection that holds the session.
         self.link: L | None = None
         self._link_order = 0
@@ -257,10 +261,18 @@ class SessionPolicy(Generic[L]):
             return True
         return None if self.ending is not None else False
 
+    def hand_over(self, reason: str) -> None:
+        """A draining listener left the session in its journal for the
+        restarted listener: this process's channel is done with it (its
+        calls raise SessionHandedOver with ``reason``); the session is not ended."""
+        self.handed_over = reason
+
     def raise_if_closed(self) -> None:
         """Raise what a send or receive meets once the channel ended or closes."""
         if self.ending is not None:
             raise self.ending.exception()
+        if self.handed_over is not None:
+            raise SessionHandedOver(self.handed_over)
         if self.closing:
             raise ChannelClosed("the channel is closing")
 
@@ -375,6 +387,19 @@ class SessionPolicy(Generic[L]):
             return None
         return first_handshake_error(self.ending, restored=self._restored, address=address, last_cause=self.last_cause)
 
+    def attempt_delay(self, now: float, backoff_delay: float, draw: float) -> float:
+        """How long the connector waits before its next attempt: the
+        backoff's delay, or longer if the server's last refusal carried a
+        hint (docs/protocol.md 3, "Retry hint"): then not before the hint
+        has passed, plus up to a quarter of it more (``draw``, uniform in
+        [0, 1)), so that clients refused together do not return together.
+        A hint counts for one attempt."""
+        hint, self._retry_hint = self._retry_hint, None
+        if hint is None:
+            return backoff_delay
+        not_before, seconds = hint
+        return max(backoff_delay, not_before - now + seconds * draw / 4)
+
     def connect_failed(self, now: float, error: BaseException, reason: str) -> list[Action]:
         """A connection attempt failed. One not worth retrying (a refused
         name or a certificate before the first session: ``is_retryable``)
@@ -463,6 +488,8 @@ class SessionPolicy(Generic[L]):
             elif isinstance(event, ev.PeerConfirmed):
                 actions.append(Confirmed())
             elif isinstance(event, ev.TransportFailed):
+                if isinstance(event.error, RejectedByPeer) and (hint := retry_after(event.error.reason, event.error.text)):
+                    self._retry_hint = (now + hint, hint)
                 self._link_lost(now, event.reason, event.error, True, actions)
             elif (ending := Ending.of_event(event)) is not None:
                 self._end(ending, actions)
@@ -501,8 +528,9 @@ class SessionPolicy(Generic[L]):
 
     def next_timer(self) -> float | None:
         """When the front's timer must fire, if that is new (sooner than
-        what it holds); None: keep the one it has, or none after the end."""
-        if self.ending is not None:
+        what it holds); None: keep the one it has, or none after the end
+        (or once a drain handed the session over: it is inert here)."""
+        if self.ending is not None or self.handed_over is not None:
             return None
         due = self.engine.next_deadline()
         if due is None or (self._timer_due is not None and due >= self._timer_due):
@@ -527,7 +555,7 @@ class SessionPolicy(Generic[L]):
         self._timer_due = None
         engine = self.engine
         due = engine.next_deadline()
-        if self.ending is not None or due is None or due > now:
+        if self.ending is not None or self.handed_over is not None or due is None or due > now:
             return None
         if self.link is None:
             return LivenessCheck(False, False, reading_paused)
@@ -548,7 +576,7 @@ class SessionPolicy(Generic[L]):
         microseconds on. Whatever falls due meanwhile is the next timer's.
         """
         actions: list[Action] = []
-        if self.ending is not None:
+        if self.ending is not None or self.handed_over is not None:
             return actions
         if link is None or link is not self.link:
             evidence = LivenessEvidence()

@@ -7,7 +7,9 @@ the shell gives its own clean-ups, and they are not worth an option.
 
 from __future__ import annotations
 
-__all__ = ["ABORT_FLUSH", "FINAL_FLUSH", "HANDSHAKE_SHARE", "JOURNAL_FINISH", "REJECT_LINGER"]
+__all__ = [
+    "ABORT_FLUSH", "DRAIN_CLOSE_RESERVE", "DRAIN_LINGER", "FINAL_FLUSH", "HANDSHAKE_SHARE", "JOURNAL_FINISH", "REJECT_LINGER",
+]
 
 #: After the session ended: how long the last frames may take to leave, and
 #: the peer to answer our FIN, before the connection is cut; also how long a
@@ -23,3 +25,9 @@ REJECT_LINGER = 1.0
 #: How long a teardown waits for the journal to be closed (an fsync, a close,
 #: perhaps a delete).
 JOURNAL_FINISH = 5.0
+#: drain() of a durable listener: how long it keeps refusing resumes (with
+#: the hint) after the last session was moved away, before it closes.
+DRAIN_LINGER = 1.0
+#: drain() of a listener without a journal: the part of its budget kept for
+#: closing the sessions whose owners did not close them in time.
+DRAIN_CLOSE_RESERVE = 5.0

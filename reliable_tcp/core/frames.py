@@ -18,6 +18,7 @@ or raises :class:`~reliable_tcp.exceptions.FrameError`.
 from __future__ import annotations
 
 import enum
+import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -42,6 +43,10 @@ __all__ = [
     "FrameType",
     "RejectReason",
     "RETRYABLE_REJECTS",
+    "RETRY_AFTER_PREFIX",
+    "MAX_RETRY_AFTER_MS",
+    "with_retry_after",
+    "retry_after",
     "Hello",
     "Accept",
     "Reject",
@@ -149,6 +154,31 @@ class RejectReason(enum.IntEnum):
 
 #: Codes that refuse only this attempt: the client tries again later.
 RETRYABLE_REJECTS = frozenset({RejectReason.SERVER_BUSY, RejectReason.HANDSHAKE_TIMEOUT, RejectReason.NOT_HERE})
+
+#: A SERVER_BUSY REJECT's text may begin with a hint of when to try again
+#: (docs/protocol.md 3, "Retry hint"): ``retry-after-ms=N`` and either the
+#: end of the text or "; " and the human-readable rest. Text is
+#: informational to a peer that does not know the hint, so it stays version 1.
+RETRY_AFTER_PREFIX = "retry-after-ms="
+#: The longest hint a receiver takes (one hour); a longer one is read as this.
+MAX_RETRY_AFTER_MS = 3_600_000
+_RETRY_AFTER = re.compile(r"retry-after-ms=([0-9]{1,10})(?:; |$)")
+
+
+def with_retry_after(seconds: float, text: str) -> str:
+    """``text`` with the hint "try again in ``seconds``" in front."""
+    milliseconds = max(0, min(MAX_RETRY_AFTER_MS, round(seconds * 1000)))
+    return f"{RETRY_AFTER_PREFIX}{milliseconds}; {text}" if text else f"{RETRY_AFTER_PREFIX}{milliseconds}"
+
+
+def retry_after(reason: int, text: str) -> float | None:
+    """The hint a REJECT carries, in seconds, or None (none, another code, or not well formed)."""
+    if reason != RejectReason.SERVER_BUSY:
+        return None
+    match = _RETRY_AFTER.match(text)
+    if match is None:
+        return None
+    return min(int(match.group(1)), MAX_RETRY_AFTER_MS) / 1000
 
 #: Where a session id carries the node id of the listener that issued it:
 #: its first two bytes, big-endian (0: no node id). In a resuming HELLO

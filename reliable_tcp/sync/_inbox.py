@@ -57,12 +57,17 @@ class Inbox:
             self._bytes += nbytes
             self._readable.notify_all()
 
-    def end(self, error: Callable[[], BaseException]) -> None:
+    def end(self, error: Callable[[], BaseException], *, discard: bool = False) -> None:
         """No more messages will come: once the queue is drained, every take
-        raises ``error()``. The first call wins."""
+        raises ``error()``. The first call wins. ``discard``: what is queued
+        goes too (a drain handed the session over: the restarted listener
+        delivers these messages, which this process could not commit)."""
         with self._lock:
             if self._end is None:
                 self._end = error
+            if discard:
+                self._messages.clear()
+                self._bytes = 0
             self._readable.notify_all()
             self._room.notify_all()
 

@@ -40,7 +40,7 @@ from ..common.timing import FINAL_FLUSH
 from ..core.engine import SessionEngine
 from ..core.frames import Hello
 from ..durable.session_journal import Durable
-from ..exceptions import ReliableTCPError, WindowFull
+from ..exceptions import ReliableTCPError, SessionHandedOver, WindowFull
 from ._deadline import Deadline
 from ._inbox import Inbox
 from ._link import WAIT, Link, Waiting
@@ -125,7 +125,9 @@ class SessionShell(SessionFront[Link]):
         self._links: list[Link] = []  # lock: every link started, to join
         self._link_numbers = itertools.count(1)
         self.connector: Connecting | None = None
-        self._journal_order = threading.Lock()  # session records reach the journal in order
+        #: Session records reach the journal in order, and a commit's record is
+        #: written whole before a teardown takes the journal away.
+        self.journal_order = threading.Lock()
         with self.locked:
             self._reschedule()
 
@@ -186,7 +188,7 @@ class SessionShell(SessionFront[Link]):
             stopped = each.join(deadline.earlier(FINAL_FLUSH)) and stopped
         if not stopped:
             logger.error("%s: a thread did not stop in time", self._name)
-        with self._journal_order, self.lock:  # not while a session record is being written
+        with self.journal_order, self.lock:  # not while a session record is being written
             self._links = [each for each in self._links if each.running]
             close_journal = self._take_journal(reported=reported)
         if close_journal is not None:
@@ -197,6 +199,27 @@ class SessionShell(SessionFront[Link]):
         listener's door, so it can start every session's close at once)."""
         with self.locked:
             self.carry_out(self.policy.close(time.monotonic()))
+
+    def move_away(self, reason: str) -> None:
+        """The listener drains: end this session's connection in order (FIN)
+        and keep the session, for its client's resume after the restart."""
+        with self.locked:
+            link = self.policy.link
+            if link is not None:
+                self.carry_out(self.policy.link_lost(link, time.monotonic(), reason, None, abort=False))
+
+    def hand_over(self, deadline: Deadline, reason: str) -> None:
+        """A draining listener is done: release the session unchanged in its
+        journal for the restarted listener; the channel's calls raise
+        SessionHandedOver(``reason``) from now on."""
+        # First the flag, then the journal goes: a commit that finds no
+        # journal must know why, or it would pass for done (Channel._commit).
+        with self.locked:
+            TIMERS.cancel(self)  # inert from now on: no resume window runs out in this process
+            self.policy.hand_over(reason)
+            self.inbox.end(lambda: SessionHandedOver(reason), discard=True)  # not committable here: delivered again there
+            self._wake_waiters()
+        self.teardown(deadline, linger=False, reported=False)
 
     def finish_close(self, deadline: Deadline, *, reported: bool = True) -> None:
         """Wait for the close handshake within ``deadline``, then release
@@ -276,7 +299,7 @@ class SessionShell(SessionFront[Link]):
 
     def _persist_session(self) -> None:
         """Journal the session's current id and secrets, then release the output."""
-        with self._journal_order:  # the newest secret is the last one written; no finish meanwhile
+        with self.journal_order:  # the newest secret is the last one written; no finish meanwhile
             with self.lock:
                 durable = self.durable
                 record = self._session_record()

@@ -17,7 +17,7 @@ from typing import TypeVar
 from ..common.status import ChannelState, ChannelStatistics
 from ..common.timing import ABORT_FLUSH, HANDSHAKE_SHARE, REJECT_LINGER
 from ..core.state import TERMINAL_STATES, SessionState
-from ..exceptions import ChannelClosed, JournalWriteFailed, UsageError
+from ..exceptions import ChannelClosed, JournalWriteFailed, SessionHandedOver, UsageError
 from ._deadline import Deadline
 from ._session import SessionShell, Unacked
 
@@ -286,15 +286,22 @@ class Channel:
         with self._session.lock:
             if upto <= self._session.engine.committed:
                 return
-        if self._session.durable is not None:
-            try:
-                self._session.durable.record_consumed(upto)  # durable before the peer is told
-            except JournalWriteFailed as exc:
-                # Not fatal: the commit point stays where it was, so the peer
-                # keeps these messages (a restart now would deliver them
-                # again); the next commit tries again.
-                logger.warning("%s: commit not journaled, retried at the next one: %s", self.name, exc)
-                return
+        with self._session.journal_order:  # a teardown does not take the journal away meanwhile
+            durable = self._session.durable
+            if durable is None and self._session.policy.handed_over is not None:
+                # A drain left the session in the journal as it was: this
+                # commit can't reach it, and the restarted listener will
+                # deliver these messages again. Say so rather than pretend.
+                raise SessionHandedOver(self._session.policy.handed_over)
+            if durable is not None:
+                try:
+                    durable.record_consumed(upto)  # durable before the peer is told
+                except JournalWriteFailed as exc:
+                    # Not fatal: the commit point stays where it was, so the peer
+                    # keeps these messages (a restart now would deliver them
+                    # again); the next commit tries again.
+                    logger.warning("%s: commit not journaled, retried at the next one: %s", self.name, exc)
+                    return
         with self._session.locked:
             now = time.monotonic()
             if self._session.engine.state not in TERMINAL_STATES:
@@ -327,6 +334,8 @@ class Channel:
     def _close_and_report(self, timeout: float | None, *, commit: bool) -> None:
         deadline = Deadline(timeout)
         with self._session.lock:
+            if self._session.policy.handed_over is not None:
+                return  # a drain gave the session to the restarted listener: nothing here to close
             first_close = not (self._session.policy.ended or self._session.policy.closing)
         if first_close and commit:
             self._commit()
@@ -354,6 +363,8 @@ class Channel:
         (they are discarded). Over a live connection the peer is told
         (REJECT ABORTED): its session ends at once with SessionLost."""
         with self._session.locked:
+            if self._session.policy.handed_over is not None:
+                return ()  # a drain gave the session to the restarted listener: it is not this process's to end
             if not self._session.policy.ended:
                 now = time.monotonic()
                 self._session.engine.abort(now)

@@ -6,10 +6,11 @@ import logging
 import random
 import socket
 import threading
+import time
 from typing import Literal, Unpack
 
-from ..common.proxies import Proxy, ProxyHandshake, choose_proxy
 from ..common.options import ChannelOptions, ShellOptions, resolve_options
+from ..common.proxies import Proxy, ProxyHandshake, choose_proxy
 from ..common.sockets import close_socket, configure_socket
 from ..core.config import SessionConfig
 from ..core.engine import SessionEngine
@@ -81,6 +82,8 @@ class Connector:
                 delays = self.options.backoff.delays(self._rng)  # only a link that proved itself restarts the backoff
             delay = 0.0 if first else next(delays)
             first = False
+            with self._session.lock:
+                delay = self._session.policy.attempt_delay(time.monotonic(), delay, self._rng.random())
             if self._stopped.wait(delay):
                 return
             self._attempt()

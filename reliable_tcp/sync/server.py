@@ -26,19 +26,20 @@ import logging
 import socket
 import threading
 import time
+from collections import deque
 from typing import Any, Unpack
 
-from ..common.listener import ListenerBook, log_refusal, read_hello
+from ..common.listener import HANDED_OVER, ListenerBook, drain_pace, log_refusal, read_hello
 from ..common.options import ListenOptions, ShellOptions, resolve_options
 from ..common.sockets import close_socket, configure_socket
 from ..common.status import ListenerStatistics
-from ..common.timing import REJECT_LINGER
+from ..common.timing import DRAIN_CLOSE_RESERVE, DRAIN_LINGER, REJECT_LINGER
 from ..core.config import SessionConfig
 from ..core.engine import SessionEngine
 from ..core.frames import Hello, RejectReason
 from ..core.handshake import ServerHandshake, reject_reply
 from ..durable.session_journal import Durable
-from ..exceptions import ChannelClosed, HandshakeRejected, ReliableTCPError, TLSHandshakeError
+from ..exceptions import ChannelClosed, HandshakeRejected, ReliableTCPError, TLSHandshakeError, UsageError
 from ._deadline import Deadline
 from ._session import SessionShell
 from .channel import Channel
@@ -47,6 +48,10 @@ from .tls import TLSLayer
 __all__ = ["Listener", "listen"]
 
 logger = logging.getLogger(__name__)
+
+#: Refused connections lingering at once, at most (each holds a descriptor);
+#: beyond, one more is reset at once.
+MAX_REFUSED_LINGERING = 256
 
 
 class Listener:
@@ -80,6 +85,9 @@ class Listener:
         self._pending: set[socket.socket] = set()
         self._threads: list[threading.Thread] = []
         self._accept_order = itertools.count(1)
+        self._stopped_draining = threading.Event()  # close() ends a drain's pacing
+        # Connections refused by the accept thread, closed after a linger (accept thread only).
+        self._refused: deque[tuple[float, socket.socket]] = deque()
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -144,10 +152,16 @@ class Listener:
 
     def _accept_loop(self) -> None:
         while True:
+            self._close_refused(time.monotonic())
             try:
+                # While refused connections linger, accept() wakes to close them in time.
+                self._sock.settimeout(REJECT_LINGER if self._refused else None)
                 sock, peer = self._sock.accept()
+            except TimeoutError:
+                continue
             except OSError as exc:
                 if self._book.closed:
+                    self._close_refused(None)
                     return
                 logger.warning("accept failed: %s", exc)
                 time.sleep(0.05)  # e.g. EMFILE: the condition is external; don't spin
@@ -159,11 +173,36 @@ class Listener:
                     self._pending.add(sock)
                 else:
                     self._book.rejected_handshakes += 1
+                    refusal = self._book.too_many_handshakes()
             if too_many:
-                logger.warning("%s: too many pending handshakes; dropped", peer)
-                close_socket(sock, abort=True)
+                self._refuse_at_once(sock, peer, refusal)
                 continue
             self._spawn(self._handshake, f"handshake-{peer[1]}", sock, peer, order)
+
+    def _refuse_at_once(self, sock: socket.socket, peer: Any, refusal: HandshakeRejected) -> None:
+        """Too many handshakes under way: answer REJECT SERVER_BUSY with the
+        retry hint from the accept thread itself (no thread for it), FIN,
+        and close it :data:`REJECT_LINGER` later, so the REJECT is read
+        before anything resets the connection. A TLS listener can't answer
+        in plain text before the TLS handshake: it resets, as a full
+        backlog would."""
+        if self._shell.ssl_context is not None or self._book.closed or len(self._refused) >= MAX_REFUSED_LINGERING:
+            logger.warning("%s: too many pending handshakes; dropped", peer)
+            close_socket(sock, abort=True)
+            return
+        logger.warning("%s: too many pending handshakes; refused with a retry hint", peer)
+        try:
+            sock.send(reject_reply(refusal), socket.MSG_DONTWAIT)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            close_socket(sock, abort=True)
+            return
+        self._refused.append((time.monotonic() + REJECT_LINGER, sock))
+
+    def _close_refused(self, now: float | None) -> None:
+        """Close the refused connections whose linger has passed (all: ``now`` None)."""
+        while self._refused and (now is None or self._refused[0][0] <= now):
+            close_socket(self._refused.popleft()[1], abort=True)
 
     def _handshake(self, sock: socket.socket, peer: Any, order: int) -> None:
         """Read the HELLO within the handshake timeout, then start or resume its session."""
@@ -306,6 +345,7 @@ class Listener:
     def _session_ended(self, session: SessionShell) -> None:
         with self._lock:
             self._book.ended(session)
+            self._changed.notify_all()  # a drain waits for the last one
 
     # --------------------------------------------------------------- ending
 
@@ -315,32 +355,88 @@ class Listener:
             return self._book.statistics(len(self._pending))
 
     @property
+    def draining(self) -> bool:
+        """Whether :meth:`drain` has begun (new sessions are refused from then on)."""
+        with self._lock:
+            return self._book.draining is not None
+
+    @property
     def session_count(self) -> int:
         """Sessions currently registered (connected or waiting to resume)."""
         with self._lock:
             return len(self._book.registry)
+
+    def drain(self, timeout: float = 30.0, *, retry_after: float = 5.0, rate: float | None = None) -> None:
+        """Empty the listener before a planned restart, then close it.
+
+        From now on every new session is refused (SERVER_BUSY with the hint
+        to come back in ``retry_after`` seconds, which clients of this
+        library honour). With a journal, every session's connection is then
+        ended in order, ``rate`` per second (default: spread over half of
+        ``timeout``), and its client's resume refused with the same hint:
+        the session waits in the journal, and the restarted listener takes
+        it back with nothing lost. Without a journal the sessions can't
+        outlive this process: drain waits until their owners have closed
+        them (resumes are still taken meanwhile), at most ``timeout``, then
+        closes the rest as :meth:`close` does. Idempotent; returns once the
+        listener is closed (docs/guide.md, "Planned restarts").
+        """
+        if timeout <= 0 or retry_after < 0 or (rate is not None and rate <= 0):
+            raise UsageError("drain needs timeout > 0, retry_after >= 0 and rate > 0")
+        deadline = Deadline(timeout)
+        with self._lock:
+            if self._book.closed:
+                return
+            sessions = self._book.drain(retry_after)
+        logger.info("listener on port %d: draining %d sessions", self.address[1], len(sessions))
+        if self._book.journal is None:
+            # Leave the sessions that remain time for their close handshake.
+            waiting = deadline.before(min(DRAIN_CLOSE_RESERVE, timeout / 4))
+            with self._lock:
+                waiting.wait(self._changed, lambda: not self._book.channels)
+            self._shut(deadline, end_sessions=True)
+            return
+        pace = drain_pace(len(sessions), timeout, rate)
+        started = time.monotonic()
+        for number, session in enumerate(sessions):
+            if self._stopped_draining.wait(max(0.0, started + number * pace - time.monotonic())) or deadline.expired():
+                break
+            session.move_away("the listener is draining before a restart")
+        # The last ones moved get their resume refused with the hint too,
+        # rather than a closed port.
+        self._stopped_draining.wait(deadline.earlier(DRAIN_LINGER).remaining())
+        self._shut(deadline, end_sessions=False)
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop accepting and end every session within ``timeout``: all of
         them start their close handshake at once; those that can't finish in
         time are cut. Idempotent. A channel the application accepted keeps
         its report: its own calls raise SessionLost for what was not acknowledged."""
-        deadline = Deadline(timeout)
+        self._shut(Deadline(timeout), end_sessions=True)
+
+    def _shut(self, deadline: Deadline, *, end_sessions: bool) -> None:
+        """Close: end every session (``end_sessions``), or release each
+        unchanged in its journal for the restarted listener (a drain)."""
         with self._lock:
             if self._book.closed:
                 return
             sessions = self._book.close()
             pending = list(self._pending)
             self._changed.notify_all()
+        self._stopped_draining.set()
         close_socket(self._sock)  # shutdown() wakes the blocked accept()
         for sock in pending:
             close_socket(sock, abort=True)
-        for session in sessions:
-            session.begin_close()
-        for session in sessions:
-            # Not the owner's report: a lost session's journal stays, to be
-            # reported after a restart (the owner's own calls report it now).
-            session.finish_close(deadline, reported=False)
+        if end_sessions:
+            for session in sessions:
+                session.begin_close()
+            for session in sessions:
+                # Not the owner's report: a lost session's journal stays, to be
+                # reported after a restart (the owner's own calls report it now).
+                session.finish_close(deadline, reported=False)
+        else:
+            for session in sessions:
+                session.hand_over(deadline, HANDED_OVER)
         with self._lock:
             threads = list(self._threads)
         for thread in threads:

@@ -7,12 +7,14 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 from reliable_tcp.common.ending import Unacked
-from reliable_tcp.common.listener import ListenerBook, read_hello
+from reliable_tcp.common.listener import BUSY_RETRY_AFTER, ListenerBook, drain_pace, read_hello
 from reliable_tcp.common.status import ChannelState
 from reliable_tcp.core.config import SessionConfig
 from reliable_tcp.core.engine import SessionEngine
-from reliable_tcp.core.frames import Hello, RejectReason
+from reliable_tcp.core.frames import Hello, RejectReason, retry_after
 from reliable_tcp.core.handshake import ServerHandshake
 from reliable_tcp.durable.session_journal import Durable
 from reliable_tcp.exceptions import HandshakeRejected, JournalError
@@ -161,3 +163,41 @@ def test_a_resume_of_the_zero_session_id_is_a_health_check_answered_session_unkn
         refusal = _book(node_id=node_id).resume_target(_resume_hello(bytes(16)))
         assert isinstance(refusal, HandshakeRejected)
         assert refusal.reason == RejectReason.SESSION_UNKNOWN and refusal.text == PROBE_ANSWER
+
+
+def test_a_full_listener_says_when_to_come_back() -> None:
+    """Issue 29, item 3: SERVER_BUSY for want of room carries the retry hint."""
+    book = _book(max_sessions=1)
+    assert isinstance(book.start(_new_hello(), 0.0), SessionEngine)
+    full = book.start(_new_hello(), 0.0)
+    assert isinstance(full, HandshakeRejected)
+    assert retry_after(full.reason, full.text) == BUSY_RETRY_AFTER
+
+
+def test_a_draining_listener_refuses_new_sessions_with_its_hint_and_resumes_only_without_a_journal(tmp_path: Path) -> None:
+    """Issue 29, item 3: while draining, a new session is refused with the
+    drain's hint. A durable listener refuses its own sessions' resumes the
+    same way (they wait in the journal for the restart); one without a
+    journal takes them, since its sessions can't outlive it."""
+    for journal in (None, str(tmp_path)):
+        book = _book(journal=journal)
+        engine = book.start(_new_hello(), 0.0)
+        assert isinstance(engine, SessionEngine)
+        channel = FakeChannel(engine)
+        book.add(engine, channel)
+        assert book.drain(2.5) == [channel]
+        refused = book.start(_new_hello(), 0.0)
+        assert isinstance(refused, HandshakeRejected) and retry_after(refused.reason, refused.text) == 2.5
+        resume = book.resume_target(_resume_hello(engine.session_id))
+        if journal is None:
+            assert resume is channel
+        else:
+            assert isinstance(resume, HandshakeRejected) and retry_after(resume.reason, resume.text) == 2.5
+        unknown = book.resume_target(_resume_hello(b"\x07" * 16))
+        assert isinstance(unknown, HandshakeRejected) and unknown.reason == RejectReason.SESSION_UNKNOWN
+
+
+def test_a_drain_spreads_the_sessions_over_half_its_time_unless_given_a_rate() -> None:
+    assert drain_pace(100, 20.0, None) == pytest.approx(0.1)
+    assert drain_pace(0, 20.0, None) == 10.0
+    assert drain_pace(100, 20.0, 50.0) == pytest.approx(0.02)

@@ -30,7 +30,7 @@ from reliable_tcp.common.session import (
 )
 from reliable_tcp.core.config import SessionConfig
 from reliable_tcp.core.engine import SessionEngine
-from reliable_tcp.core.frames import Hello, RejectReason
+from reliable_tcp.core.frames import Hello, Reject, RejectReason, encode, with_retry_after
 from reliable_tcp.core.handshake import ServerHandshake, SessionRegistry
 from reliable_tcp.core.state import SessionState
 from reliable_tcp.exceptions import ChannelClosed, JournalError, SessionLost
@@ -413,3 +413,29 @@ def test_only_what_the_check_asks_is_read_from_the_socket() -> None:
         gather_evidence(link, check)
         assert link.asked == asked
     assert gather_evidence(None, LivenessCheck(True, True, False)) == NOTHING
+
+
+def test_a_refusal_with_a_retry_hint_holds_the_next_attempt_back_once() -> None:
+    """Issue 29, item 3: after REJECT SERVER_BUSY with "retry-after-ms=N"
+    the next attempt waits the hint, plus up to a quarter of it drawn at
+    random; a longer backoff delay still wins; the attempt after that is
+    the backoff's again. Without the hint the backoff alone decides."""
+    for text, expected in ((with_retry_after(2.0, "restarting"), (2.0, 2.5)), ("busy", None)):
+        pair = Pair()
+        engine = pair.client.engine
+        pair.client.open_link("c1", pair.now)
+        engine.data_to_send(pair.now)
+        engine.receive_data(encode(Reject(RejectReason.SERVER_BUSY, text)), pair.now)
+        pair.client.absorb(pair.now)
+        assert pair.client.link is None and not pair.client.ended
+        later = pair.now + 0.5
+        if expected is None:
+            assert pair.client.attempt_delay(later, 0.03, 0.9) == 0.03
+            continue
+        low, high = expected
+        assert pair.client.attempt_delay(later, 0.03, 0.0) == pytest.approx(low - 0.5)
+        pair.client._retry_hint = (pair.now + 2.0, 2.0)  # the same refusal, asked again with another draw
+        assert pair.client.attempt_delay(later, 0.03, 0.999) == pytest.approx(high - 0.5, abs=0.01)
+        assert pair.client.attempt_delay(later, 0.03, 0.5) == 0.03  # used once
+        pair.client._retry_hint = (pair.now + 2.0, 2.0)
+        assert pair.client.attempt_delay(later, 5.0, 0.5) == 5.0

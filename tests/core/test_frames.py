@@ -193,3 +193,32 @@ def test_every_prefix_of_a_valid_frame_waits_without_error() -> None:
         decoder = f.FrameDecoder(LIMIT)
         assert decoder.feed(wire[:cut]) == []
         assert decoder.feed(wire[cut:]) == [f.Hello(True, bytes(range(16)), bytes(16), 9)]
+
+
+@pytest.mark.parametrize(
+    ("reason", "text", "seconds"),
+    [
+        (f.RejectReason.SERVER_BUSY, "retry-after-ms=2500; the server is restarting", 2.5),
+        (f.RejectReason.SERVER_BUSY, "retry-after-ms=0", 0.0),
+        (f.RejectReason.SERVER_BUSY, "retry-after-ms=99999999999", None),  # eleven digits: not a hint
+        (f.RejectReason.SERVER_BUSY, "retry-after-ms=9999999999", f.MAX_RETRY_AFTER_MS / 1000),  # capped at an hour
+        (f.RejectReason.SERVER_BUSY, "retry-after-ms=12x", None),
+        (f.RejectReason.SERVER_BUSY, "retry-after-ms=12;no space", None),
+        (f.RejectReason.SERVER_BUSY, " retry-after-ms=12", None),
+        (f.RejectReason.SERVER_BUSY, "the server is busy", None),
+        (f.RejectReason.HANDSHAKE_TIMEOUT, "retry-after-ms=2500", None),  # only SERVER_BUSY carries one
+        (f.RejectReason.NOT_HERE, "retry-after-ms=2500", None),
+    ],
+)
+def test_the_retry_hint_is_read_only_where_and_as_protocol_md_says(reason: f.RejectReason, text: str, seconds: float | None) -> None:
+    assert f.retry_after(reason, text) == seconds
+
+
+@given(st.floats(min_value=0, max_value=10_000, allow_nan=False), st.text(max_size=100))
+def test_a_written_hint_reads_back_and_the_text_survives(seconds: float, text: str) -> None:
+    written = f.with_retry_after(seconds, text)
+    assert f.retry_after(f.RejectReason.SERVER_BUSY, written) == min(round(seconds * 1000), f.MAX_RETRY_AFTER_MS) / 1000
+    assert written.endswith(text)
+    [decoded] = decode_all(f.encode(f.Reject(f.RejectReason.SERVER_BUSY, written)))
+    assert isinstance(decoded, f.Reject)
+    assert f.retry_after(decoded.reason, decoded.text) == f.retry_after(f.RejectReason.SERVER_BUSY, written)

@@ -63,7 +63,7 @@ def test_a_session_streams_both_ways_through_the_proxy(front: Any, listener: Any
     try:
         server = listener.accept(timeout=5)
         stream(client, server, 500, b"through")
-        assert proxy.tunnels_to(port) == 1
+        assert proxy.tunnels_to(port) >= 1  # more if a busy machine made the session resume (through the proxy too)
         client.close(timeout=10)
         server.close(timeout=10)
     finally:
@@ -134,7 +134,7 @@ def test_proxy_credentials_right_and_wrong(front: Any, listener: Any, kind: str,
         try:
             server = listener.accept(timeout=5)
             stream(client, server, 50, b"authenticated")
-            assert proxy.tunnels_to(listener.address[1]) == 1
+            assert proxy.tunnels_to(listener.address[1]) >= 1
             client.close(timeout=10)
             server.close(timeout=10)
         finally:
@@ -178,27 +178,32 @@ def test_the_environment_chooses_the_proxy_unless_told_otherwise(
 ) -> None:
     port = listener.address[1]
     with Tinyproxy(tmp_path / "proxy") as proxy:
-        monkeypatch.setenv("https_proxy", proxy.url())
-        for options, tunnels in (({}, 1), ({"proxy": False}, 1), ({"proxy": None}, 2)):
+
+        def session(through_proxy: bool, **options: Any) -> None:
+            before = proxy.tunnels_to(port)
             client = front.connect(listener.address, **options, **fast_options())
             try:
                 server = listener.accept(timeout=5)
                 stream(client, server, 5, b"env")
-                assert proxy.tunnels_to(port) == tunnels, options
                 client.close(timeout=10)
                 server.close(timeout=10)
             finally:
                 client.abort()
+            if through_proxy:
+                wait_for(lambda: proxy.tunnels_to(port) > before, 10, "the tunnel in the log")
+            else:
+                assert proxy.tunnels_to(port) == before, options
+
+        monkeypatch.setenv("https_proxy", proxy.url())
+        session(True)
+        session(False, proxy=False)
+        session(True, proxy=None)
         monkeypatch.setenv("no_proxy", "localhost,127.0.0.0/8")
-        client = front.connect(listener.address, **fast_options())
-        try:
-            server = listener.accept(timeout=5)
-            stream(client, server, 5, b"bypassed")
-            assert proxy.tunnels_to(port) == 2
-            client.close(timeout=10)
-            server.close(timeout=10)
-        finally:
-            client.abort()
+        session(False)
+        monkeypatch.delenv("https_proxy")
+        monkeypatch.delenv("no_proxy")
+        monkeypatch.setenv("ALL_PROXY", proxy.url())
+        session(True)
 
 
 @pytest.mark.skipif(OPENSSL is None, reason="needs the openssl command to make test certificates")
@@ -212,7 +217,7 @@ def test_tls_runs_end_to_end_through_the_proxy(front: Any, proxy: ProxyServer, t
         try:
             server = listener.accept(timeout=5)
             stream(client, server, 50, b"secret")
-            assert proxy.tunnels_to(listener.address[1]) == 1
+            assert proxy.tunnels_to(listener.address[1]) >= 1
             client.close(timeout=10)
             server.close(timeout=10)
         finally:
@@ -246,7 +251,7 @@ def test_rtcat_sends_a_file_through_a_proxy(tmp_path: Path) -> None:
                 listening.kill()
                 listening.wait()
         assert hashlib.sha256((tmp_path / "listener.out").read_bytes()).digest() == hashlib.sha256(data.read_bytes()).digest()
-        assert proxy.tunnels_to(port) == 1
+        assert proxy.tunnels_to(port) >= 1
 
 
 @pytest.mark.parametrize(

@@ -196,6 +196,13 @@ class SyncListener:
     def close(self, timeout: float = 5.0) -> None:
         self._front.run(self.listener.close(timeout))
 
+    def drain(self, timeout: float = 30.0, *, retry_after: float = 5.0, rate: float | None = None) -> None:
+        self._front.run(self.listener.drain(timeout, retry_after=retry_after, rate=rate))
+
+    @property
+    def draining(self) -> bool:
+        return self._front.call(lambda: self.listener.draining)  # type: ignore[no-any-return]
+
     def __enter__(self) -> SyncListener:
         return self
 
