@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -29,14 +28,9 @@ import time
 from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-HEARTBEAT = 3.0
-RESUME_WINDOW = 120.0
-
-
-def raise_descriptor_limit() -> None:
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+from bench_reconnect_storm import HEARTBEAT, RESUME_WINDOW, raise_descriptor_limit  # noqa: E402
 
 
 def listener_main(port: int, journal: str, record: str, sessions: int, drain_timeout: float, retry_after: float) -> None:

@@ -86,6 +86,8 @@ _FRAMES: list[tuple[str, f.Frame]] = [
     ("proof", f.Proof(_MAC)),
     ("reject with text", f.Reject(f.RejectReason.SESSION_UNKNOWN, "no such session")),
     ("reject without text", f.Reject(f.RejectReason.ABORTED, "")),
+    ("reject SERVER_BUSY with a retry hint",
+     f.Reject(f.RejectReason.SERVER_BUSY, f.with_retry_after(5.0, "the server is restarting"))),
     ("data, one message", f.Data(1, 0, (b"hello",))),
     ("data, a run with a piggybacked ack", f.Data(5, 3, (b"a", b"", b"ccc"))),
     ("data, an empty message", f.Data(9, 0, (b"",))),

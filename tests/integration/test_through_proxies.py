@@ -57,17 +57,22 @@ def stream(client: Any, server: Any, count: int, tag: bytes) -> None:
     assert [client.recv(timeout=10) for _ in expected] == [m.upper() for m in expected]
 
 
-def test_a_session_streams_both_ways_through_the_proxy(front: Any, listener: Any, proxy: ProxyServer) -> None:
-    port = listener.address[1]
-    client = front.connect(listener.address, proxy=proxy.url(), **fast_options())
+def one_session(front: Any, listener: Any, count: int, tag: bytes, **options: Any) -> None:
+    """Open a session with ``listener`` (``options``: the proxy, TLS), stream
+    ``count`` messages each way, close it cleanly."""
+    client = front.connect(listener.address, **options, **fast_options())
     try:
         server = listener.accept(timeout=5)
-        stream(client, server, 500, b"through")
-        assert proxy.tunnels_to(port) >= 1  # more if a busy machine made the session resume (through the proxy too)
+        stream(client, server, count, tag)
         client.close(timeout=10)
         server.close(timeout=10)
     finally:
         client.abort()
+
+
+def test_a_session_streams_both_ways_through_the_proxy(front: Any, listener: Any, proxy: ProxyServer) -> None:
+    one_session(front, listener, 500, b"through", proxy=proxy.url())
+    assert proxy.tunnels_to(listener.address[1]) >= 1  # more if a busy machine made the session resume (through the proxy too)
 
 
 @pytest.mark.timeout(120)
@@ -130,15 +135,8 @@ def test_proxy_credentials_right_and_wrong(front: Any, listener: Any, kind: str,
             front.connect(listener.address, proxy=proxy.url(), **fast_options())
         assert proxy.tunnels_to(listener.address[1]) == 0
 
-        client = front.connect(listener.address, proxy=proxy.url("alice", "s3cret"), **fast_options())
-        try:
-            server = listener.accept(timeout=5)
-            stream(client, server, 50, b"authenticated")
-            assert proxy.tunnels_to(listener.address[1]) >= 1
-            client.close(timeout=10)
-            server.close(timeout=10)
-        finally:
-            client.abort()
+        one_session(front, listener, 50, b"authenticated", proxy=proxy.url("alice", "s3cret"))
+        assert proxy.tunnels_to(listener.address[1]) >= 1
 
 
 @needs_tinyproxy
@@ -181,14 +179,7 @@ def test_the_environment_chooses_the_proxy_unless_told_otherwise(
 
         def session(through_proxy: bool, **options: Any) -> None:
             before = proxy.tunnels_to(port)
-            client = front.connect(listener.address, **options, **fast_options())
-            try:
-                server = listener.accept(timeout=5)
-                stream(client, server, 5, b"env")
-                client.close(timeout=10)
-                server.close(timeout=10)
-            finally:
-                client.abort()
+            one_session(front, listener, 5, b"env", **options)
             if through_proxy:
                 wait_for(lambda: proxy.tunnels_to(port) > before, 10, "the tunnel in the log")
             else:
@@ -213,15 +204,8 @@ def test_tls_runs_end_to_end_through_the_proxy(front: Any, proxy: ProxyServer, t
     server_context.load_cert_chain(pki / "server.pem", pki / "server.key")
     client_context = ssl.create_default_context(cafile=str(pki / "ca.pem"))
     with front.listen(("127.0.0.1", 0), ssl_context=server_context, **fast_options()) as listener:
-        client = front.connect(listener.address, proxy=proxy.url(), ssl_context=client_context, **fast_options())
-        try:
-            server = listener.accept(timeout=5)
-            stream(client, server, 50, b"secret")
-            assert proxy.tunnels_to(listener.address[1]) >= 1
-            client.close(timeout=10)
-            server.close(timeout=10)
-        finally:
-            client.abort()
+        one_session(front, listener, 50, b"secret", proxy=proxy.url(), ssl_context=client_context)
+        assert proxy.tunnels_to(listener.address[1]) >= 1
         # The certificate is checked against the listener, not the proxy.
         wrong_name = ssl.create_default_context(cafile=str(pki / "ca.pem"))
         with pytest.raises(rt.TLSHandshakeError):
