@@ -120,9 +120,15 @@ class Cluster:
         with open(self.tmp / "haproxy.err", "ab") as err:
             self.haproxy = subprocess.Popen([HAPROXY, "-db", "-f", str(self.config)], stdout=subprocess.DEVNULL, stderr=err)
         wait_listening(self.port, self.haproxy)
-        # HAProxy binds its stats socket under a temporary name and renames it,
-        # which can come after the frontend already accepts connections.
-        wait_for(self.stats_socket.exists, 20, "HAProxy's stats socket")
+        # HAProxy's stats socket can come after the frontend already accepts
+        # connections: bound under a temporary name, renamed, then listening.
+        wait_for(self._stats_answer, 20, "HAProxy's stats socket")
+
+    def _stats_answer(self) -> bool:
+        try:
+            return "Name: HAProxy" in self.haproxy_command("show info")
+        except OSError:
+            return False
 
     def restart_haproxy(self) -> None:
         assert self.haproxy is not None
