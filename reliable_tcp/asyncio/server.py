@@ -15,7 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Unpack
 
-from ..common.listener import HANDED_OVER, ListenerBook, drain_pace, log_refusal, read_hello
+from ..common.listener import HANDED_OVER, ListenerBook, log_refusal, read_hello
 from ..common.options import ListenOptions, ShellOptions, resolve_options
 from ..common.sockets import configure_socket, input_waits
 from ..common.status import ListenerStatistics
@@ -25,7 +25,7 @@ from ..core.engine import SessionEngine
 from ..core.frames import Hello, RejectReason
 from ..core.handshake import ServerHandshake, reject_reply
 from ..durable.session_journal import Durable
-from ..exceptions import ChannelClosed, HandshakeRejected, ReliableTCPError, UsageError
+from ..exceptions import ChannelClosed, HandshakeRejected, ReliableTCPError
 from ._link import NO_OWNER, LinkProtocol
 from ._session import LoopSession
 from ._signal import Signal
@@ -238,13 +238,11 @@ class Listener:
     async def drain(self, timeout: float = 30.0, *, retry_after: float = 5.0, rate: float | None = None) -> None:
         """Empty the listener before a planned restart, then close it (see
         :meth:`reliable_tcp.Listener.drain`)."""
-        if timeout <= 0 or retry_after < 0 or (rate is not None and rate <= 0):
-            raise UsageError("drain needs timeout > 0, retry_after >= 0 and rate > 0")
         if self._book.closed:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        sessions = self._book.drain(retry_after)
+        sessions, pace = self._book.drain(retry_after, timeout=timeout, rate=rate)
         logger.info("listener on port %d: draining %d sessions", self.address[1], len(sessions))
         if self._book.journal is None:
             waiting = deadline - min(DRAIN_CLOSE_RESERVE, timeout / 4)  # time left for the close handshakes
@@ -253,7 +251,6 @@ class Listener:
                     break
             await self._shut(deadline, end_sessions=True)
             return
-        pace = drain_pace(len(sessions), timeout, rate)
         started = loop.time()
         for number, session in enumerate(sessions):
             delay = started + number * pace - loop.time()

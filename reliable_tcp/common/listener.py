@@ -154,14 +154,19 @@ class ListenerBook(Generic[C]):
             self.offered.append(channel)
             logger.info("restored session %s from %s", engine.session_id.hex(), durable.directory)
 
-    def drain(self, retry_after: float) -> list[C]:
+    def drain(self, retry_after: float, *, timeout: float, rate: float | None) -> tuple[list[C], float]:
         """The listener drains before a restart: from now on it refuses every
         new session, and on a durable listener every resume too (the session
         waits in its journal for the restarted listener), with SERVER_BUSY
         and the hint to come back in ``retry_after`` seconds. The sessions
-        it holds now, to move away (durable) or to wait for."""
+        it holds now, to move away (durable) or to wait for, and the seconds
+        between two moves (:func:`drain_pace`). UsageError for a timeout,
+        hint or rate it can't use (nothing changed then)."""
+        if timeout <= 0 or retry_after < 0 or (rate is not None and rate <= 0):
+            raise UsageError("drain needs timeout > 0, retry_after >= 0 and rate > 0")
         self.draining = retry_after
-        return list(self.channels.values())
+        sessions = list(self.channels.values())
+        return sessions, drain_pace(len(sessions), timeout, rate)
 
     def too_many_handshakes(self) -> HandshakeRejected:
         """The refusal of a connection that arrives while ``max_pending_handshakes``

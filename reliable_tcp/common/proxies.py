@@ -118,19 +118,17 @@ def proxy_from_environment(host: str, port: int, environ: Mapping[str, str] | No
 
 def choose_proxy(proxy: str | Literal[False] | None, host: str, port: int) -> Proxy | None:
     """The proxy a ``connect(proxy=...)`` argument means for ``host:port``."""
-    if proxy is None:
-        chosen = proxy_from_environment(host, port)
-        if chosen is not None and chosen.kind == "socks5":
-            _socks_address(host)
-        return chosen
     if proxy is False:
         return None
-    if isinstance(proxy, str):
+    if proxy is None:
+        chosen = proxy_from_environment(host, port)
+    elif isinstance(proxy, str):
         chosen = parse_proxy(proxy)
-        if chosen.kind == "socks5":
-            _socks_address(host)  # a name SOCKS5 can't carry fails here, not in the reconnect loop
-        return chosen
-    raise UsageError(f"proxy must be a URL, False or None, not {proxy!r}")
+    else:
+        raise UsageError(f"proxy must be a URL, False or None, not {proxy!r}")
+    if chosen is not None and chosen.kind == "socks5":
+        _socks_address(host)  # a name SOCKS5 can't carry fails here, not in the reconnect loop
+    return chosen
 
 
 def _without_password(url: str) -> str:

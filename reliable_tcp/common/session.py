@@ -261,6 +261,12 @@ class SessionPolicy(Generic[L]):
             return True
         return None if self.ending is not None else False
 
+    @property
+    def _settled(self) -> bool:
+        """Nothing more happens to the session here: it ended, or a drain
+        handed it over (no timers, no verdicts)."""
+        return self.ending is not None or self.handed_over is not None
+
     def hand_over(self, reason: str) -> None:
         """A draining listener left the session in its journal for the
         restarted listener: this process's channel is done with it (its
@@ -530,7 +536,7 @@ class SessionPolicy(Generic[L]):
         """When the front's timer must fire, if that is new (sooner than
         what it holds); None: keep the one it has, or none after the end
         (or once a drain handed the session over: it is inert here)."""
-        if self.ending is not None or self.handed_over is not None:
+        if self._settled:
             return None
         due = self.engine.next_deadline()
         if due is None or (self._timer_due is not None and due >= self._timer_due):
@@ -555,7 +561,7 @@ class SessionPolicy(Generic[L]):
         self._timer_due = None
         engine = self.engine
         due = engine.next_deadline()
-        if self.ending is not None or self.handed_over is not None or due is None or due > now:
+        if self._settled or due is None or due > now:
             return None
         if self.link is None:
             return LivenessCheck(False, False, reading_paused)
@@ -576,7 +582,7 @@ class SessionPolicy(Generic[L]):
         microseconds on. Whatever falls due meanwhile is the next timer's.
         """
         actions: list[Action] = []
-        if self.ending is not None or self.handed_over is not None:
+        if self._settled:
             return actions
         if link is None or link is not self.link:
             evidence = LivenessEvidence()

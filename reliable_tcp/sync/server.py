@@ -29,7 +29,7 @@ import time
 from collections import deque
 from typing import Any, Unpack
 
-from ..common.listener import HANDED_OVER, ListenerBook, drain_pace, log_refusal, read_hello
+from ..common.listener import HANDED_OVER, ListenerBook, log_refusal, read_hello
 from ..common.options import ListenOptions, ShellOptions, resolve_options
 from ..common.sockets import close_socket, configure_socket
 from ..common.status import ListenerStatistics
@@ -39,7 +39,7 @@ from ..core.engine import SessionEngine
 from ..core.frames import Hello, RejectReason
 from ..core.handshake import ServerHandshake, reject_reply
 from ..durable.session_journal import Durable
-from ..exceptions import ChannelClosed, HandshakeRejected, ReliableTCPError, TLSHandshakeError, UsageError
+from ..exceptions import ChannelClosed, HandshakeRejected, ReliableTCPError, TLSHandshakeError
 from ._deadline import Deadline
 from ._session import SessionShell
 from .channel import Channel
@@ -381,13 +381,11 @@ class Listener:
         closes the rest as :meth:`close` does. Idempotent; returns once the
         listener is closed (docs/guide.md, "Planned restarts").
         """
-        if timeout <= 0 or retry_after < 0 or (rate is not None and rate <= 0):
-            raise UsageError("drain needs timeout > 0, retry_after >= 0 and rate > 0")
         deadline = Deadline(timeout)
         with self._lock:
             if self._book.closed:
                 return
-            sessions = self._book.drain(retry_after)
+            sessions, pace = self._book.drain(retry_after, timeout=timeout, rate=rate)
         logger.info("listener on port %d: draining %d sessions", self.address[1], len(sessions))
         if self._book.journal is None:
             # Leave the sessions that remain time for their close handshake.
@@ -396,7 +394,6 @@ class Listener:
                 waiting.wait(self._changed, lambda: not self._book.channels)
             self._shut(deadline, end_sessions=True)
             return
-        pace = drain_pace(len(sessions), timeout, rate)
         started = time.monotonic()
         for number, session in enumerate(sessions):
             if self._stopped_draining.wait(max(0.0, started + number * pace - time.monotonic())) or deadline.expired():

@@ -185,7 +185,7 @@ def test_a_draining_listener_refuses_new_sessions_with_its_hint_and_resumes_only
         assert isinstance(engine, SessionEngine)
         channel = FakeChannel(engine)
         book.add(engine, channel)
-        assert book.drain(2.5) == [channel]
+        assert book.drain(2.5, timeout=10.0, rate=None) == ([channel], 5.0)
         refused = book.start(_new_hello(), 0.0)
         assert isinstance(refused, HandshakeRejected) and retry_after(refused.reason, refused.text) == 2.5
         resume = book.resume_target(_resume_hello(engine.session_id))
