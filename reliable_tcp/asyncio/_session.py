@@ -31,7 +31,6 @@ from ..common.timing import FINAL_FLUSH, JOURNAL_FINISH, REJECT_LINGER
 from ..core.engine import SessionEngine
 from ..core.frames import Hello
 from ..durable.session_journal import Durable
-from ..exceptions import SessionHandedOver
 from ._inbox import Inbox
 from ._link import NO_OWNER, LinkProtocol
 from ._signal import Signal
@@ -108,11 +107,7 @@ class LoopSession(SessionFront[LinkProtocol]):
         if self._timer is not None:  # inert from now on: no resume window runs out in this process
             self._timer.cancel()
             self._timer = None
-        # First the flag, then the journal goes: a commit that finds no
-        # journal must know why, or it would pass for done (Channel._commit).
-        self.policy.hand_over(reason)
-        self.inbox.end(lambda: SessionHandedOver(reason), discard=True)  # not committable here: delivered again there
-        self.changed.fire()
+        self._mark_handed_over(reason)
         await self.teardown(deadline, reported=False)
 
     async def finish_close(self, deadline: float | None, *, reported: bool = True) -> None:
@@ -208,6 +203,9 @@ class LoopSession(SessionFront[LinkProtocol]):
 
     def _wake_waiters(self) -> None:
         self.changed.fire()
+
+    def _drop_received(self, error: Callable[[], BaseException]) -> None:
+        self.inbox.end(error, discard=True)
 
     def _deliver(self, messages: tuple[bytes, ...], nbytes: int) -> None:
         self.inbox.put(messages, nbytes)

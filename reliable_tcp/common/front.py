@@ -19,7 +19,7 @@ from typing import Any, Generic
 from ..core.engine import SessionEngine
 from ..core.frames import Hello
 from ..durable.session_journal import Durable
-from ..exceptions import ReliableTCPError
+from ..exceptions import ReliableTCPError, SessionHandedOver
 from .ending import EndKind, Ending, Unacked
 from .options import ShellOptions
 from .session import CHANGED, OUTPUT, Acknowledged, Action, Confirmed, Deliver, DropLink, Ended, L, Notify, Persist, SessionPolicy
@@ -138,6 +138,16 @@ class SessionFront(Generic[L]):
         if due is not None:
             self._schedule(due)
 
+    def _mark_handed_over(self, reason: str) -> None:
+        """A drain's hand-over, before the front takes the journal away
+        (lock held, or on the loop). The flag comes first: a commit that
+        then finds no journal knows why and raises, instead of passing for
+        done. The queue goes too: this process can't commit it, and the
+        restarted listener delivers it again."""
+        self.policy.hand_over(reason)
+        self._drop_received(lambda: SessionHandedOver(reason))
+        self._wake_waiters()
+
     @staticmethod
     def _record_session(durable: Durable, record: tuple[bytes, bytes, bytes]) -> ReliableTCPError | None:
         """Journal the session record (I/O: threads call this outside their
@@ -168,6 +178,10 @@ class SessionFront(Generic[L]):
         raise NotImplementedError
 
     def _wake_waiters(self) -> None:
+        raise NotImplementedError
+
+    def _drop_received(self, error: Callable[[], BaseException]) -> None:
+        """Empty the receive queue and end it with ``error``."""
         raise NotImplementedError
 
     def _deliver(self, messages: tuple[bytes, ...], nbytes: int) -> None:

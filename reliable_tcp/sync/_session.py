@@ -40,7 +40,7 @@ from ..common.timing import FINAL_FLUSH
 from ..core.engine import SessionEngine
 from ..core.frames import Hello
 from ..durable.session_journal import Durable
-from ..exceptions import ReliableTCPError, SessionHandedOver, WindowFull
+from ..exceptions import ReliableTCPError, WindowFull
 from ._deadline import Deadline
 from ._inbox import Inbox
 from ._link import WAIT, Link, Waiting
@@ -212,13 +212,9 @@ class SessionShell(SessionFront[Link]):
         """A draining listener is done: release the session unchanged in its
         journal for the restarted listener; the channel's calls raise
         SessionHandedOver(``reason``) from now on."""
-        # First the flag, then the journal goes: a commit that finds no
-        # journal must know why, or it would pass for done (Channel._commit).
         with self.locked:
             TIMERS.cancel(self)  # inert from now on: no resume window runs out in this process
-            self.policy.hand_over(reason)
-            self.inbox.end(lambda: SessionHandedOver(reason), discard=True)  # not committable here: delivered again there
-            self._wake_waiters()
+            self._mark_handed_over(reason)
         self.teardown(deadline, linger=False, reported=False)
 
     def finish_close(self, deadline: Deadline, *, reported: bool = True) -> None:
@@ -248,6 +244,9 @@ class SessionShell(SessionFront[Link]):
     def _wake_waiters(self) -> None:
         for condition in (self.sendable, self.writable, self.changed):
             condition.notify_all()
+
+    def _drop_received(self, error: Callable[[], BaseException]) -> None:
+        self.inbox.end(error, discard=True)
 
     def _schedule(self, due: float) -> None:
         TIMERS.schedule(self, due)  # lock held: an end (which cancels) can't race it
