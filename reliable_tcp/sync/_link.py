@@ -105,8 +105,10 @@ class Link:
         """Start the reader and the writer."""
         for role, target in (("reader", self._read), ("writer", self._write)):
             thread = threading.Thread(target=self._guard, args=(target,), name=f"{name}-{role}", daemon=True)
-            self._threads.append(thread)
             thread.start()
+            # Listed once started: a teardown racing this start joins only
+            # threads that can be joined (joining one not yet started raises).
+            self._threads.append(thread)
 
     def join(self, deadline: Deadline) -> bool:
         """Wait for both threads within ``deadline``; whether they ended."""
