@@ -12,11 +12,13 @@ threaded one.
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 from typing import TYPE_CHECKING, Any
 
 from .common.backoff import Backoff
 from .common.options import ChannelOptions, ListenOptions, ShellOptions
 from .common.status import ChannelEvent, ChannelState, ChannelStatistics, EventKind, ListenerStatistics
+from .core import frames as _frames
 from .core.auth import load_psk
 from .core.config import SessionConfig
 from .durable.directory import JournalInfo, list_journals, remove_journal
@@ -54,6 +56,12 @@ if TYPE_CHECKING:
 
 __version__ = "0.2.0"
 
+#: True when this installation is the compiled build
+#: (``RELIABLE_TCP_COMPILE=1 pip install .``): the core and the shell's
+#: per-message modules are C extensions made by mypyc from these same
+#: sources. False for the pure-Python reference build. Both behave the same.
+COMPILED: bool = (_frames.__file__ or "").endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+
 #: Names loaded on first use: each with the module that defines it.
 _LAZY = {
     "Channel": ".sync.channel",
@@ -89,6 +97,7 @@ __all__ = [
     "ChannelOptions",
     "ChannelState",
     "ChannelStatistics",
+    "COMPILED",
     "CorruptFrame",
     "EventKind",
     "FrameError",

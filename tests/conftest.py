@@ -32,6 +32,28 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
+#: Set by .ci/run when it tests the compiled build: the run must fail at once,
+#: not pass on the pure sources, if the checkout shadows the installed build.
+_EXPECTED_BUILD = os.environ.get("RELIABLE_TCP_EXPECT_BUILD", "")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Check that the build under test is the one asked for."""
+    import reliable_tcp
+
+    build = "compiled" if reliable_tcp.COMPILED else "pure"
+    if _EXPECTED_BUILD and build != _EXPECTED_BUILD:
+        raise pytest.UsageError(f"RELIABLE_TCP_EXPECT_BUILD={_EXPECTED_BUILD}, but {reliable_tcp.__file__} is the {build} build")
+
+
+def pytest_report_header() -> str:
+    """Say which build the tests run against."""
+    import reliable_tcp
+
+    kind = "compiled (mypyc)" if reliable_tcp.COMPILED else "pure Python"
+    return f"reliable_tcp: {kind} build at {os.path.dirname(reliable_tcp.__file__)}"
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Start the long tests first.
 

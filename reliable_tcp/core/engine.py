@@ -429,7 +429,7 @@ class SessionEngine:
 
     def transport_lost(self, now: float, reason: str = "transport lost") -> None:
         """The connection is gone (reset, EOF, error); keep the session for a resume."""
-        if self._state in (S.IDLE, S.DETACHED, *TERMINAL_STATES):
+        if self._state in (S.IDLE, S.DETACHED) or self._state in TERMINAL_STATES:
             self._move(I.TRANSPORT_LOST, now)  # nothing to drop
             return
         logger.info("session %s: %s", self.session_id.hex(), reason)

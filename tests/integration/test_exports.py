@@ -14,7 +14,7 @@ import pytest
 PUBLIC = {
     "reliable_tcp": {
         "AuthenticationFailed", "Backoff", "Channel", "ChannelBroken", "ChannelClosed", "ChannelEvent",
-        "ChannelOptions", "ChannelState", "ChannelStatistics", "CorruptFrame", "EventKind", "FrameError",
+        "ChannelOptions", "ChannelState", "ChannelStatistics", "COMPILED", "CorruptFrame", "EventKind", "FrameError",
         "FrameTooLarge", "InvalidState", "JournalDamaged", "JournalError", "JournalInfo", "JournalLocked",
         "JournalWriteFailed", "ListenOptions", "Listener", "ListenerStatistics", "MessageTooLarge",
         "ProtocolError", "RejectedByPeer", "ReliableTCPError", "SequenceClaimError", "SessionConfig",
