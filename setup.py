@@ -27,6 +27,14 @@ COMPILED_MODULES = [
     "reliable_tcp/core/handshake.py",
     "reliable_tcp/core/state.py",
     "reliable_tcp/core/window.py",
+    "reliable_tcp/common/front.py",
+    "reliable_tcp/common/session.py",
+    "reliable_tcp/sync/_inbox.py",
+    "reliable_tcp/sync/_link.py",
+    "reliable_tcp/sync/_session.py",
+    "reliable_tcp/asyncio/_inbox.py",
+    "reliable_tcp/asyncio/_link.py",
+    "reliable_tcp/asyncio/_session.py",
 ]
 
 

@@ -35,7 +35,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+# The checkout's reliable_tcp (the pure build), unless --installed asks for
+# the one this interpreter has installed (the compiled build in its venv).
+if "--installed" not in sys.argv:
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_asyncio as aio  # noqa: E402  (the asyncio front end's parts, beside these)
@@ -557,7 +560,11 @@ def main() -> int:
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)))
     parser.add_argument("--json", default="bench-results.json", help="where to write the results")
     parser.add_argument("--chart", default="", help="also draw throughput by message size as an SVG here")
+    parser.add_argument("--installed", action="store_true", help="measure the installed reliable_tcp, not the checkout's")
     args = parser.parse_args()
+    import reliable_tcp
+
+    build = "compiled" if reliable_tcp.COMPILED else "pure"
     repeat = args.repeat or (2 if args.quick else 5)
     seconds = args.seconds or (0.5 if args.quick else 2.0)
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -565,12 +572,14 @@ def main() -> int:
     results: dict[str, Any] = {
         "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()},
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "build": build,
         "repeat": repeat,
         "oneway": {},
         "latency": {},
     }
     broker = None
-    print(f"reliable_tcp benchmark: {repeat} repetitions, ~{seconds} s each, sizes {sizes}", flush=True)
+    print(f"reliable_tcp benchmark ({build} build at {os.path.dirname(reliable_tcp.__file__)}): "
+          f"{repeat} repetitions, ~{seconds} s each, sizes {sizes}", flush=True)
     try:
         for name, (server, client) in ONEWAY.items():
             if wanted and not any(name.startswith(w) for w in wanted):

@@ -34,11 +34,12 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterable
 
+from ..common import arguments
 from ..common.ending import Unacked
 from ..common.status import ChannelState, ChannelStatistics
 from ..common.timing import HANDSHAKE_SHARE
 from ..core.state import TERMINAL_STATES
-from ..exceptions import ChannelClosed, JournalWriteFailed, SessionHandedOver, UsageError
+from ..exceptions import ChannelClosed, JournalWriteFailed, SessionHandedOver
 from ._session import LoopSession
 
 __all__ = ["Channel"]
@@ -119,14 +120,12 @@ class Channel:
         window is full (``asyncio.timeout()`` bounds it). Raises like
         :meth:`reliable_tcp.Channel.send`."""
         if type(data) is not bytes:
-            if not isinstance(data, (bytes, bytearray, memoryview)):
-                raise UsageError(f"send takes bytes, not {type(data).__name__}")
-            data = bytes(data)
+            data = arguments.message(data)
         return await self._queue([data])
 
     async def send_many(self, messages: Iterable[bytes]) -> int:
         """Queue several messages in order; return the sequence number of the last."""
-        pending = [m if type(m) is bytes else bytes(m) for m in messages]
+        pending = arguments.messages(messages)
         return await self._queue(pending) if pending else self.last_sent_seq
 
     async def _queue(self, pending: list[bytes]) -> int:
@@ -196,6 +195,7 @@ class Channel:
         """Wait until the peer has acknowledged message ``seq``; raises like
         :meth:`reliable_tcp.Channel.wait_acked`. Cancelling it cancels only
         the wait (other waiters, and the message, are untouched)."""
+        timeout = arguments.timeout(timeout)
         session = self._session
         policy = session.policy
         deadline = None if timeout is None else session.loop.time() + timeout
@@ -229,6 +229,7 @@ class Channel:
 
     async def recv_many(self, max_messages: int = 1024) -> list[bytes]:
         """Up to ``max_messages`` messages at once (at least one), in order."""
+        max_messages = arguments.count(max_messages, "max_messages")
         first = await self.recv()
         # Nothing awaits from here on: the rest are taken by the same consumer.
         return [first, *self._session.inbox.get_ready(max_messages - 1)]
@@ -276,7 +277,7 @@ class Channel:
     async def close(self, timeout: float | None = 10.0) -> None:
         """Graceful close within ``timeout``, as :meth:`reliable_tcp.Channel.close`.
         Cancelling it stops the wait, not the close: that goes on in the background."""
-        await self._close_and_report(timeout, commit=True)
+        await self._close_and_report(arguments.timeout(timeout), commit=True)
 
     async def _close_and_report(self, timeout: float | None, *, commit: bool) -> None:
         if self._session.policy.handed_over is not None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from typing import Any, Generic
+from typing import Any, Generic, cast
 
 from ..core.engine import SessionEngine
 from ..core.frames import Hello
@@ -101,7 +101,7 @@ class SessionFront(Generic[L]):
             elif isinstance(action, Acknowledged):
                 self._acknowledged(action.ack)
             elif isinstance(action, DropLink):
-                self._close_link(action.link, action.abort)
+                self._close_link(cast("L", action.link), action.abort)  # the policy holds only this front's links
             elif isinstance(action, Notify):
                 self._notify(action.event)
             elif isinstance(action, Persist):

@@ -87,10 +87,13 @@ class Confirmed:
 
 
 @dataclass(frozen=True, slots=True)
-class DropLink(Generic[L]):
+class DropLink:
     """Close ``link``, which no longer holds the session (``abort``: with RST)."""
 
-    link: L
+    #: The front's connection object, as the front gave it (Any, not a type
+    #: variable: mypyc compiles neither a generic dataclass nor one field
+    #: annotated ``object``).
+    link: Any
     abort: bool
 
 
@@ -122,7 +125,7 @@ OUTPUT = Wake("output")
 #: The connection or the session's state changed.
 CHANGED = Wake("changed")
 
-Action = Deliver | Acknowledged | Persist | Confirmed | DropLink[Any] | Notify | Ended | Wake
+Action = Deliver | Acknowledged | Persist | Confirmed | DropLink | Notify | Ended | Wake
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,12 +250,12 @@ class SessionPolicy(Generic[L]):
         the journal (unless the session ended: its last frames carry none)."""
         return self.ending is not None or not self._output_held
 
-    def receipt(self, seq: int) -> bool | None:
+    def receipt(self, seq: object) -> bool | None:
         """Where message ``seq`` stands: True once the peer acknowledged it,
         False while it still may, None if the session ended without it (the
         end's exception says what was lost). UsageError for a number that
         was never sent (``send`` returns the numbers, from 1)."""
-        if type(seq) is not int:
+        if type(seq) is not int:  # `object`, not `int`: the compiled build would take True as 1
             raise UsageError(f"a message's sequence number is an int, not {type(seq).__name__}")
         sent = self.engine.next_seq - 1
         if not 1 <= seq <= sent:

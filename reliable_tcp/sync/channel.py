@@ -14,10 +14,11 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
+from ..common import arguments
 from ..common.status import ChannelState, ChannelStatistics
 from ..common.timing import ABORT_FLUSH, HANDSHAKE_SHARE, REJECT_LINGER
 from ..core.state import TERMINAL_STATES, SessionState
-from ..exceptions import ChannelClosed, JournalWriteFailed, SessionHandedOver, UsageError
+from ..exceptions import ChannelClosed, JournalWriteFailed, SessionHandedOver
 from ._deadline import Deadline
 from ._session import SessionShell, Unacked
 
@@ -115,9 +116,9 @@ class Channel:
         is lost, and with a journal JournalWriteFailed (nothing queued).
         """
         if type(data) is not bytes:
-            if not isinstance(data, (bytes, bytearray, memoryview)):
-                raise UsageError(f"send takes bytes, not {type(data).__name__}")
-            data = bytes(data)
+            data = arguments.message(data)
+        if timeout is not None:
+            timeout = arguments.timeout(timeout)
         session = self._session
         if session.durable is None:
             seq = session.send_now(data)  # the common case: room in the window, nothing ended
@@ -129,8 +130,9 @@ class Channel:
         """Queue several messages in order, taking the lock once per window's
         worth; return the sequence number of the last. On timeout, raises
         TimeoutError with ``queued`` set to how many were queued."""
-        pending = [m if type(m) is bytes else bytes(m) for m in messages]
-        return self._queue(pending, Deadline(timeout)) if pending else self.last_sent_seq
+        pending = arguments.messages(messages)
+        deadline = Deadline(arguments.timeout(timeout))
+        return self._queue(pending, deadline) if pending else self.last_sent_seq
 
     def _queue(self, pending: list[bytes], deadline: Deadline) -> int:
         engine = self._session.engine
@@ -174,7 +176,7 @@ class Channel:
         Raises TimeoutError if it hasn't by ``timeout``; SessionLost or
         ChannelClosed if the session ends first.
         """
-        self._flush(Deadline(timeout), for_owner=True)
+        self._flush(Deadline(arguments.timeout(timeout)), for_owner=True)
 
     @property
     def acked_seq(self) -> int:
@@ -193,7 +195,7 @@ class Channel:
         ``unacked`` listing what never reached the peer) if the session
         ended without it, and UsageError for a number never sent.
         """
-        deadline = Deadline(timeout)
+        deadline = Deadline(arguments.timeout(timeout))
         session = self._session
         with session.lock:
             policy = session.policy
@@ -225,12 +227,16 @@ class Channel:
         With a journal, one thread consumes at a time: while messages another
         live thread took are not committed, this raises UsageError (see
         docs/durability.md, "Several consumer threads")."""
+        if timeout is not None:
+            timeout = arguments.timeout(timeout)
         if self._session.durable is None:
             return self._session.inbox.get(timeout)
         return self._consume(lambda remaining: self._session.inbox.get(remaining), timeout)
 
     def recv_many(self, max_messages: int = 1024, timeout: float | None = None) -> list[bytes]:
         """Up to ``max_messages`` messages at once (at least one), in order."""
+        max_messages = arguments.count(max_messages, "max_messages")
+        timeout = arguments.timeout(timeout)
         if self._session.durable is None:
             return self._session.inbox.get_many(max_messages, timeout)
         return self._consume(lambda remaining: self._session.inbox.get_many(max_messages, remaining), timeout)
@@ -329,7 +335,7 @@ class Channel:
         the message being handled when it failed stays unacknowledged, and
         the peer is told so.
         """
-        self._close_and_report(timeout, commit=True)
+        self._close_and_report(arguments.timeout(timeout), commit=True)
 
     def _close_and_report(self, timeout: float | None, *, commit: bool) -> None:
         deadline = Deadline(timeout)

@@ -29,6 +29,7 @@ import time
 from collections import deque
 from typing import Any, Unpack
 
+from ..common import arguments
 from ..common.listener import HANDED_OVER, ListenerBook, log_refusal, read_hello
 from ..common.options import ListenOptions, ShellOptions, resolve_options
 from ..common.sockets import close_socket, configure_socket
@@ -136,7 +137,7 @@ class Listener:
         the listener is closed."""
         with self._lock:
             book = self._book
-            if not Deadline(timeout).wait(self._changed, lambda: bool(book.offered) or book.closed):
+            if not Deadline(arguments.timeout(timeout)).wait(self._changed, lambda: bool(book.offered) or book.closed):
                 raise TimeoutError("no new session arrived in time")
             if book.offered:
                 channel = book.offered.popleft().channel

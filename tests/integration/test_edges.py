@@ -290,6 +290,68 @@ def test_local_misuse_is_invalid_state_and_harms_nothing(listener: rt.Listener) 
     server.close()
 
 
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda c: c.send("text"),
+        lambda c: c.send(None),
+        lambda c: c.send(5),
+        lambda c: c.send_many([1]),  # bytes(1) would be b"\x00": a message nobody sent
+        lambda c: c.send_many(["text"]),
+        lambda c: c.send_many(b"one message, not an iterable of them"),
+        lambda c: c.recv_many(0, timeout=5),
+        lambda c: c.recv_many(0.5, timeout=5),
+        lambda c: c.recv_many(True, timeout=5),
+        lambda c: c.wait_acked(True, timeout=5),  # the compiled build would read True as message 1
+        lambda c: c.wait_acked(1.5, timeout=5),
+        lambda c: c.wait_acked(1, timeout="5"),
+        lambda c: c.wait_acked(1, timeout=float("nan")),
+        lambda c: c.close(timeout="soon"),
+    ],
+)
+def test_a_wrong_argument_is_a_usage_error_and_harms_nothing(front: Any, call: Any) -> None:
+    with front.listen(("127.0.0.1", 0), **fast_options()) as listener:
+        client = front.connect(listener.address, **fast_options())
+        server = listener.accept(timeout=10)
+        try:
+            client.send(b"before")
+            assert server.recv(timeout=10) == b"before"
+            server.send(b"waiting for the client")
+            with pytest.raises(rt.UsageError):
+                call(client)
+            client.send(b"after")
+            assert server.recv(timeout=10) == b"after"  # nothing was queued by the wrong call
+            assert client.recv(timeout=10) == b"waiting for the client"  # nor taken
+            client.close(timeout=10)
+            server.close(timeout=10)
+        finally:
+            client.abort()
+            server.abort()
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda c, listener: c.send(b"x", timeout="1"),
+        lambda c, listener: c.send_many([b"x"], timeout=True),
+        lambda c, listener: c.recv(timeout="1"),
+        lambda c, listener: c.recv(timeout=float("nan")),
+        lambda c, listener: c.recv_many(4, timeout=[1]),
+        lambda c, listener: c.flush(timeout="1"),
+        lambda c, listener: listener.accept(timeout="1"),
+    ],
+)
+def test_a_timeout_that_is_not_a_number_is_a_usage_error(listener: rt.Listener, call: Any) -> None:
+    client = rt.connect(listener.address, **fast_options())
+    server = listener.accept(timeout=5)
+    server.send(b"ready")
+    with pytest.raises(rt.UsageError, match="timeout"):
+        call(client, listener)
+    assert client.recv(timeout=5) == b"ready"
+    client.close()
+    server.close()
+
+
 def test_every_call_raises_a_fresh_exception_chained_to_one_cause() -> None:
     with rt.listen(("127.0.0.1", 0), **fast_options(resume_window=0.5 * UNIT)) as short, FaultProxy(short.address) as proxy:
         client = rt.connect(proxy.address, **fast_options(resume_window=0.5 * UNIT))

@@ -126,6 +126,7 @@ def test_a_crash_in_a_link_thread_is_reported_as_one_with_its_cause() -> None:
     peer.close()
 
 
+@pytest.mark.pure_build
 def test_a_crash_ends_the_channel_chained_to_its_cause(monkeypatch: pytest.MonkeyPatch) -> None:
     import reliable_tcp as rt
     from helpers import fast_options
