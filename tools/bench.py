@@ -3,17 +3,21 @@
 
     python tools/bench.py --quick            # about a minute
     python tools/bench.py --json results.json
+    python tools/bench.py --compiled build   # the compiled build too (built in a temporary venv)
 
 Measures over 127.0.0.1, in one invocation:
 - one-way stream throughput (messages/s, MB/s at the receiver) for 64 B,
   1 KiB and 64 KiB messages;
 - round-trip latency of 64 B messages (p50, p99);
 - CPU time per message and peak RSS of each side;
-for reliable_tcp, raw TCP with a 4-byte length prefix and batched writes,
-pyzmq PUSH/PULL and paho-mqtt QoS 1 through a local mosquitto (each only
-when installed: ``pip install -e '.[bench]'``, ``apt-get install mosquitto``).
-Prints a table with ratios to raw TCP from the same run (median of the
-repetitions, with min-max spread) and writes JSON.
+for reliable_tcp (the pure build, and with --compiled the compiled one),
+raw TCP with a 4-byte length prefix and batched writes, pyzmq PUSH/PULL
+(REQ/REP for the round trip), websockets' threaded API and paho-mqtt QoS 1
+through a local mosquitto (each only when installed: ``pip install -e
+'.[bench]'``, ``apt-get install mosquitto``). Prints a table with ratios
+to raw TCP from the same run (median of the repetitions, with min-max
+spread), then every target of issue 26 as a ratio marked PASS or short,
+and writes JSON (and with --chart, a matplotlib chart).
 """
 
 from __future__ import annotations
@@ -31,14 +35,16 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 # The checkout's reliable_tcp (the pure build), unless --installed asks for
 # the one this interpreter has installed (the compiled build in its venv).
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if "--installed" not in sys.argv:
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+    sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_asyncio as aio  # noqa: E402  (the asyncio front end's parts, beside these)
@@ -279,6 +285,105 @@ def zmq_sender(port: int, result_queue: Any, count: int, size: int) -> None:
     result_queue.put({"side": "sender", **_usage()})
 
 
+def zmq_rep_server(port_queue: Any, result_queue: Any, count: int, size: int) -> None:
+    import zmq
+
+    context = zmq.Context()
+    rep = context.socket(zmq.REP)
+    port_queue.put(rep.bind_to_random_port("tcp://127.0.0.1"))
+    for _ in range(count):
+        rep.send(rep.recv())
+    rep.close(linger=-1)
+    context.term()
+    result_queue.put({"side": "receiver", **_usage()})
+
+
+def zmq_req_client(port: int, result_queue: Any, count: int, size: int) -> None:
+    import zmq
+
+    context = zmq.Context()
+    req = context.socket(zmq.REQ)
+    req.connect(f"tcp://127.0.0.1:{port}")
+    payload = os.urandom(size)
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        req.send(payload)
+        req.recv()
+        times.append(time.perf_counter() - start)
+    req.close(linger=-1)
+    context.term()
+    result_queue.put({"side": "sender", "rtts": times, **_usage()})
+
+
+# ------------------------------------------------- websockets (threaded API)
+# The pure-Python peer of our shape: websockets' sync API runs a reader
+# thread per connection. Binary frames, no compression, no size limit.
+
+
+def ws_receiver(port_queue: Any, result_queue: Any, count: int, size: int) -> None:
+    def handler(ws: Any) -> None:
+        recv = ws.recv
+        recv()
+        start = time.perf_counter()
+        for _ in range(count - 1):
+            recv()
+        elapsed = time.perf_counter() - start
+        for _ in ws:  # until the sender's close
+            pass
+        result_queue.put({"side": "receiver", "elapsed": elapsed, "messages": count - 1, **_usage()})
+        threading.Thread(target=server_shutdown.pop()).start()
+
+    server_shutdown: list[Callable[[], None]] = []
+    from websockets.sync.server import serve
+
+    with serve(handler, "127.0.0.1", 0, compression=None, max_size=None) as server:
+        server_shutdown.append(server.shutdown)
+        port_queue.put(server.socket.getsockname()[1])
+        server.serve_forever()
+
+
+def ws_sender(port: int, result_queue: Any, count: int, size: int) -> None:
+    from websockets.sync.client import connect
+
+    payload = os.urandom(size)
+    with connect(f"ws://127.0.0.1:{port}", compression=None, max_size=None) as ws:
+        send = ws.send
+        for _ in range(count):
+            send(payload)
+    result_queue.put({"side": "sender", **_usage()})
+
+
+def ws_echo_server(port_queue: Any, result_queue: Any, count: int, size: int) -> None:
+    def handler(ws: Any) -> None:
+        for message in ws:
+            ws.send(message)
+        result_queue.put({"side": "receiver", **_usage()})
+        threading.Thread(target=server_shutdown.pop()).start()
+
+    server_shutdown: list[Callable[[], None]] = []
+    from websockets.sync.server import serve
+
+    with serve(handler, "127.0.0.1", 0, compression=None, max_size=None) as server:
+        server_shutdown.append(server.shutdown)
+        port_queue.put(server.socket.getsockname()[1])
+        server.serve_forever()
+
+
+def ws_ping_client(port: int, result_queue: Any, count: int, size: int) -> None:
+    from websockets.sync.client import connect
+
+    payload = os.urandom(size)
+    times = []
+    with connect(f"ws://127.0.0.1:{port}", compression=None, max_size=None) as ws:
+        for _ in range(count):
+            start = time.perf_counter()
+            ws.send(payload)
+            ws.recv()
+            times.append(time.perf_counter() - start)
+    result_queue.put({"side": "sender", "rtts": times, **_usage()})
+
+
 # ------------------------------------------------------------------ paho-mqtt
 
 
@@ -491,6 +596,7 @@ ONEWAY: dict[str, tuple[Callable[..., None], Callable[..., None]]] = {
     "reliable_tcp send_many": (rt_receiver, rt_sender),
     "reliable_tcp send": (rt_receiver_single, rt_sender_single),  # one send() and one recv() per message
     "pyzmq PUSH/PULL": (zmq_receiver, zmq_sender),
+    "websockets (threads)": (ws_receiver, ws_sender),  # one send()/recv() per message, binary, no compression
     "paho-mqtt QoS 1": (mqtt_receiver, mqtt_sender),
     "asyncio streams (raw)": (aio.streams_receiver, aio.streams_sender),  # one write+drain per message
     "reliable_tcp.asyncio send": (aio.aio_receiver, aio.aio_sender),  # one await send()/recv() per message
@@ -498,6 +604,8 @@ ONEWAY: dict[str, tuple[Callable[..., None], Callable[..., None]]] = {
 PINGPONG = {
     "raw TCP (batched)": (raw_echo_server, raw_ping_client),
     "reliable_tcp send": (rt_echo_server, rt_ping_client),
+    "pyzmq REQ/REP": (zmq_rep_server, zmq_req_client),
+    "websockets (threads)": (ws_echo_server, ws_ping_client),
     "asyncio streams (raw)": (aio.streams_echo_server, aio.streams_ping_client),
     "reliable_tcp.asyncio send": (aio.aio_echo_server, aio.aio_ping_client),
 }
@@ -509,6 +617,11 @@ def _available(name: str) -> str | None:
             import zmq  # noqa: F401
         except ImportError:
             return "pyzmq not installed (pip install -e '.[bench]')"
+    if name.startswith("websockets"):
+        try:
+            import websockets.sync.client  # noqa: F401
+        except ImportError:
+            return "websockets not installed (pip install -e '.[bench]')"
     if name.startswith("paho"):
         try:
             import paho.mqtt.client  # noqa: F401
@@ -561,6 +674,10 @@ def main() -> int:
     parser.add_argument("--json", default="bench-results.json", help="where to write the results")
     parser.add_argument("--chart", default="", help="also draw throughput by message size as an SVG here")
     parser.add_argument("--installed", action="store_true", help="measure the installed reliable_tcp, not the checkout's")
+    parser.add_argument(
+        "--compiled", default="", metavar="PYTHON|build",
+        help="also measure the compiled build: the reliable_tcp transports run again under PYTHON (an interpreter "
+             "with `RELIABLE_TCP_COMPILE=1 pip install .` done), or under a venv this run builds ('build', ~1 min)")
     args = parser.parse_args()
     import reliable_tcp
 
@@ -668,6 +785,8 @@ def main() -> int:
             results["recovery"] = recovery
             print(f"  recovery: {recovery['messages']} messages replayed in {recovery['seconds_after_heal']:.2f} s "
                   f"after the heal ({recovery['msgs_per_s']:,.0f} msg/s)", flush=True)
+        if args.compiled:
+            _measure_compiled(args, results)
     finally:
         if broker is not None:
             broker.stop()
@@ -682,6 +801,42 @@ def main() -> int:
     return 0
 
 
+def _measure_compiled(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """Run this script's reliable_tcp transports under the compiled build and
+    add them to ``results`` with COMPILED_SUFFIX (the peers measured above
+    are the baseline for both builds)."""
+    built = ""
+    python = args.compiled
+    if python == "build":
+        built = tempfile.mkdtemp(prefix="bench-compiled-")
+        python = os.path.join(built, "venv", "bin", "python")
+        print("  building the compiled build in a venv of its own ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", os.path.join(built, "venv")], check=True)
+        subprocess.run([python, "-m", "pip", "install", "-q", ROOT], check=True, env={**os.environ, "RELIABLE_TCP_COMPILE": "1"})
+    try:
+        out = os.path.join(tempfile.gettempdir(), f"bench-compiled-{os.getpid()}.json")
+        command = [python, os.path.abspath(__file__), "--installed", "--only", "reliable_tcp", "--sizes", args.sizes,
+                   "--repeat", str(args.repeat or (2 if args.quick else 5)), "--json", out]
+        if args.seconds:
+            command += ["--seconds", str(args.seconds)]
+        if args.quick:
+            command.append("--quick")
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONSAFEPATH": "1"})
+        with open(out) as f:
+            compiled = json.load(f)
+        os.unlink(out)
+        if compiled["build"] != "compiled":
+            raise SystemExit(f"--compiled {args.compiled}: that interpreter's reliable_tcp is the {compiled['build']} build")
+        for section in ("oneway", "latency"):
+            for name, row in compiled[section].items():
+                results[section][name + COMPILED_SUFFIX] = row
+            print(f"  compiled build: {', '.join(compiled[section])} ({section})", flush=True)
+        results["compiled_python"] = python
+    finally:
+        if built:
+            shutil.rmtree(built, ignore_errors=True)
+
+
 def _ratio(results: dict[str, Any], name: str, size: int, base: str, key: str = "msgs_per_s") -> float | None:
     oneway = results["oneway"]
     try:
@@ -690,36 +845,62 @@ def _ratio(results: dict[str, Any], name: str, size: int, base: str, key: str = 
         return None
 
 
+COMPILED_SUFFIX = " [compiled]"
+
+
 def _print_targets(results: dict[str, Any]) -> None:
-    """The targets of the plain API (issue 15), each a ratio from this run, marked PASS or short."""
+    """The targets of issue 26, each a ratio from this run, marked PASS or short.
+
+    The compiled build's rows carry COMPILED_SUFFIX; where the run has no
+    compiled build, its targets are checked on the pure build and say so.
+    """
     rows: list[tuple[str, float | None, str, bool | None]] = []
+    oneway, latency = results["oneway"], results["latency"]
 
     def add(label: str, value: float | None, goal: str, ok: bool | None) -> None:
         rows.append((label, value, goal, ok))
 
+    def at_least(label: str, value: float | None, goal: float) -> None:
+        add(label, value, f">= {goal}", None if value is None else value >= goal)
+
+    def at_most(label: str, value: float | None, goal: float, *, strictly: bool = False) -> None:
+        ok = None if value is None else (value < goal if strictly else value <= goal)
+        add(label, value, f"{'<' if strictly else '<='} {goal}", ok)
+
+    def p50_ratio(name: str, base: str) -> float | None:
+        if name not in latency or base not in latency:
+            return None
+        return float(latency[name]["p50_us"][0] / latency[base]["p50_us"][0])
+
+    best = "reliable_tcp send" + (COMPILED_SUFFIX if "reliable_tcp send" + COMPILED_SUFFIX in oneway else "")
+    tag = "compiled" if best.endswith(COMPILED_SUFFIX) else "pure (no compiled build in this run)"
     for size in (64, 1024):
-        value = _ratio(results, "reliable_tcp send", size, "pyzmq PUSH/PULL")
-        add(f"send()+recv() per message, {size} B, x pyzmq", value, ">= 1.0", None if value is None else value >= 1.0)
-    value = _ratio(results, "reliable_tcp send", 65536, "raw TCP (batched)", "mb_per_s")
-    add("send() 64 KiB, x raw TCP MB/s", value, ">= 0.6", None if value is None else value >= 0.6)
-    latency = results["latency"]
-    if "reliable_tcp send" in latency and "raw TCP (batched)" in latency:
-        for key, goal in (("p50_us", 2.0), ("p99_us", 3.0)):
-            value = latency["reliable_tcp send"][key][0] / latency["raw TCP (batched)"][key][0]
-            add(f"64 B round trip {key[:3]}, x raw TCP", value, f"<= {goal}", value <= goal)
+        at_least(f"{tag}: send()+recv() {size} B, x pyzmq PUSH/PULL", _ratio(results, best, size, "pyzmq PUSH/PULL"), 1.0)
+        if best != "reliable_tcp send":
+            pure = _ratio(results, "reliable_tcp send", size, "pyzmq PUSH/PULL")
+            at_least(f"pure: send()+recv() {size} B, x pyzmq PUSH/PULL", pure, 0.7)
+    for base, goal in (("websockets (threads)", 1.0), ("raw TCP (batched)", 0.6)):
+        at_least(f"{tag}: send() 64 KiB MB/s, x {base}", _ratio(results, best, 65536, base, "mb_per_s"), goal)
+    at_most(f"{tag}: 64 B round trip p50, x websockets (threads)", p50_ratio(best, "websockets (threads)"), 1.0, strictly=True)
+    at_most(f"{tag}: 64 B round trip p50, x pyzmq REQ/REP", p50_ratio(best, "pyzmq REQ/REP"), 1.5)
+    for name in ("reliable_tcp send_many", "reliable_tcp send_many" + COMPILED_SUFFIX):
+        for size in (64, 1024, 65536):
+            if name in oneway and str(size) in oneway[name]:
+                add(f"{name}, {size} B, msg/s", oneway[name][str(size)]["msgs_per_s"][0], "report", None)
     many = results.get("many_sessions")
     if many:
         m, lo, hi = many["aggregate_msgs_per_s"]
         spread = (hi - lo) / m if m else float("nan")
         add(f"{many['sessions']} sessions sending at once, spread over {many['runs']} runs", spread, "<= 0.25", spread <= 0.25)
         add("  ... disconnects during those runs", float(many["disconnects"]), "== 0", many["disconnects"] == 0)
+        add(f"  ... {many['sessions']} idle threaded sessions, CPU % of a core", many["idle_cpu_percent"], "report", None)
     for size in (64, 1024, 65536):
         value = _ratio(results, "reliable_tcp.asyncio send", size, "asyncio streams (raw)")
         add(f"asyncio send()+recv() {size} B, x raw asyncio streams", value, "report", None)
         value = _ratio(results, "reliable_tcp.asyncio send", size, "reliable_tcp send")
         add(f"asyncio send()+recv() {size} B, x threaded send()", value, "report", None)
-    if "reliable_tcp.asyncio send" in latency and "asyncio streams (raw)" in latency:
-        value = latency["reliable_tcp.asyncio send"]["p50_us"][0] / latency["asyncio streams (raw)"]["p50_us"][0]
+    value = p50_ratio("reliable_tcp.asyncio send", "asyncio streams (raw)")
+    if value is not None:
         add("asyncio 64 B round trip p50, x raw asyncio streams", value, "report", None)
     amany = results.get("asyncio_many_sessions")
     if amany:
@@ -733,9 +914,9 @@ def _print_targets(results: dict[str, Any]) -> None:
         add("asyncio detection on a busy loop, worst s", worst, f"<= {goal}", worst <= goal)
     print("\ntargets (ratios from this run)")
     for label, value, goal, ok in rows:
-        shown = "-" if value is None else f"{value:.2f}"
+        shown = "-" if value is None else (f"{value:,.0f}" if value >= 1000 else f"{value:.2f}")
         mark = "n/a" if ok is None else ("PASS" if ok else "short")
-        print(f"  {label:<52} {shown:>7}  goal {goal:<7} {mark}")
+        print(f"  {label:<62} {shown:>10}  goal {goal:<7} {mark}")
     results["targets"] = [{"target": l, "value": v, "goal": g, "pass": o} for l, v, g, o in rows]
 
 
@@ -762,46 +943,38 @@ def _print_table(results: dict[str, Any]) -> None:
 
 
 def _write_chart(results: dict[str, Any], path: str) -> None:
-    """Grouped bars of messages/s by message size, one colour per transport (log scale)."""
-    import math
+    """Grouped bars of messages/s by message size, one colour per transport
+    (log scale), drawn with matplotlib (the ``bench`` extra); the file's
+    extension picks the format (.svg, .png, .pdf)."""
+    try:
+        import matplotlib
 
+        matplotlib.use("Agg")  # no screen: draw to the file only
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("chart skipped: matplotlib not installed (pip install -e '.[bench]')")
+        return
     oneway = results["oneway"]
     names = list(oneway)
     sizes = sorted({int(size) for rows in oneway.values() for size in rows})
-    colours = ["#555555", "#1f77b4", "#6baed6", "#ff7f0e", "#2ca02c", "#d62728"]
-    width, height, left, bottom, top = 760, 380, 70, 60, 40
-    plot_h = height - bottom - top
-    group_w = (width - left - 20) / max(1, len(sizes))
-    bar_w = group_w * 0.8 / max(1, len(names))
-    lo, hi = 3.0, 7.0  # 10^3 .. 10^7 messages/s
-
-    def y(value: float) -> float:
-        v = min(max(math.log10(max(value, 1.0)), lo), hi)
-        return top + plot_h * (1 - (v - lo) / (hi - lo))
-
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
-             f'<rect width="{width}" height="{height}" fill="white"/>',
-             f'<text x="{left}" y="20" font-size="14">One-way throughput, messages/s (log scale), {results["date"]}</text>']
-    for exp in range(int(lo), int(hi) + 1):
-        parts.append(f'<line x1="{left}" x2="{width - 20}" y1="{y(10 ** exp):.1f}" y2="{y(10 ** exp):.1f}" stroke="#ddd"/>')
-        parts.append(f'<text x="{left - 8}" y="{y(10 ** exp) + 4:.1f}" text-anchor="end">1e{exp}</text>')
-    for g, size in enumerate(sizes):
-        x0 = left + g * group_w + group_w * 0.1
-        parts.append(f'<text x="{x0 + group_w * 0.4:.1f}" y="{height - bottom + 18}" text-anchor="middle">{size} B</text>')
-        for i, name in enumerate(names):
-            row = oneway[name].get(str(size))
-            if not row:
-                continue
-            value = row["msgs_per_s"][0]
-            x = x0 + i * bar_w
-            parts.append(f'<rect x="{x:.1f}" y="{y(value):.1f}" width="{bar_w - 2:.1f}" height="{top + plot_h - y(value):.1f}" '
-                         f'fill="{colours[i % len(colours)]}"><title>{name}: {value:,.0f} msg/s</title></rect>')
+    figure, axes = plt.subplots(figsize=(11, 5.5))
+    width = 0.85 / max(1, len(names))
+    bases = list(dict.fromkeys(name.removesuffix(COMPILED_SUFFIX) for name in names))  # a build's bars share a colour
     for i, name in enumerate(names):
-        parts.append(f'<rect x="{left + i * 150}" y="{height - 22}" width="10" height="10" fill="{colours[i % len(colours)]}"/>')
-        parts.append(f'<text x="{left + i * 150 + 14}" y="{height - 13}">{name}</text>')
-    parts.append("</svg>")
-    with open(path, "w") as f:
-        f.write("\n".join(parts))
+        xs = [g + (i - (len(names) - 1) / 2) * width for g, size in enumerate(sizes) if str(size) in oneway[name]]
+        ys = [oneway[name][str(size)]["msgs_per_s"][0] for size in sizes if str(size) in oneway[name]]
+        hatch = "//" if name.endswith(COMPILED_SUFFIX) else None
+        colour = plt.get_cmap("tab10")(bases.index(name.removesuffix(COMPILED_SUFFIX)) % 10)
+        axes.bar(xs, ys, width, label=name, hatch=hatch, color=colour, edgecolor="white" if hatch else colour)
+    axes.set_yscale("log")
+    axes.set_xticks(range(len(sizes)), [f"{size:,} B" for size in sizes])
+    axes.set_ylabel("messages/s at the receiver (log scale)")
+    axes.set_title(f"One-way throughput, one call per message unless named, {results['date']}")
+    axes.grid(axis="y", which="major", alpha=0.3)
+    axes.legend(fontsize="small", ncols=2)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
 
 
 if __name__ == "__main__":
