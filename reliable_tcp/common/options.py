@@ -66,6 +66,7 @@ class ChannelOptions(TypedDict, total=False):
     data_frame_target: int
     max_control_frames_per_second: int
     max_resumes_without_progress: int
+    quiet_heartbeat: bool
     psk: bytes | None
     connect_timeout: float
     backoff: Backoff

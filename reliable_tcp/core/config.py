@@ -52,6 +52,12 @@ class SessionConfig:
     #: not everything received: the peer then keeps, and after a restart of
     #: this side replays, whatever was not processed. For durable sessions.
     ack_on_commit: bool = False
+    #: The quiet heartbeat (docs/protocol.md 6.1): a client asks for it in
+    #: its HELLO, a server agrees. An idle session then PINGs (and PONGs)
+    #: once per ``dead_after`` minus one interval (6 s with the defaults)
+    #: instead of once per interval: half the frames, the dead verdict
+    #: unchanged, one interval of slack left for a delayed frame.
+    quiet_heartbeat: bool = True
     #: Pre-shared key: when set, every handshake (new or resume) runs the
     #: HMAC challenge-response of reliable_tcp.core.auth, and both sides must hold it.
     psk: bytes | None = field(default=None, repr=False)

@@ -177,6 +177,12 @@ class SessionEngine:
         self._last_received = 0.0
         self._last_output = 0.0
         self._heard_ping_at: float | None = None
+        # The quiet heartbeat (docs/protocol.md 6.1): whether this client still
+        # asks for it (a server that refused the flag is not asked again), what
+        # this connection's HELLO asked, and whether this connection has it.
+        self._ask_quiet = client and config.quiet_heartbeat
+        self._hello_asked_quiet = False
+        self._quiet = False
         self._detached_since: float | None = None
         self._ack_deadline: float | None = None
         self._ack_now = False
@@ -324,7 +330,10 @@ class SessionEngine:
         resume = self._state is S.RESUMING
         self._auth_nonce = self._token(NONCE_SIZE) if self.config.psk is not None else None
         self._server_proved_key = False
-        hello = Hello(resume, self.session_id, self._secret, self._acked_upto() + 1, self._auth_nonce, self._announced_limit)
+        self._hello_asked_quiet = self._ask_quiet
+        hello = Hello(
+            resume, self.session_id, self._secret, self._acked_upto() + 1, self._auth_nonce, self._announced_limit, self._ask_quiet
+        )
         self._hello_sent = encode(hello)
         self._output.append(self._hello_sent)
 
@@ -334,6 +343,7 @@ class SessionEngine:
         self._connected_at = self._last_received = self._last_output = now
         # The server counts the connection's start as a PING heard: the client's first comes before its own.
         self._heard_ping_at = None if self.client else now
+        self._quiet = False  # until this connection's handshake agrees on it
         self._frame_budget, self._budget_time = float(self.config.max_control_frames_per_second), now
         self._pong_budget, self._pong_time = float(PONGS_PER_SECOND), now
         self._progress = False
@@ -403,8 +413,9 @@ class SessionEngine:
         self._progress = self._window.base > before
         if not self._learn_peer_limit(hello.max_message, now):
             return
+        self._quiet = hello.quiet and self.config.quiet_heartbeat
         self._output.append(
-            encode(Accept(hello.resume, self.session_id, new_secret, self._acked_upto() + 1, self._announced_limit))
+            encode(Accept(hello.resume, self.session_id, new_secret, self._acked_upto() + 1, self._announced_limit, self._quiet))
         )
         self._events.append(ev.HandshakeCompleted(self.session_id, hello.resume, replayed))
 
@@ -459,6 +470,24 @@ class SessionEngine:
                 f"{limit} connections in a row ended before a single message was delivered or acknowledged",
                 now,
             )
+
+    @property
+    def quiet_heartbeat(self) -> bool:
+        """Whether this connection's handshake agreed on the quiet heartbeat
+        (docs/protocol.md 6.1): an idle session's PING and PONG come once
+        per :meth:`ping_period` instead of once per heartbeat interval."""
+        return self._quiet
+
+    def ping_period(self) -> float:
+        """How long this side stays silent before it PINGs (protocol.md 6
+        and 6.1): the heartbeat interval, or with the quiet heartbeat
+        ``dead_after`` minus one interval (twice the interval by default;
+        never less than one): the peer still hears something one interval
+        before its dead verdict would fall due."""
+        interval = self.config.heartbeat_interval
+        if not self._quiet:
+            return interval
+        return max(interval, self.config.dead_after_seconds - interval)
 
     def hold_liveness(self, now: float, alive_at: float | None = None) -> None:
         """The shell knows the peer was alive at ``alive_at`` (default: now)
@@ -584,6 +613,16 @@ class SessionEngine:
         if target is None:
             raise ProtocolError(f"REJECT is not allowed in state {self._state.value}")
         error = RejectedByPeer(frame.reason, frame.text)
+        if self._hello_asked_quiet and frame.reason is RejectReason.PROTOCOL_ERROR and self._state in _HANDSHAKE_STATES:
+            # A server that predates the QUIET flag refuses it as an unknown
+            # flag: ask again without it, on a new connection, and never again
+            # in this session (docs/protocol.md 6.1).
+            retry_target = next_state(self._state, I.RECV_REJECT_RETRY)
+            if retry_target in (S.IDLE, S.DETACHED):
+                logger.info("session %s: the server refused the quiet heartbeat; asking without it", self.session_id.hex())
+                self._ask_quiet = False
+                self._transport_failed(str(error), I.RECV_REJECT_RETRY, now, error)
+                return
         if target in (S.IDLE, S.DETACHED):
             # Busy or slow: this attempt is refused, the session (if any) is not.
             self._transport_failed(str(error), event, now, error)
@@ -608,6 +647,8 @@ class SessionEngine:
             raise ProtocolError("ACCEPT does not answer the HELLO that was sent")
         if accept.session_id == _NO_ID:
             raise ProtocolError("ACCEPT with an empty session id")
+        if accept.quiet and not self._hello_asked_quiet:
+            raise ProtocolError("ACCEPT agrees to a quiet heartbeat the HELLO did not ask for")
         before = self._window.base
         replayed = self._window.rewind(accept.expect)
         self._progress = self._window.base > before
@@ -615,6 +656,7 @@ class SessionEngine:
         self._secret = accept.secret
         self._state = S.OPEN
         self._detached_since = None
+        self._quiet = accept.quiet
         if not self._learn_peer_limit(accept.max_message, now):
             return
         self.counters.handshakes += 1
@@ -935,17 +977,19 @@ class SessionEngine:
     def _ping_due(self) -> float:
         """When this side's next PING is due (protocol section 6).
 
-        A PING is due once nothing was sent for ``heartbeat_interval``. The
-        accepting side also waits until it has heard no PING for
-        ``ANSWERING_SIDE_SLACK`` intervals: while the client pings, the
+        A PING is due once nothing was sent for :meth:`ping_period` (the
+        heartbeat interval, longer with the quiet heartbeat). The accepting
+        side also waits until it has heard no PING for that period plus half
+        an interval (``ANSWERING_SIDE_SLACK``): while the client pings, the
         server's PONGs keep both sides hearing each other, and an idle
-        session costs one PING and one PONG per interval instead of two each.
+        session costs one PING and one PONG per period instead of two each.
         A server that stops hearing PINGs (an old client, or its own reader
         paused) pings again on its own."""
         interval = self.config.heartbeat_interval
-        due = self._last_output + interval
+        period = self.ping_period()
+        due = self._last_output + period
         if not self.client and self._heard_ping_at is not None:
-            due = max(due, self._heard_ping_at + ANSWERING_SIDE_SLACK * interval)
+            due = max(due, self._heard_ping_at + period + (ANSWERING_SIDE_SLACK - 1.0) * interval)
         return due
 
     def handle_timer(self, now: float) -> None:

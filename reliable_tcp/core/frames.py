@@ -110,6 +110,7 @@ def max_frame_body(max_message_size: int) -> int:
 FLAG_RESUME = 0x01
 FLAG_AUTH = 0x02  # HELLO only: a client nonce follows; the pre-shared-key exchange applies
 FLAG_LIMITS = 0x04  # HELLO and ACCEPT: the sender's max_message_size (u32) follows
+FLAG_QUIET = 0x08  # HELLO: the client asks for the quiet heartbeat; ACCEPT: the server agrees (protocol.md 6.1)
 NONCE_SIZE = 16
 MAC_SIZE = 32  # HMAC-SHA256
 _CHALLENGE = struct.Struct(f">{NONCE_SIZE}s{MAC_SIZE}s")
@@ -209,6 +210,9 @@ class Hello:
     auth_nonce: bytes | None = None
     #: The client's max_message_size (flag LIMITS); None: the default, 1 MiB.
     max_message: int | None = None
+    #: The client asks for the quiet heartbeat (flag QUIET): the server
+    #: then answers no PING (protocol.md 6.1).
+    quiet: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +242,8 @@ class Accept:
     expect: int
     #: The server's max_message_size (flag LIMITS); None: the default, 1 MiB.
     max_message: int | None = None
+    #: The server agrees to the quiet heartbeat the HELLO asked for (flag QUIET).
+    quiet: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,6 +389,8 @@ def encode(frame: Frame) -> bytes:
                 raise ValueError(f"max_message {frame.max_message} is outside 1..{MAX_MESSAGE_SIZE_LIMIT}")
             flags |= FLAG_LIMITS
             tail += _U32.pack(frame.max_message)
+        if frame.quiet:
+            flags |= FLAG_QUIET
         body = _HELLO.pack(flags, frame.session_id, frame.secret, frame.expect) + tail
         return _frame(FrameType.HELLO if isinstance(frame, Hello) else FrameType.ACCEPT, body)
     if isinstance(frame, Challenge):
@@ -436,7 +444,7 @@ def _decode_body(frame_type: int, body: memoryview) -> Frame:
     if frame_type in (FrameType.HELLO, FrameType.ACCEPT):
         hello = frame_type == FrameType.HELLO
         flags = body[0] if size else 0
-        allowed = FLAG_RESUME | FLAG_LIMITS | (FLAG_AUTH if hello else 0)
+        allowed = FLAG_RESUME | FLAG_LIMITS | FLAG_QUIET | (FLAG_AUTH if hello else 0)
         if flags & ~allowed:
             raise FrameError(f"unknown flags 0x{flags:02x}")
         auth = bool(flags & FLAG_AUTH)
@@ -455,9 +463,10 @@ def _decode_body(frame_type: int, body: memoryview) -> Frame:
             (max_message,) = _U32.unpack_from(body, offset)
             if not 1 <= max_message <= MAX_MESSAGE_SIZE_LIMIT:
                 raise FrameError(f"announced max_message_size {max_message} is outside 1..{MAX_MESSAGE_SIZE_LIMIT}")
+        quiet = bool(flags & FLAG_QUIET)
         if hello:
-            return Hello(bool(flags & FLAG_RESUME), session_id, secret, expect, nonce, max_message)
-        return Accept(bool(flags & FLAG_RESUME), session_id, secret, expect, max_message)
+            return Hello(bool(flags & FLAG_RESUME), session_id, secret, expect, nonce, max_message, quiet)
+        return Accept(bool(flags & FLAG_RESUME), session_id, secret, expect, max_message, quiet)
     if frame_type == FrameType.CHALLENGE:
         if size != _CHALLENGE.size:
             raise FrameError(f"CHALLENGE body must be {_CHALLENGE.size} bytes, got {size}")

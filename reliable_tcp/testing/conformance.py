@@ -82,6 +82,8 @@ _FRAMES: list[tuple[str, f.Frame]] = [
     ("hello with key exchange and limit", f.Hello(True, _ID, _SECRET, 7, _NONCE, 1000)),
     ("accept new session", f.Accept(False, _ID, _SECRET, 1)),
     ("accept resume announcing a limit", f.Accept(True, _ID, _SECRET, 43, 65536)),
+    ("hello asking for the quiet heartbeat", f.Hello(False, bytes(16), bytes(16), 1, None, None, True)),
+    ("accept agreeing to the quiet heartbeat", f.Accept(False, _ID, _SECRET, 1, None, True)),
     ("challenge", f.Challenge(_NONCE, _MAC)),
     ("proof", f.Proof(_MAC)),
     ("reject with text", f.Reject(f.RejectReason.SESSION_UNKNOWN, "no such session")),
@@ -134,7 +136,7 @@ _BAD: list[tuple[str, bytes, str]] = [
     ("length above the default limit", _head(f.FrameType.DATA, _LIMIT + 1), "too_large"),
     ("unknown type 0x63", _with_crc(_head(0x63, 0)), "malformed"),
     ("ACK body of 7 bytes", _with_crc(_head(f.FrameType.ACK, 7) + bytes(7)), "malformed"),
-    ("HELLO with an unknown flag", _with_crc(_head(f.FrameType.HELLO, 41) + b"\x08" + bytes(40)), "malformed"),
+    ("HELLO with an unknown flag", _with_crc(_head(f.FrameType.HELLO, 41) + b"\x10" + bytes(40)), "malformed"),
     ("ACCEPT with the AUTH flag (HELLO only)", _with_crc(_head(f.FrameType.ACCEPT, 57) + b"\x02" + bytes(56)), "malformed"),
     ("HELLO announcing a limit of 0", _with_crc(_head(f.FrameType.HELLO, 45) + b"\x04" + bytes(44)), "malformed"),
     ("DATA with no messages", _with_crc(_head(f.FrameType.DATA, 20) + bytes(20)), "malformed"),
@@ -311,6 +313,8 @@ class Transcript:
                 "server_max_sessions": self.registry.max_sessions if self.limited else None,
                 "heartbeat_interval": self.config.heartbeat_interval,
                 "ack_delay": self.config.ack_delay,
+                "client_quiet_heartbeat": self.config.quiet_heartbeat,
+                "server_quiet_heartbeat": self.server_config.quiet_heartbeat,
             },
             "client_tokens": self.client_tokens.given,
             "server_tokens": self.server_tokens.given,
@@ -320,7 +324,9 @@ class Transcript:
         }
 
 
-_CONFIG = SessionConfig(heartbeat_interval=1.0, ack_delay=0.0)
+#: The transcripts' settings; without the quiet heartbeat, so that every
+#: transcript but the two about it shows the exchanges of the first edition.
+_CONFIG = SessionConfig(heartbeat_interval=1.0, ack_delay=0.0, quiet_heartbeat=False)
 
 
 def _new_session() -> dict[str, Any]:
@@ -384,6 +390,39 @@ def _limits() -> dict[str, Any]:
     return t.result("announced limit", "the server announces max_message_size 1000 (LIMITS flag) in its ACCEPT; the "
                     "client, at the default, announces nothing; from then on the client sends nothing larger than 1000 "
                     "bytes, in DATA frames of at most max(1000, 262144) + 24 body bytes")
+
+
+def _quiet() -> dict[str, Any]:
+    quiet = dataclasses.replace(_CONFIG, quiet_heartbeat=True)
+    t = Transcript(quiet)
+    t.connect()
+    t.exchange()
+    t.advance(quiet.heartbeat_interval)
+    t.exchange()
+    t.advance(quiet.heartbeat_interval)
+    t.exchange()
+    t.advance(quiet.heartbeat_interval)
+    t.exchange()
+    return t.result("quiet heartbeat", "HELLO and ACCEPT both carry QUIET (flag 0x08); after one quiet interval "
+                    "nobody PINGs; after dead_after minus one interval (2 s: dead_after is 3 intervals) the client "
+                    "PINGs and the server answers; the server does not PING while it hears the client's PINGs "
+                    "(protocol.md 6.1)")
+
+
+def _quiet_refused() -> dict[str, Any]:
+    t = Transcript(dataclasses.replace(_CONFIG, quiet_heartbeat=True), server_config=_CONFIG)
+    t.connect()
+    t.deliver("client", lose=True)
+    t.note("a server of the first edition reads flag 0x08 as an unknown flag")
+    t.inject("server", f.encode(f.Reject(f.RejectReason.PROTOCOL_ERROR, "HELLO: unknown flags 0x08")),
+             "the first-edition server's answer (this reference would accept the flag)")
+    t.deliver("server")
+    t.cut("the server closes after its REJECT")
+    t.connect()
+    t.exchange()
+    return t.result("quiet heartbeat refused by an older server", "REJECT PROTOCOL_ERROR answers a HELLO with QUIET: "
+                    "the client does not end the session; it connects again and sends the same HELLO without QUIET, "
+                    "and does not ask again in this session")
 
 
 def _close() -> dict[str, Any]:
@@ -510,7 +549,10 @@ def _rejects() -> list[dict[str, Any]]:
 
 def handshake_vectors() -> list[dict[str, Any]]:
     """Transcripts of handshakes, resumes, closes and refusals."""
-    return [_new_session(), _resume(), _lost_accept(), _psk(), _limits(), _close(), _simultaneous_close(), *_rejects()]
+    return [
+        _new_session(), _resume(), _lost_accept(), _psk(), _limits(), _quiet(), _quiet_refused(), _close(),
+        _simultaneous_close(), *_rejects(),
+    ]
 
 
 # ------------------------------------------------------------- replaying
@@ -535,6 +577,7 @@ def replay_client(transcript: dict[str, Any]) -> list[str]:
             heartbeat_interval=config["heartbeat_interval"],
             ack_delay=config["ack_delay"],
             max_message_size=config["client_max_message_size"],
+            quiet_heartbeat=config["client_quiet_heartbeat"],
             psk=bytes.fromhex(config["psk"]) if config["psk"] else None,
         ),
         client=True,

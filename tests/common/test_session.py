@@ -35,7 +35,8 @@ from reliable_tcp.core.handshake import ServerHandshake, SessionRegistry
 from reliable_tcp.core.state import SessionState
 from reliable_tcp.exceptions import ChannelClosed, JournalError, SessionLost
 
-CONFIG = SessionConfig(heartbeat_interval=1.0, dead_after=3.0, resume_window=30.0)
+#: The classic heartbeat: these tests time the probes by its interval.
+CONFIG = SessionConfig(heartbeat_interval=1.0, dead_after=3.0, resume_window=30.0, quiet_heartbeat=False)
 NOTHING = LivenessEvidence()
 
 

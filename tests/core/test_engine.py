@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -25,7 +27,11 @@ from reliable_tcp.exceptions import (
 from reliable_tcp.core.handshake import HandshakeReader, SessionRegistry, reject_reply
 from reliable_tcp.core.state import SessionState as S
 
-CONFIG = SessionConfig(heartbeat_interval=1.0, resume_window=10.0, ack_every=4, ack_delay=0.05, window_messages=4)
+#: The classic heartbeat (each PING answered) unless a test asks for the quiet one.
+CONFIG = SessionConfig(
+    heartbeat_interval=1.0, resume_window=10.0, ack_every=4, ack_delay=0.05, window_messages=4, quiet_heartbeat=False
+)
+QUIET = dataclasses.replace(CONFIG, quiet_heartbeat=True)
 
 
 def open_pair(config: SessionConfig = CONFIG) -> EnginePair:
@@ -79,6 +85,75 @@ def test_an_idle_session_costs_one_ping_and_one_pong_per_interval() -> None:
             server_pinged = step * 0.1
             break
     assert 0 < server_pinged <= 1.5 + 0.1
+
+
+def test_the_quiet_heartbeat_halves_an_idle_sessions_frames_and_keeps_the_verdict() -> None:
+    """protocol.md 6.1: with QUIET agreed the client PINGs after dead_after
+    minus one interval of silence (2 s here) instead of one interval, the
+    server answers each and does not PING itself; a cut is still found by
+    both sides within dead_after (3 s)."""
+    pair = open_pair(QUIET)
+    assert pair.server is not None and pair.client.quiet_heartbeat and pair.server.quiet_heartbeat
+    frames = {"PING client": 0, "PONG server": 0, "other": 0}
+    for _ in range(200):  # 20 heartbeat intervals, the link delivering at once
+        pair.advance(0.1)
+        sides = (("client", pair.to_server, pair.deliver_to_server), ("server", pair.to_client, pair.deliver_to_client))
+        for side, data, deliver in sides:
+            for frame in frames_in(bytes(data)):
+                name = f"{type(frame).__name__.upper()} {side}"
+                frames[name if name in frames else "other"] += 1
+            deliver(10_000)
+    assert 9 <= frames["PING client"] <= 11 and frames["PONG server"] == frames["PING client"]  # classic: ~20 each
+    assert frames["other"] == 0 and pair.server.state is S.OPEN and pair.client.state is S.OPEN
+    cut_at = pair.now
+    while pair.client.state is S.OPEN or pair.server.state is S.OPEN:  # nothing gets through any more
+        pair.advance(0.1)
+        pair.to_server.clear()
+        pair.to_client.clear()
+        assert pair.now - cut_at <= 3.0 + 0.1
+    assert pair.client.state is S.DETACHED and pair.server.state is S.DETACHED
+
+
+def test_a_server_may_decline_the_quiet_heartbeat_and_an_unasked_agreement_is_a_violation() -> None:
+    pair = open_pair_with(QUIET, server_config=CONFIG)
+    assert pair.server is not None and not pair.client.quiet_heartbeat and not pair.server.quiet_heartbeat
+    pair.advance(1.0)
+    pair.deliver_to_server(10_000)
+    assert any(isinstance(x, f.Pong) for x in frames_in(bytes(pair.to_client)))  # the classic rules
+
+    pair = EnginePair(CONFIG)
+    pair.connect()
+    pair.client.data_to_send(pair.now)
+    pair.client.receive_data(f.encode(f.Accept(False, bytes(range(16)), bytes(16), 1, None, True)), pair.now)
+    assert pair.client.state is S.FAILED
+
+
+def test_a_protocol_error_answering_a_quiet_hello_is_retried_once_without_the_flag() -> None:
+    """protocol.md 6.1: a first-edition server refuses flag 0x08 as unknown
+    with PROTOCOL_ERROR; the client asks again without it, on a new
+    connection, and never again in the session."""
+    pair = EnginePair(QUIET)
+    pair.connect()
+    (hello,) = frames_in(bytes(pair.to_server))
+    assert isinstance(hello, f.Hello) and hello.quiet
+    pair.client.receive_data(f.encode(f.Reject(f.RejectReason.PROTOCOL_ERROR, "HELLO: unknown flags 0x08")), pair.now)
+    assert pair.client.state is S.IDLE  # an attempt refused, not the session
+    pair.client.transport_lost(pair.now)
+    pair.client.connection_made(pair.now)
+    (again,) = frames_in(pair.client.data_to_send(pair.now))
+    assert isinstance(again, f.Hello) and not again.quiet
+    pair.client.receive_data(f.encode(f.Reject(f.RejectReason.PROTOCOL_ERROR, "something else")), pair.now)
+    assert pair.client.state is S.LOST  # without the flag, PROTOCOL_ERROR is final as ever
+
+
+def open_pair_with(config: SessionConfig, *, server_config: SessionConfig) -> EnginePair:
+    pair = EnginePair(config, server_config=server_config)
+    pair.connect()
+    pair.deliver_to_server(10_000)
+    pair.deliver_to_client(10_000)
+    pair.deliver_to_server(10_000)
+    assert pair.client.state is S.OPEN and pair.server is not None and pair.server.state is S.OPEN
+    return pair
 
 
 def test_peer_declared_dead_after_dead_after_of_silence_and_session_survives() -> None:
