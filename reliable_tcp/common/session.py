@@ -141,6 +141,9 @@ class LivenessCheck:
     judge: bool
     #: Reading is paused on purpose (the receive queue is full).
     reading_paused: bool
+    #: The connection has the quiet heartbeat (protocol.md 6.1): ask both
+    #: whether bytes wait and when the peer's kernel last acknowledged ours.
+    quiet: bool = False
 
 
 class ProbedLink(Protocol):
@@ -175,6 +178,8 @@ def gather_evidence(link: ProbedLink | None, check: LivenessCheck) -> LivenessEv
         return LivenessEvidence(error)
     if check.reading_paused:
         return LivenessEvidence(error, peer_ack_age=link.seconds_since_peer_ack())
+    if check.quiet:
+        return LivenessEvidence(error, peer_ack_age=link.seconds_since_peer_ack(), input_waiting=link.has_pending_input())
     return LivenessEvidence(error, input_waiting=link.has_pending_input())
 
 
@@ -237,6 +242,9 @@ class SessionPolicy(Generic[L]):
         self.link: L | None = None
         self._link_order = 0
         self._next_probe = 0.0
+        # The quiet heartbeat's one extra interval (timers_due): the moment
+        # up to which the last such hold counted the peer as heard.
+        self._quiet_hold: float | None = None
         self._timer_due: float | None = None
 
     @property
@@ -573,7 +581,24 @@ class SessionPolicy(Generic[L]):
         if read_error:
             self._next_probe = now + config.heartbeat_interval
         judge = engine.state in LIVE_STATES and engine.silence(now) >= config.dead_after_seconds
-        return LivenessCheck(read_error, judge, reading_paused)
+        return LivenessCheck(read_error, judge, reading_paused, engine.quiet_heartbeat)
+
+    def _hold_quiet(self, now: float, peer_ack_age: float | None) -> None:
+        """The quiet heartbeat leaves one interval of slack before the
+        verdict where the classic one leaves two (protocol.md 6.1). When
+        the peer's kernel acknowledged our bytes within ``dead_after``, the
+        peer is probably only slow (its loop or threads behind, as when
+        10,000 sessions start sending at once): give it that second
+        interval back, once per silence. Only once: a kernel acknowledgement
+        proves the next TCP hop, which behind a relay is not the peer."""
+        config = self.config
+        if peer_ack_age is None or peer_ack_age >= config.dead_after_seconds:
+            return
+        heard = now - self.engine.silence(now)  # the peer's last byte, or the last hold
+        if self._quiet_hold is not None and heard <= self._quiet_hold:
+            return  # this silence had its extra interval already
+        self._quiet_hold = heard + config.heartbeat_interval
+        self.engine.hold_liveness(now, min(now - peer_ack_age, self._quiet_hold))
 
     def timers_due(self, now: float, check: LivenessCheck, link: L | None, evidence: LivenessEvidence) -> list[Action]:
         """Fire what is due at ``now`` with what ``link`` said (``evidence``;
@@ -601,6 +626,8 @@ class SessionPolicy(Generic[L]):
                 self.engine.hold_liveness(now, now if age is None else now - age)
             elif evidence.input_waiting:
                 self.engine.hold_liveness(now)  # bytes wait in the kernel: only our reader is late
+            elif check.quiet:
+                self._hold_quiet(now, evidence.peer_ack_age)
         self.engine.handle_timer(now)
         self._absorb(now, actions)
         return actions

@@ -6,6 +6,8 @@ once. The connections are plain strings: the session only holds them.
 
 from __future__ import annotations
 
+import dataclasses
+
 import random
 import socket
 
@@ -51,12 +53,13 @@ def _events(actions: list[Action]) -> list[str]:
 class Pair:
     """A client session and a server session joined by hand, on a virtual clock."""
 
-    def __init__(self, *, durable_server: bool = False) -> None:
+    def __init__(self, *, durable_server: bool = False, quiet: bool = False) -> None:
         rng = random.Random(7)
         self.now = 100.0
-        self.registry = SessionRegistry(CONFIG, token_source=rng.randbytes)
+        config = dataclasses.replace(CONFIG, quiet_heartbeat=quiet)
+        self.registry = SessionRegistry(config, token_source=rng.randbytes)
         self.client: SessionPolicy[str] = SessionPolicy(
-            SessionEngine(CONFIG, client=True, token_source=rng.randbytes), "client", durable=False, restored=False, wants_events=True)
+            SessionEngine(config, client=True, token_source=rng.randbytes), "client", durable=False, restored=False, wants_events=True)
         self.server: SessionPolicy[str] | None = None
         self._durable_server = durable_server
         self._handshake = ServerHandshake(None, rng.randbytes)
@@ -320,6 +323,30 @@ def test_a_paused_reader_keeps_a_peer_whose_kernel_acknowledges() -> None:
         assert check is not None and check.reading_paused and check.judge
         pair.client.timers_due(pair.now, check, "c1", LivenessEvidence(peer_ack_age=age))
         assert (pair.client.link == "c1") is survives
+
+
+def test_the_quiet_heartbeat_gives_a_slow_peer_its_second_interval_once() -> None:
+    """protocol.md 6.1: with the quiet heartbeat the slack before the
+    verdict is one interval; a peer whose kernel acknowledged our bytes
+    within dead_after gets one more, once per silence; with no
+    acknowledgement (a dead link) the verdict comes at dead_after."""
+    for age, held in ((0.5, True), (None, False), (CONFIG.dead_after_seconds + 1, False)):
+        pair = Pair(quiet=True)
+        pair.connect()
+        pair.pump()
+        assert pair.client.engine.quiet_heartbeat
+        _silent(pair, CONFIG.dead_after_seconds + 0.01)
+        check = pair.client.liveness_check(pair.now, reading_paused=False)
+        assert check is not None and check.quiet and check.judge
+        pair.client.timers_due(pair.now, check, "c1", LivenessEvidence(peer_ack_age=age))
+        assert (pair.client.link == "c1") is held
+        if not held:
+            continue
+        _silent(pair, CONFIG.heartbeat_interval)  # the extra interval passes, still nothing from the peer
+        check = pair.client.liveness_check(pair.now, reading_paused=False)
+        assert check is not None and check.judge
+        pair.client.timers_due(pair.now, check, "c1", LivenessEvidence(peer_ack_age=0.5))
+        assert pair.client.link is None  # acknowledgements alone never hold it twice: they may be a relay's
 
 
 def test_the_socket_error_is_read_once_per_heartbeat_and_ends_the_link() -> None:
