@@ -321,8 +321,21 @@ def zmq_req_client(port: int, result_queue: Any, count: int, size: int) -> None:
 # thread per connection. Binary frames, no compression, no size limit.
 
 
-def ws_receiver(port_queue: Any, result_queue: Any, count: int, size: int) -> None:
+def _ws_serve_one(port_queue: Any, handle: Callable[[Any], None]) -> None:
+    """Serve one websockets connection with ``handle``, then stop serving."""
+    from websockets.sync.server import serve
+
     def handler(ws: Any) -> None:
+        handle(ws)
+        threading.Thread(target=server.shutdown).start()  # shutdown() waits for this handler: not from it
+
+    with serve(handler, "127.0.0.1", 0, compression=None, max_size=None) as server:
+        port_queue.put(server.socket.getsockname()[1])
+        server.serve_forever()
+
+
+def ws_receiver(port_queue: Any, result_queue: Any, count: int, size: int) -> None:
+    def handle(ws: Any) -> None:
         recv = ws.recv
         recv()
         start = time.perf_counter()
@@ -332,15 +345,8 @@ def ws_receiver(port_queue: Any, result_queue: Any, count: int, size: int) -> No
         for _ in ws:  # until the sender's close
             pass
         result_queue.put({"side": "receiver", "elapsed": elapsed, "messages": count - 1, **_usage()})
-        threading.Thread(target=server_shutdown.pop()).start()
 
-    server_shutdown: list[Callable[[], None]] = []
-    from websockets.sync.server import serve
-
-    with serve(handler, "127.0.0.1", 0, compression=None, max_size=None) as server:
-        server_shutdown.append(server.shutdown)
-        port_queue.put(server.socket.getsockname()[1])
-        server.serve_forever()
+    _ws_serve_one(port_queue, handle)
 
 
 def ws_sender(port: int, result_queue: Any, count: int, size: int) -> None:
@@ -355,19 +361,12 @@ def ws_sender(port: int, result_queue: Any, count: int, size: int) -> None:
 
 
 def ws_echo_server(port_queue: Any, result_queue: Any, count: int, size: int) -> None:
-    def handler(ws: Any) -> None:
+    def handle(ws: Any) -> None:
         for message in ws:
             ws.send(message)
         result_queue.put({"side": "receiver", **_usage()})
-        threading.Thread(target=server_shutdown.pop()).start()
 
-    server_shutdown: list[Callable[[], None]] = []
-    from websockets.sync.server import serve
-
-    with serve(handler, "127.0.0.1", 0, compression=None, max_size=None) as server:
-        server_shutdown.append(server.shutdown)
-        port_queue.put(server.socket.getsockname()[1])
-        server.serve_forever()
+    _ws_serve_one(port_queue, handle)
 
 
 def ws_ping_client(port: int, result_queue: Any, count: int, size: int) -> None:

@@ -12,8 +12,8 @@ import pytest
 from frame_relay import FrameRelay
 from helpers import fast_options, wait_for
 
-INTERVAL = 0.2  # dead_after: three intervals; the quiet ping period two
-IDLE = 3.0  # seconds of idleness counted: 15 intervals
+INTERVAL = 0.5  # dead_after: three intervals; the quiet ping period two (half a second of slack before a verdict)
+IDLE = 4.0  # seconds of idleness counted: 8 intervals
 
 
 @pytest.mark.parametrize(("client_quiet", "server_quiet"), [(True, True), (True, False), (False, True)])
@@ -37,7 +37,7 @@ def test_an_idle_session_pings_half_as_often_only_when_both_sides_want_it(
             server_pings = relay.count("to_client", "PING") - before["to_client", "PING"]
             intervals = elapsed / INTERVAL
             if client_quiet and server_quiet:  # one PING and one PONG per two intervals
-                assert 0.3 * intervals <= pings <= 0.6 * intervals, (pings, intervals)
+                assert 0.3 * intervals <= pings <= 0.65 * intervals, (pings, intervals)
             else:  # one of each per interval
                 assert pings >= 0.75 * intervals, (pings, intervals)
             assert abs(pongs - pings) <= 1 and server_pings == 0  # the server answers; it never needs to PING itself
