@@ -42,7 +42,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from ..core import events as ev
 from ..core.engine import SessionEngine
-from ..core.frames import Hello, RejectReason, retry_after
+from ..core.frames import Hello, ReceiveBuffer, RejectReason, retry_after
 from ..core.state import LIVE_STATES, TERMINAL_STATES
 from ..exceptions import ChannelClosed, HandshakeRejected, RejectedByPeer, ReliableTCPError, SessionHandedOver, UsageError
 from .backoff import Backoff, is_retryable
@@ -431,7 +431,7 @@ class SessionPolicy(Generic[L]):
             self._end(Ending.of(EndKind.BROKEN, reason, self.engine.unacked(), error), actions)
         return actions
 
-    def received(self, link: L, data: bytes | memoryview, now: float) -> list[Action]:
+    def received(self, link: L, data: bytes | memoryview | ReceiveBuffer, now: float) -> list[Action]:
         """Bytes arrived on ``link`` (ignored unless it holds the session)."""
         actions: list[Action] = []
         if link is self.link and self.ending is None:

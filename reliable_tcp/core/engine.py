@@ -50,6 +50,7 @@ from .frames import (
     Ping,
     Pong,
     Proof,
+    ReceiveBuffer,
     Reject,
     RejectReason,
     encode,
@@ -497,8 +498,10 @@ class SessionEngine:
         if self._state in LIVE_STATES:
             self._last_received = max(self._last_received, now if alive_at is None else min(now, alive_at))
 
-    def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> None:
-        """Bytes arrived on the current connection."""
+    def receive_data(self, data: bytes | bytearray | memoryview | ReceiveBuffer, now: float) -> None:
+        """Bytes arrived on the current connection: as bytes, or in a
+        reader's :class:`ReceiveBuffer` (decoded in place; what is taken is
+        marked consumed, an incomplete frame stays in it)."""
         state = self._state
         if state not in LIVE_STATES and state not in _HANDSHAKE_STATES:
             if state in TERMINAL_STATES:
@@ -506,7 +509,10 @@ class SessionEngine:
             raise InvalidState(f"bytes received in state {state.value}, with no connection")
         self._last_received = now
         try:
-            frames = self._decoder.feed(data)
+            if isinstance(data, ReceiveBuffer):
+                frames = self._decoder.feed_buffer(data)
+            else:
+                frames = self._decoder.feed(data)
         except CorruptFrame as exc:
             # Damage on the way spoils this connection, not the session.
             self._transport_failed(f"corrupt stream: {exc}", I.TRANSPORT_LOST, now)

@@ -66,6 +66,7 @@ __all__ = [
     "encode_data_parts",
     "ZERO_COPY_SIZE",
     "FrameDecoder",
+    "ReceiveBuffer",
 ]
 
 PROTOCOL_VERSION = 1
@@ -180,6 +181,7 @@ def retry_after(reason: int, text: str) -> float | None:
     if match is None:
         return None
     return min(int(match.group(1)), MAX_RETRY_AFTER_MS) / 1000
+
 
 #: Where a session id carries the node id of the listener that issued it:
 #: its first two bytes, big-endian (0: no node id). In a resuming HELLO
@@ -572,6 +574,34 @@ class FrameDecoder:
             self._buffer = bytearray()
             raise
 
+    def feed_buffer(self, buffer: ReceiveBuffer) -> list[Frame]:
+        """:meth:`feed` for bytes a reader received into ``buffer``: every
+        whole frame is decoded where it lies, and the incomplete tail stays
+        in ``buffer`` (which learns how large that frame is, so the next
+        read can complete it in place). Nothing is copied but each
+        message, once, into its own bytes."""
+        if self._failed is not None:
+            raise self._failed
+        pending = buffer.pending()
+        if self._buffer:
+            # Bytes fed earlier (a handshake's leftovers) come first: these
+            # join them, and the buffer is free again.
+            frames = self.feed(pending)
+            buffer.consumed(len(pending), HEADER_SIZE)
+            return frames
+        try:
+            frames, used = self._drain(pending)
+        except FrameError as exc:
+            self._failed = exc
+            raise
+        wanted = HEADER_SIZE
+        if len(pending) - used >= _HEADER.size:
+            # The next frame's header is here (and was checked by _drain):
+            # its whole size is known.
+            wanted += _HEADER.unpack_from(pending, used)[3]
+        buffer.consumed(used, wanted)
+        return frames
+
     def _drain(self, source: bytes | bytearray | memoryview) -> tuple[list[Frame], int]:
         """Every whole frame at the start of ``source``, and how many bytes they took."""
         frames: list[Frame] = []
@@ -611,3 +641,101 @@ class FrameDecoder:
             raise CorruptFrame(f"bad magic {bytes(prefix[:2])!r}; not a reliable_tcp peer")
         if n > 2 and prefix[2] != PROTOCOL_VERSION:
             raise UnsupportedVersion(prefix[2])
+
+
+class ReceiveBuffer:
+    """A reader's reusable receive buffer that frames are decoded from in place.
+
+    A reader receives into :meth:`space` (``socket.recv_into``), reports the
+    count with :meth:`filled`, hands the buffer to
+    :meth:`FrameDecoder.feed_buffer`, then calls :meth:`settle` before its
+    next read. A message's bytes are thus copied twice in all: by the
+    kernel into this buffer, and once out of it into the message's own
+    bytes object. An incomplete frame stays where it is; it moves only when
+    the room behind it can't take the rest of it (to the front, or into a
+    larger buffer when the frame is larger than the buffer).
+
+    Size: it starts at ``initial`` bytes (idle sessions are most sessions)
+    and doubles whenever a read fills all its free room, up to ``usual``.
+    A frame larger than that gets a buffer of its own size (at most the
+    decoder's ``max_frame_size`` plus a header), given back once the frame
+    is decoded.
+    """
+
+    def __init__(self, initial: int = 16 * 1024, usual: int = 256 * 1024) -> None:
+        if not 0 < initial <= usual:
+            raise ValueError("ReceiveBuffer needs 0 < initial <= usual")
+        self._data = bytearray(initial)
+        self._usual = usual
+        self._start = 0  # the first byte not yet decoded
+        self._end = 0  # the end of what was received
+        self._wanted = HEADER_SIZE  # the whole size of the frame at _start
+        self._read_filled_room = False
+        self._taken = False  # a decoder took from it since the last read
+
+    def __len__(self) -> int:
+        """Bytes received and not yet decoded."""
+        return self._end - self._start
+
+    @property
+    def capacity(self) -> int:
+        """The buffer's size now."""
+        return len(self._data)
+
+    def space(self) -> memoryview:
+        """Where the next read goes: all the room after what is held (at
+        least one byte). Release it (or let it go) before :meth:`settle`."""
+        return memoryview(self._data)[self._end :]
+
+    def filled(self, count: int) -> None:
+        """``count`` bytes were received into :meth:`space`."""
+        if not 0 <= count <= len(self._data) - self._end:
+            raise ValueError(f"filled {count} bytes of {len(self._data) - self._end} free")
+        self._end += count
+        self._read_filled_room = self._end == len(self._data)
+        self._taken = False
+
+    def pending(self) -> memoryview:
+        """What was received and not yet decoded."""
+        return memoryview(self._data)[self._start : self._end]
+
+    def consumed(self, count: int, wanted: int) -> None:
+        """A decoder took ``count`` bytes of :meth:`pending`; the frame that
+        begins after them is ``wanted`` bytes long in all (header included),
+        or at least a header's size when its header is not all here."""
+        if not 0 <= count <= self._end - self._start:
+            raise ValueError(f"consumed {count} of {self._end - self._start} bytes")
+        self._start += count
+        self._wanted = wanted
+        self._taken = True
+
+    def settle(self) -> None:
+        """Make room for the next read. Bytes no decoder took since the last
+        read are dropped (the connection no longer carries the session)."""
+        if not self._taken:
+            self._start = self._end = 0
+            self._wanted = HEADER_SIZE
+        held = self._end - self._start
+        size = len(self._data)
+        grown = min(2 * size, self._usual) if self._read_filled_room and size < self._usual else size
+        if held == 0:
+            self._start = self._end = 0
+            if size > self._usual:
+                self._data = bytearray(self._usual)  # a large frame's room goes back
+            elif grown > size:
+                self._data = bytearray(grown)
+            return
+        needed = max(self._wanted, held + 1)
+        if size - self._start >= needed:
+            return  # the rest of this frame fits behind it: read on in place
+        size = max(needed, grown if size <= self._usual else self._usual)
+        if size == len(self._data):
+            # Same size: move the incomplete frame to the front (memoryview
+            # assignment is a memmove, safe for overlapping ranges).
+            with memoryview(self._data) as view:
+                view[:held] = view[self._start : self._end]
+        else:
+            data = bytearray(size)
+            data[:held] = memoryview(self._data)[self._start : self._end]
+            self._data = data
+        self._start, self._end = 0, held

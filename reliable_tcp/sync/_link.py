@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from ..common.sockets import close_socket, has_pending_input, probe_pending_error, seconds_since_peer_ack
+from ..core.frames import ReceiveBuffer
 from ._deadline import Deadline
 from .tls import TLSLayer
 
@@ -61,10 +62,11 @@ def _send_parts(sock: socket.socket, parts: list[bytes]) -> None:
 class LinkOwner(Protocol):
     """What a link needs from the channel it serves (called without any lock held)."""
 
-    def link_received(self, link: Link, data: bytes | memoryview, now: float) -> bool:
+    def link_received(self, link: Link, data: bytes | memoryview | ReceiveBuffer, now: float) -> bool:
         """Bytes arrived (possibly none: TLS records with nothing for the
-        session). Returns once the link may read again (the receive queue has
-        room); False when the reader should stop."""
+        session), as bytes or in the reader's buffer (whose undecoded tail
+        the session leaves there). Returns once the link may read again (the
+        receive queue has room); False when the reader should stop."""
 
     def link_output(self, link: Link) -> bytes | list[bytes] | None:
         """Block until there is something to write and return it (one buffer,
@@ -142,8 +144,35 @@ class Link:
                 self.close(abort=False)
 
     def _read(self) -> None:
-        # The buffer starts small (idle sessions are most sessions) and
-        # doubles whenever a read fills it, up to _RECV_BUFFER.
+        if self.tls is None:
+            self._read_in_place()
+        else:
+            self._read_tls()
+
+    def _read_in_place(self) -> None:
+        # Frames are decoded straight from the buffer the kernel wrote into
+        # (core.frames.ReceiveBuffer): no backlog copy, however reads split them.
+        buffer = ReceiveBuffer(_RECV_START, _RECV_BUFFER)
+        while not self.closed:
+            try:
+                count = self.sock.recv_into(buffer.space())
+            except OSError as exc:
+                self._ended(exc, "")
+                return
+            now = time.monotonic()
+            if count == 0:
+                self._ended(None, "connection closed by peer")
+                return
+            buffer.filled(count)
+            if self.closed or not self._owner.link_received(self, buffer, now):
+                return
+            buffer.settle()
+
+    def _read_tls(self) -> None:
+        # Decryption makes new bytes anyway: read into a plain buffer that
+        # starts small (idle sessions are most sessions) and doubles
+        # whenever a read fills it, up to _RECV_BUFFER.
+        assert self.tls is not None
         buffer = bytearray(_RECV_START)
         view = memoryview(buffer)
         try:
@@ -157,16 +186,14 @@ class Link:
                 if count == 0:
                     self._ended(None, "connection closed by peer")
                     return
-                data: bytes | memoryview = view[:count]
-                if self.tls is not None:
-                    try:
-                        data = self.tls.decrypt(data)
-                    except ssl.SSLError as exc:  # a TLS alert or a corrupt record
-                        self._ended(exc, f"TLS error: {exc}")
-                        return
-                    if self.tls.closed_by_peer:
-                        self._ended(None, "TLS closed by peer")
-                        return
+                try:
+                    data = self.tls.decrypt(view[:count])
+                except ssl.SSLError as exc:  # a TLS alert or a corrupt record
+                    self._ended(exc, f"TLS error: {exc}")
+                    return
+                if self.tls.closed_by_peer:
+                    self._ended(None, "TLS closed by peer")
+                    return
                 if self.closed or not self._owner.link_received(self, data, now):
                     return
                 if count == len(buffer) and count < _RECV_BUFFER:

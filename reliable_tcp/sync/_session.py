@@ -38,7 +38,7 @@ from ..common.session import Ended, gather_evidence
 from ..common.status import ChannelEvent, ChannelState, ChannelStatistics
 from ..common.timing import FINAL_FLUSH
 from ..core.engine import SessionEngine
-from ..core.frames import Hello
+from ..core.frames import Hello, ReceiveBuffer
 from ..durable.session_journal import Durable
 from ..exceptions import ReliableTCPError, WindowFull
 from ._deadline import Deadline
@@ -336,7 +336,7 @@ class SessionShell(SessionFront[Link]):
 
     # ------------------------------------------------------- link callbacks
 
-    def link_received(self, link: Link, data: bytes | memoryview, now: float) -> bool:
+    def link_received(self, link: Link, data: bytes | memoryview | ReceiveBuffer, now: float) -> bool:
         """LinkOwner: bytes arrived; returns once there is room for more."""
         direct = None
         with self.locked:

@@ -222,3 +222,124 @@ def test_a_written_hint_reads_back_and_the_text_survives(seconds: float, text: s
     [decoded] = decode_all(f.encode(f.Reject(f.RejectReason.SERVER_BUSY, written)))
     assert isinstance(decoded, f.Reject)
     assert f.retry_after(decoded.reason, decoded.text) == f.retry_after(f.RejectReason.SERVER_BUSY, written)
+
+
+# ------------------------------------------------- decoding in place (ReceiveBuffer)
+
+
+def decode_in_place(
+    wire: bytes, reads: list[int], *, decoder: f.FrameDecoder | None = None, initial: int = 64, usual: int = 256
+) -> tuple[list[f.Frame], int]:
+    """What a reader does: receive into the buffer in reads of at most the
+    given sizes (each also bounded by the room the buffer offers), decode in
+    place, settle. Returns the frames and the largest capacity seen."""
+    decoder = decoder or f.FrameDecoder(LIMIT)
+    buffer = f.ReceiveBuffer(initial, usual)
+    frames: list[f.Frame] = []
+    pos = 0
+    largest = buffer.capacity
+    sizes = iter(reads)
+    while pos < len(wire):
+        with buffer.space() as room:
+            count = min(len(room), len(wire) - pos, max(1, next(sizes, len(wire))))
+            room[:count] = wire[pos : pos + count]  # stands in for recv_into
+        pos += count
+        buffer.filled(count)
+        frames += decoder.feed_buffer(buffer)
+        buffer.settle()
+        largest = max(largest, buffer.capacity)
+    assert len(buffer) == 0
+    return frames, largest
+
+
+@given(st.lists(any_frame, min_size=1, max_size=6), st.data())
+def test_decoding_in_place_gives_the_same_frames_however_reads_split_them(frames: list[f.Frame], data: st.DataObject) -> None:
+    wire = b"".join(map(f.encode, frames))
+    reads = data.draw(st.lists(st.integers(1, len(wire)), max_size=30))
+    decoded, largest = decode_in_place(wire, reads)
+    assert decoded == frames
+    # Bounded: the usual size, or one whole frame when a frame is larger.
+    assert largest <= max(256, max(len(f.encode(frame)) for frame in frames))
+
+
+def test_a_frame_larger_than_the_buffer_gets_room_of_its_own_which_goes_back_after_it() -> None:
+    big = f.Data(1, 0, (bytes(range(256)) * 12,))  # a 3 KiB message; the buffer's usual size is 256 B
+    small = f.Ack(7)
+    wire = f.encode(big) + f.encode(small)
+    decoder = f.FrameDecoder(LIMIT)
+    buffer = f.ReceiveBuffer(64, 256)
+    decoded: list[f.Frame] = []
+    pos = 0
+    capacities = []
+    while pos < len(wire):
+        with buffer.space() as room:
+            count = min(len(room), len(wire) - pos)
+            room[:count] = wire[pos : pos + count]
+        pos += count
+        buffer.filled(count)
+        decoded += decoder.feed_buffer(buffer)
+        buffer.settle()
+        capacities.append(buffer.capacity)
+    assert decoded == [big, small]
+    assert max(capacities) == len(f.encode(big))  # exactly the frame, not a doubling past it
+    assert capacities[-1] <= 256  # given back once the frame was decoded
+
+
+def test_bytes_fed_before_the_buffer_is_used_come_first() -> None:
+    """A handshake's leftovers go to feed(); the reader's first buffer joins them."""
+    wire = f.encode(f.Ping(1)) + f.encode(f.Data(1, 0, (b"hello",))) + f.encode(f.Pong(2))
+    decoder = f.FrameDecoder(LIMIT)
+    assert decoder.feed(wire[:5]) == []
+    frames, _ = decode_in_place(wire[5:], [7, 100], decoder=decoder)
+    assert frames == [f.Ping(1), f.Data(1, 0, (b"hello",)), f.Pong(2)]
+    assert decoder.buffered == 0
+
+
+def test_bytes_no_decoder_took_are_dropped_when_the_buffer_settles() -> None:
+    """The session was not on this connection any more: what it did not
+    take must not pile up in the reader's buffer."""
+    buffer = f.ReceiveBuffer(64, 256)
+    for _ in range(10):
+        with buffer.space() as room:
+            room[:40] = bytes(40)
+        buffer.filled(40)
+        buffer.settle()
+        assert len(buffer) == 0
+
+
+def test_a_damaged_stream_fails_the_decoder_from_the_buffer_too() -> None:
+    wire = bytearray(f.encode(f.Ping(1)))
+    wire[-1] ^= 1
+    decoder = f.FrameDecoder(LIMIT)
+    buffer = f.ReceiveBuffer(64, 256)
+    with buffer.space() as room:
+        room[: len(wire)] = wire
+    buffer.filled(len(wire))
+    with pytest.raises(FrameError, match="checksum"):
+        decoder.feed_buffer(buffer)
+    with pytest.raises(FrameError):
+        decoder.feed(f.encode(f.Ping(2)))  # and stays failed
+
+
+def test_a_too_large_frame_is_refused_before_the_buffer_grows_for_it() -> None:
+    header = f.encode(f.Ping(1))[:12]
+    oversized = header[:4] + (LIMIT + 1).to_bytes(4, "big") + header[8:]
+    decoder = f.FrameDecoder(LIMIT)
+    buffer = f.ReceiveBuffer(64, 256)
+    with buffer.space() as room:
+        room[:12] = oversized
+    buffer.filled(12)
+    with pytest.raises(FrameTooLarge):
+        decoder.feed_buffer(buffer)
+    assert buffer.capacity == 64
+
+
+def test_the_buffer_refuses_counts_it_did_not_offer() -> None:
+    buffer = f.ReceiveBuffer(64, 256)
+    with pytest.raises(ValueError):
+        buffer.filled(65)
+    buffer.filled(10)
+    with pytest.raises(ValueError):
+        buffer.consumed(11, f.HEADER_SIZE)
+    with pytest.raises(ValueError):
+        f.ReceiveBuffer(512, 256)

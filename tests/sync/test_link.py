@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from helpers import wait_for
+from reliable_tcp.core.frames import HEADER_SIZE, ReceiveBuffer
 from reliable_tcp.sync._deadline import Deadline
 from reliable_tcp.sync._link import Link
 
@@ -26,11 +27,15 @@ class Owner:
         self.ended: list[tuple[BaseException | None, str, bool]] = []
         self.fail_on_data = False
 
-    def link_received(self, link: Link, data: bytes | memoryview, now: float) -> bool:
+    def link_received(self, link: Link, data: bytes | memoryview | ReceiveBuffer, now: float) -> bool:
         if self.fail_on_data:
             raise RuntimeError("a bug in the owner")
         with self.lock:
-            self.received += data
+            if isinstance(data, ReceiveBuffer):  # the reader's own buffer: take all of it
+                self.received += data.pending()
+                data.consumed(len(data), HEADER_SIZE)
+            else:
+                self.received += data
             self.ready.notify_all()
         return True
 
