@@ -13,6 +13,8 @@ import asyncio
 import functools
 import os
 import socket
+import threading
+from asyncio.selector_events import BaseSelectorEventLoop
 from typing import Any, Protocol
 
 from ..common.sockets import input_waits, seconds_since_peer_ack
@@ -59,7 +61,30 @@ NO_OWNER: ProtocolOwner = _NoOwner()
 READ_SLICE = 16 * 1024
 
 
-class LinkProtocol(asyncio.Protocol):
+#: How much one read takes at most (asyncio's own plain reads take 256 KiB too).
+READ_SIZE = 256 * 1024
+
+# asyncio's plain protocol path receives each read into a new bytes object
+# of READ_SIZE, which the allocator maps and unmaps (mmap, mremap, munmap and
+# page faults for a 20-byte PING: most of what an idle session cost). As a
+# BufferedProtocol, a connection reads into a buffer shared by every
+# connection of its event-loop thread instead, and keeps a copy of just the
+# bytes that arrived. Sharing is safe where the transport calls get_buffer
+# and buffer_updated back to back (the selector loops, with or without TLS);
+# elsewhere (a proactor loop keeps the buffer while a read is in flight),
+# each connection gets a buffer of its own.
+_SHARED = threading.local()
+
+
+def _shared_read_buffer() -> memoryview:
+    view: memoryview | None = getattr(_SHARED, "view", None)
+    if view is None:
+        view = memoryview(bytearray(READ_SIZE))
+        _SHARED.view = view
+    return view
+
+
+class LinkProtocol(asyncio.BufferedProtocol):
     """The transport of one connection, and its flow-control state."""
 
     def __init__(self, owner: ProtocolOwner, order: int = 0) -> None:
@@ -80,6 +105,7 @@ class LinkProtocol(asyncio.Protocol):
         #: Set before the transport exists: send these bytes (a REJECT), then
         #: end in order (the listener has too many handshakes under way).
         self.reject_when_made: bytes | None = None
+        self._read_buffer: memoryview | None = None  # where the transport reads into (see _SHARED)
 
     # ------------------------------------------------------------ asyncio
 
@@ -91,6 +117,18 @@ class LinkProtocol(asyncio.Protocol):
         elif self.reject_when_made is not None:
             transport.write(self.reject_when_made)
             self.end_after_reject(asyncio.get_running_loop(), REJECT_LINGER)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._read_buffer is None:
+            if isinstance(asyncio.get_running_loop(), BaseSelectorEventLoop):
+                self._read_buffer = _shared_read_buffer()
+            else:
+                self._read_buffer = memoryview(bytearray(READ_SLICE))
+        return self._read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        assert self._read_buffer is not None
+        self.data_received(bytes(self._read_buffer[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         if self._backlog:  # earlier bytes still wait their turn: these go after them
