@@ -35,6 +35,7 @@ COMPILED_MODULES = [
     "reliable_tcp/asyncio/_inbox.py",
     "reliable_tcp/asyncio/_link.py",
     "reliable_tcp/asyncio/_session.py",
+    "reliable_tcp/asyncio/_timers.py",
 ]
 
 

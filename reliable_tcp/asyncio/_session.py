@@ -3,7 +3,7 @@
 ``LoopSession`` runs one session on the event loop: it feeds the shared
 session (``common/session.py``, where every decision lives) what a
 connection reads (``link_data``) or how it ended (``link_lost``), fires its
-timers (``loop.call_at``) with what the socket says, and carries out the
+timers (``_timers.py``, in shared slots) with what the socket says, and carries out the
 actions it returns: the receive queue (reading paused while it is full),
 output handed to the transport once per loop iteration (``flush_soon``),
 journal writes in the loop's executor, events. The public ``Channel``
@@ -34,6 +34,7 @@ from ..durable.session_journal import Durable
 from ._inbox import Inbox
 from ._link import NO_OWNER, LinkProtocol
 from ._signal import Signal
+from ._timers import timers_of
 
 if TYPE_CHECKING:
     from .channel import Channel
@@ -72,7 +73,7 @@ class LoopSession(SessionFront[LinkProtocol]):
         self.consumers: ConsumerRule[asyncio.Task[object] | None] = ConsumerRule(
             lambda task: task is not None and not task.done(), lambda task: f"task {task.get_name() if task else None!r}")
         self._flush_scheduled = False
-        self._timer: asyncio.TimerHandle | None = None
+        self._timers = timers_of(self.loop)
         self.tasks: set[asyncio.Task[Any]] = set()
         #: Commits being written to the journal (off the loop).
         self.journal_writes: set[asyncio.Future[None]] = set()
@@ -104,9 +105,7 @@ class LoopSession(SessionFront[LinkProtocol]):
         """A draining listener is done: release the session unchanged in its
         journal for the restarted listener; the channel's calls raise
         SessionHandedOver(``reason``) from now on."""
-        if self._timer is not None:  # inert from now on: no resume window runs out in this process
-            self._timer.cancel()
-            self._timer = None
+        self._timers.cancel(self)  # inert from now on: no resume window runs out in this process
         self._mark_handed_over(reason)
         await self.teardown(deadline, reported=False)
 
@@ -226,9 +225,7 @@ class LoopSession(SessionFront[LinkProtocol]):
         self.loop.call_soon(callback, self)
 
     def _ended(self, action: Ended) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timers.cancel(self)
         final, ending = action.final, action.ending
         if self.durable is None:
             self.inbox.end(ending.exception)
@@ -316,13 +313,11 @@ class LoopSession(SessionFront[LinkProtocol]):
     # ---------------------------------------------------------------- timers
 
     def _schedule(self, due: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self.loop.call_at(due, self._fire_timers)
+        self._timers.schedule(self, due)
 
-    def _fire_timers(self) -> None:
-        """Fire what is due, with what the socket says (``SessionPolicy.liveness_check``)."""
-        self._timer = None
+    def fire_timers(self) -> None:
+        """The loop's timers (``_timers.LoopTimers``): fire what is due, with
+        what the socket says (``SessionPolicy.liveness_check``)."""
         now = self.loop.time()
         link = self.policy.link
         check = self.policy.liveness_check(now, reading_paused=link is not None and link.read_paused)
@@ -357,7 +352,5 @@ class LoopSession(SessionFront[LinkProtocol]):
         """A connect that was cancelled: stop dialling and release everything.
         The session is not ended: its journal is kept as it is (released,
         not retired), so a later connect with it resumes."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timers.cancel(self)
         await self.teardown(None, reported=False)  # the journal released (not ended) by the time it returns

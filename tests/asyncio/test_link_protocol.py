@@ -169,3 +169,27 @@ def test_waiting_input_is_seen_on_descriptors_above_1024() -> None:
         for sock in held:
             sock.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_connections_of_one_loop_read_into_one_buffer_and_each_keeps_its_own_bytes() -> None:
+    """asyncio reads into get_buffer's memory (BufferedProtocol): on a
+    selector loop every connection of the loop's thread gets the same
+    buffer, and what arrived is copied out before the next read reuses it."""
+
+    async def run() -> None:
+        (first, first_owner, _), (second, second_owner, _) = make(), make()
+        buffer = first.get_buffer(-1)
+        assert second.get_buffer(-1) is buffer  # shared: no 256 KiB per read, nor per connection
+        buffer[:5] = b"hello"
+        first.buffer_updated(5)
+        buffer[:6] = b"world!"  # the next read, another connection's
+        second.buffer_updated(6)
+        assert first_owner.received == [b"hello"] and second_owner.received == [b"world!"]
+        big = bytes(range(256)) * (len(buffer) // 256)
+        buffer[: len(big)] = big
+        first.buffer_updated(len(big))  # a full read still goes out in slices
+        buffer[:3] = b"new"
+        await settle()
+        assert b"".join(first_owner.received[1:]) == big
+
+    asyncio.run(run())
