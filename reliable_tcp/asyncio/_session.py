@@ -73,6 +73,8 @@ class LoopSession(SessionFront[LinkProtocol]):
         self.consumers: ConsumerRule[asyncio.Task[object] | None] = ConsumerRule(
             lambda task: task is not None and not task.done(), lambda task: f"task {task.get_name() if task else None!r}")
         self._flush_scheduled = False
+        self._handling_input = False  # inside link_data
+        self._output_waits = False  # output arose there
         self._timers = timers_of(self.loop)
         self.tasks: set[asyncio.Task[Any]] = set()
         #: Commits being written to the journal (off the loop).
@@ -198,7 +200,10 @@ class LoopSession(SessionFront[LinkProtocol]):
     # The handlers of the policy's actions (SessionFront.carry_out).
 
     def _output_ready(self) -> None:
-        self.flush_soon()
+        if self._handling_input:
+            self._output_waits = True  # link_data writes it once the bytes are handled
+        else:
+            self.flush_soon()
 
     def _wake_waiters(self) -> None:
         self.changed.fire()
@@ -296,8 +301,18 @@ class LoopSession(SessionFront[LinkProtocol]):
     # ---------------------------------------------------- connection events
 
     def link_data(self, link: LinkProtocol, data: bytes) -> None:
-        """ProtocolOwner: bytes arrived on the current connection."""
-        self.carry_out(self.policy.received(link, data, self.loop.time()))
+        """ProtocolOwner: bytes arrived on the current connection. What they
+        call for (a PONG, an ACK) is written before returning, in one write
+        with whatever else waits: an idle session's PING costs no second
+        turn of the loop."""
+        self._handling_input = True
+        try:
+            self.carry_out(self.policy.received(link, data, self.loop.time()))
+        finally:
+            self._handling_input = False
+        if self._output_waits:
+            self._output_waits = False
+            self.flush()
 
     def link_lost(self, link: LinkProtocol, error: BaseException | None) -> None:
         """ProtocolOwner: the connection ended."""
