@@ -128,20 +128,25 @@ class LinkProtocol(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         assert self._read_buffer is not None
-        self.data_received(bytes(self._read_buffer[:nbytes]))
+        self._arrived(self._read_buffer[:nbytes])
 
     def data_received(self, data: bytes) -> None:
+        self._arrived(data)
+
+    def _arrived(self, data: bytes | memoryview) -> None:
+        """Bytes read (``data`` may be a view of the shared buffer: the owner
+        gets copies, and the backlog keeps its own)."""
         if self._backlog:  # earlier bytes still wait their turn: these go after them
             self._backlog += data
             return
         if len(data) <= READ_SLICE:
-            self.owner.link_data(self, data)
+            self.owner.link_data(self, bytes(data))
             return
         self._backlog += memoryview(data)[READ_SLICE:]
         # Read no more until the backlog is handed over: it stays one read's worth.
         assert self.transport is not None
         self.transport.pause_reading()
-        self.owner.link_data(self, data[:READ_SLICE])
+        self.owner.link_data(self, bytes(data[:READ_SLICE]))
         self._hand_over_soon()
 
     def _hand_over_soon(self) -> None:
