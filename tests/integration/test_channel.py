@@ -65,6 +65,25 @@ def test_messages_flow_both_ways_and_close_ends_the_stream(front: Front, listene
     assert stats.messages_sent == 4 and stats.messages_received == 1 and stats.unacked_messages == 0
 
 
+def test_messages_of_every_size_arrive_whole_however_reads_split_them(front: Front, listener: Any) -> None:
+    """The threaded reader decodes frames where its reads put them (a frame
+    larger than its 256 KiB buffer gets room of its own); asyncio reads
+    into a buffer its connections share. Small and large messages, up to
+    the 1 MiB limit, interleaved, arrive whole and in order both ways."""
+    client = front.connect(listener.address, **fast_options())
+    server = listener.accept(timeout=5)
+    sizes = [1, 20, 1000, 16 * 1024 - 1, 16 * 1024, 100_000, 300 * 1024, 1024 * 1024, 7, 64 * 1024, 1024 * 1024, 3]
+    sent = [bytes([i]) * size + bytes(range(256))[: size % 256] for i, size in enumerate(sizes)]
+    for sender, receiver in ((client, server), (server, client)):
+        for message in sent:
+            sender.send(message)
+        for message in sent:
+            got = receiver.recv(timeout=10)
+            assert len(got) == len(message) and got == message
+    client.close()
+    server.close()
+
+
 def test_close_with_data_in_flight_delivers_it_all(front: Front, listener: Any) -> None:
     client = front.connect(listener.address, **fast_options())
     server = listener.accept(timeout=5)
