@@ -130,28 +130,20 @@ def _ready(process: subprocess.Popen[str]) -> int:
     return int(line[1])
 
 
-def _report(data: str) -> list[tuple[float, str, str]]:
-    out = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "-g", "none", "--sort", "dso,sym",
+def _perf_rows(data: str, sort: str) -> list[list[str]]:
+    """``perf report`` of ``data`` sorted by ``sort``: each row's share (%) and its keys."""
+    out = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "-g", "none", "--sort", sort,
                           "--field-separator=|"], capture_output=True, text=True, check=True).stdout
-    rows = []
-    for line in out.splitlines():
-        if line.startswith("#") or "|" not in line:
-            continue
-        share, dso, sym = (part.strip() for part in line.split("|", 2))
-        rows.append((float(share.rstrip("%")), dso, sym.split("] ", 1)[-1]))
-    return rows
+    return [[part.strip() for part in line.split("|", sort.count(",") + 1)] for line in out.splitlines()
+            if not line.startswith("#") and "|" in line]
+
+
+def _report(data: str) -> list[tuple[float, str, str]]:
+    return [(float(share.rstrip("%")), dso, sym.split("] ", 1)[-1]) for share, dso, sym in _perf_rows(data, "dso,sym")]
 
 
 def _report_threads(data: str) -> list[tuple[float, str]]:
-    out = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "-g", "none", "--sort", "pid",
-                          "--field-separator=|"], capture_output=True, text=True, check=True).stdout
-    rows = []
-    for line in out.splitlines():
-        if line.startswith("#") or "|" not in line:
-            continue
-        share, tid = (part.strip() for part in line.split("|", 1))
-        rows.append((float(share.rstrip("%")), tid.split(":")[0]))
-    return rows
+    return [(float(share.rstrip("%")), tid.split(":")[0]) for share, tid in _perf_rows(data, "pid")]
 
 
 def _bucket(dso: str, sym: str) -> str:

@@ -154,19 +154,27 @@ class Link:
         # (core.frames.ReceiveBuffer): no backlog copy, however reads split them.
         buffer = ReceiveBuffer(_RECV_START, _RECV_BUFFER)
         while not self.closed:
-            try:
-                count = self.sock.recv_into(buffer.space())
-            except OSError as exc:
-                self._ended(exc, "")
+            count = self._receive(buffer.space())
+            if count is None:
                 return
             now = time.monotonic()
-            if count == 0:
-                self._ended(None, "connection closed by peer")
-                return
             buffer.filled(count)
             if self.closed or not self._owner.link_received(self, buffer, now):
                 return
             buffer.settle()
+
+    def _receive(self, into: bytearray | memoryview) -> int | None:
+        """One read into ``into``: the count, or None once the connection
+        ended (an error, or the peer's EOF; the owner was told)."""
+        try:
+            count = self.sock.recv_into(into)
+        except OSError as exc:
+            self._ended(exc, "")
+            return None
+        if count == 0:
+            self._ended(None, "connection closed by peer")
+            return None
+        return count
 
     def _read_tls(self) -> None:
         # Decryption makes new bytes anyway: read into a plain buffer that
@@ -177,15 +185,10 @@ class Link:
         view = memoryview(buffer)
         try:
             while not self.closed:
-                try:
-                    count = self.sock.recv_into(buffer)
-                except OSError as exc:
-                    self._ended(exc, "")
+                count = self._receive(buffer)
+                if count is None:
                     return
                 now = time.monotonic()
-                if count == 0:
-                    self._ended(None, "connection closed by peer")
-                    return
                 try:
                     data = self.tls.decrypt(view[:count])
                 except ssl.SSLError as exc:  # a TLS alert or a corrupt record
