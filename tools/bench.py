@@ -23,6 +23,7 @@ and writes JSON (and with --chart, a matplotlib chart).
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import multiprocessing as mp
 import os
@@ -142,6 +143,149 @@ def _recv_exact(sock: socket.socket, size: int) -> bytes:
             raise ConnectionError("closed")
         data += chunk
     return data
+
+
+# ------------------------------------------- the bare shape (no protocol at all)
+
+
+class _BareShape:
+    """reliable_tcp's threads with nothing between them but queues: an
+    application thread, a reader thread and a writer thread per connection,
+    a Condition each way, 4-byte length framing, and no CRC, sequence
+    numbers, acks, window, timers or liveness. What CPython charges for the
+    shape itself: the floor that reliable_tcp's protocol work adds to.
+
+    ``direct``: send() writes from the calling thread when the writer is
+    idle, as reliable_tcp does when nothing else is in flight (a request, a
+    reply). Without acks the bare shape cannot tell a stream from a
+    request, so the round trip turns it on and the stream leaves every
+    write to the writer, which batches."""
+
+    _INBOX_LIMIT = 10_000  # the reader waits beyond this, as reliable_tcp's inbox bound does
+
+    def __init__(self, sock: socket.socket, *, direct: bool) -> None:
+        self.direct = direct
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+        self.lock = threading.Lock()
+        self.readable = threading.Condition(self.lock)
+        self.room = threading.Condition(self.lock)
+        self.writable = threading.Condition(self.lock)
+        self.inbox: collections.deque[bytes] = collections.deque()
+        self.outbox: list[bytes] = []
+        self.writer_waiting = False
+        self.direct_writing = False
+        for target in (self._read, self._write):
+            threading.Thread(target=target, daemon=True).start()
+
+    def send(self, data: bytes) -> None:
+        frame = _LEN.pack(len(data)) + data
+        with self.lock:
+            direct = self.direct and self.writer_waiting and not self.outbox and not self.direct_writing
+            if direct:
+                self.direct_writing = True
+            else:
+                self.outbox.append(frame)
+                if self.writer_waiting:
+                    self.writable.notify()
+        if direct:
+            try:
+                sent = self.sock.send(frame, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                sent = 0
+            with self.lock:
+                self.direct_writing = False
+                if sent < len(frame):
+                    self.outbox.insert(0, frame[sent:])
+                if self.outbox:
+                    self.writable.notify()
+
+    def recv(self) -> bytes:
+        with self.lock:
+            while not self.inbox:
+                self.readable.wait()
+            message = self.inbox.popleft()
+            if len(self.inbox) == self._INBOX_LIMIT - 1:
+                self.room.notify()
+            return message
+
+    def _write(self) -> None:
+        while True:
+            with self.lock:
+                while not self.outbox or self.direct_writing:
+                    self.writer_waiting = True
+                    self.writable.wait()
+                    self.writer_waiting = False
+                batch, self.outbox = self.outbox, []
+            self.sock.sendall(b"".join(batch))
+
+    def _read(self) -> None:
+        buffer = bytearray()
+        while True:
+            chunk = self.sock.recv(256 * 1024)
+            if not chunk:
+                return
+            buffer += chunk
+            offset, messages = 0, []
+            while len(buffer) - offset >= 4:
+                (length,) = _LEN.unpack_from(buffer, offset)
+                if len(buffer) - offset - 4 < length:
+                    break
+                messages.append(bytes(buffer[offset + 4 : offset + 4 + length]))
+                offset += 4 + length
+            del buffer[:offset]
+            with self.lock:
+                self.inbox.extend(messages)
+                self.readable.notify()
+                while len(self.inbox) >= self._INBOX_LIMIT:
+                    self.room.wait()
+
+
+def _bare_accept(port_queue: Any, *, direct: bool) -> _BareShape:
+    server = socket.create_server(("127.0.0.1", 0))
+    port_queue.put(server.getsockname()[1])
+    conn, _ = server.accept()
+    server.close()
+    return _BareShape(conn, direct=direct)
+
+
+def bare_receiver(port_queue: Any, result_queue: Any, count: int, size: int) -> None:
+    end = _bare_accept(port_queue, direct=False)
+    end.recv()
+    start = time.perf_counter()
+    for _ in range(count - 1):
+        end.recv()
+    elapsed = time.perf_counter() - start
+    end.send(b"k")
+    result_queue.put({"side": "receiver", "elapsed": elapsed, "messages": count - 1, **_usage()})
+
+
+def bare_sender(port: int, result_queue: Any, count: int, size: int) -> None:
+    end = _BareShape(socket.create_connection(("127.0.0.1", port)), direct=False)
+    payload = os.urandom(size)
+    for _ in range(count):
+        end.send(payload)
+    end.recv()  # the receiver has them all
+    result_queue.put({"side": "sender", **_usage()})
+
+
+def bare_echo_server(port_queue: Any, result_queue: Any, count: int, size: int) -> None:
+    end = _bare_accept(port_queue, direct=True)
+    for _ in range(count):
+        end.send(end.recv())
+    result_queue.put({"side": "receiver", **_usage()})
+
+
+def bare_ping_client(port: int, result_queue: Any, count: int, size: int) -> None:
+    end = _BareShape(socket.create_connection(("127.0.0.1", port)), direct=True)
+    payload = os.urandom(size)
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        end.send(payload)
+        end.recv()
+        times.append(time.perf_counter() - start)
+    result_queue.put({"side": "sender", "rtts": times, **_usage()})
 
 
 # ----------------------------------------------------------------- reliable_tcp
@@ -592,6 +736,7 @@ def _gather(result_queue: Any, procs: tuple[Any, ...], *, timeout: float, join: 
 
 ONEWAY: dict[str, tuple[Callable[..., None], Callable[..., None]]] = {
     "raw TCP (batched)": (raw_receiver, raw_sender),
+    "bare threads (no protocol)": (bare_receiver, bare_sender),  # our threads and queues, nothing else
     "reliable_tcp send_many": (rt_receiver, rt_sender),
     "reliable_tcp send": (rt_receiver_single, rt_sender_single),  # one send() and one recv() per message
     "pyzmq PUSH/PULL": (zmq_receiver, zmq_sender),
@@ -602,6 +747,7 @@ ONEWAY: dict[str, tuple[Callable[..., None], Callable[..., None]]] = {
 }
 PINGPONG = {
     "raw TCP (batched)": (raw_echo_server, raw_ping_client),
+    "bare threads (no protocol)": (bare_echo_server, bare_ping_client),
     "reliable_tcp send": (rt_echo_server, rt_ping_client),
     "pyzmq REQ/REP": (zmq_rep_server, zmq_req_client),
     "websockets (threads)": (ws_echo_server, ws_ping_client),
@@ -872,7 +1018,12 @@ def _print_targets(results: dict[str, Any]) -> None:
         return float(latency[name]["p50_us"][0] / latency[base]["p50_us"][0])
 
     best = "reliable_tcp send" + (COMPILED_SUFFIX if "reliable_tcp send" + COMPILED_SUFFIX in oneway else "")
-    tag = "compiled" if best.endswith(COMPILED_SUFFIX) else "pure (no compiled build in this run)"
+    if best.endswith(COMPILED_SUFFIX):
+        tag = "compiled"
+    elif results["build"] == "compiled":
+        tag = "compiled (--installed)"  # this interpreter's own build is the compiled one
+    else:
+        tag = "pure (no compiled build in this run)"
     for size in (64, 1024):
         at_least(f"{tag}: send()+recv() {size} B, x pyzmq PUSH/PULL", _ratio(results, best, size, "pyzmq PUSH/PULL"), 1.0)
         if best != "reliable_tcp send":
@@ -882,6 +1033,12 @@ def _print_targets(results: dict[str, Any]) -> None:
         at_least(f"{tag}: send() 64 KiB MB/s, x {base}", _ratio(results, best, 65536, base, "mb_per_s"), goal)
     at_most(f"{tag}: 64 B round trip p50, x websockets (threads)", p50_ratio(best, "websockets (threads)"), 1.0, strictly=True)
     at_most(f"{tag}: 64 B round trip p50, x pyzmq REQ/REP", p50_ratio(best, "pyzmq REQ/REP"), 1.5)
+    # What the threads alone cost: the protocol's share is what exceeds these.
+    bare = "bare threads (no protocol)"
+    add(f"{tag}: 64 B round trip p50, x {bare}", p50_ratio(best, bare), "report", None)
+    add(f"{bare}: 64 B round trip p50, x pyzmq REQ/REP", p50_ratio(bare, "pyzmq REQ/REP"), "report", None)
+    for size in (64, 1024):
+        add(f"{tag}: send()+recv() {size} B, x {bare}", _ratio(results, best, size, bare), "report", None)
     for name in ("reliable_tcp send_many", "reliable_tcp send_many" + COMPILED_SUFFIX):
         for size in (64, 1024, 65536):
             if name in oneway and str(size) in oneway[name]:
