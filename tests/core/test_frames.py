@@ -343,3 +343,21 @@ def test_the_buffer_refuses_counts_it_did_not_offer() -> None:
         buffer.consumed(11, f.HEADER_SIZE)
     with pytest.raises(ValueError):
         f.ReceiveBuffer(512, 256)
+
+
+@given(
+    st.lists(st.sampled_from([0, 1, 200, 1024, 5000, f.ZERO_COPY_SIZE - 1, f.ZERO_COPY_SIZE, 70_000]), min_size=1, max_size=300),
+    u64,
+)
+def test_a_data_frame_in_parts_is_the_frame_and_joins_no_buffer_beyond_join_size(sizes: list[int], ack: int) -> None:
+    messages = [bytes([n % 251]) * size for n, size in enumerate(sizes)]
+    parts = f.encode_data_parts(7, ack, messages)
+    assert f.FrameDecoder(1 << 30).feed(b"".join(parts)) == [f.Data(7, ack, tuple(messages))]
+    header, *body = parts
+    assert len(header) == f.HEADER_SIZE
+    for part in body:
+        # A large message goes out as the caller's own object; every joined
+        # buffer stays small enough to come from the allocator's heap.
+        if len(part) >= f.ZERO_COPY_SIZE and any(part is message for message in messages):
+            continue
+        assert len(part) <= f.JOIN_SIZE + 32
