@@ -386,7 +386,8 @@ def detection_under_load(busy_sessions: int, rounds: int) -> dict[str, Any]:
             for client, server in pairs:
                 client.abort()
                 server.abort()
-        return {"busy_sessions": busy_sessions, "dead_after_s": 1.5, "detections_s": detections,
-                "busy_msgs": moved[0], "loop_lag_p99_s": sorted(lags)[int(len(lags) * 0.99)] if lags else None}
+        return {"busy_sessions": busy_sessions, "dead_after_s": 1.5, "heartbeat_s": 0.5, "detections_s": detections,
+                "busy_msgs": moved[0], "loop_lag_p99_s": sorted(lags)[int(len(lags) * 0.99)] if lags else None,
+                "loop_lag_max_s": max(lags, default=0.0)}
 
     return asyncio.run(main())
