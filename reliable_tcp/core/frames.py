@@ -371,14 +371,20 @@ def encode_data_parts(first_seq: int, ack: int, messages: list[bytes] | tuple[by
     else:
         pieces = [head]
         small: list[bytes] = []
+        small_size = 0
         for message in messages:
-            if len(message) >= ZERO_COPY_SIZE:
-                small.append(_U32.pack(len(message)))
+            size = len(message)
+            if size >= ZERO_COPY_SIZE:
+                small.append(_U32.pack(size))
                 pieces.append(b"".join(small))
                 pieces.append(message)
-                small = []
-            else:
-                small += (_U32.pack(len(message)), message)
+                small, small_size = [], 0
+                continue
+            if small_size + _U32.size + size > JOIN_SIZE:
+                pieces.append(b"".join(small))
+                small, small_size = [], 0
+            small += (_U32.pack(size), message)
+            small_size += _U32.size + size
         if small:
             pieces.append(b"".join(small))
     header = _HEADER.pack(MAGIC, PROTOCOL_VERSION, FrameType.DATA, sum(map(len, pieces)))
