@@ -162,6 +162,7 @@ class _BareShape:
     write to the writer, which batches."""
 
     _INBOX_LIMIT = 10_000  # the reader waits beyond this, as reliable_tcp's inbox bound does
+    _OUTBOX_LIMIT = 16 << 20  # send() waits beyond this many bytes, as reliable_tcp's window does
 
     def __init__(self, sock: socket.socket, *, direct: bool) -> None:
         self.direct = direct
@@ -171,6 +172,9 @@ class _BareShape:
         self.readable = threading.Condition(self.lock)
         self.room = threading.Condition(self.lock)
         self.writable = threading.Condition(self.lock)
+        self.idle = threading.Condition(self.lock)  # the writer waits with nothing left to send
+        self.send_room = threading.Condition(self.lock)
+        self.outbox_bytes = 0
         self.inbox: collections.deque[bytes] = collections.deque()
         self.outbox: list[bytes] = []
         self.writer_waiting = False
@@ -185,7 +189,10 @@ class _BareShape:
             if direct:
                 self.direct_writing = True
             else:
+                while self.outbox_bytes >= self._OUTBOX_LIMIT:
+                    self.send_room.wait()
                 self.outbox.append(frame)
+                self.outbox_bytes += len(frame)
                 if self.writer_waiting:
                     self.writable.notify()
         if direct:
@@ -209,14 +216,26 @@ class _BareShape:
                 self.room.notify()
             return message
 
+    def flush(self, timeout: float = 60.0) -> None:
+        """Wait until everything sent has left (daemon threads die with the
+        process, so the last words would be lost without this)."""
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            while self.outbox or self.direct_writing or not self.writer_waiting:
+                if not self.idle.wait(deadline - time.monotonic()):
+                    raise TimeoutError("the bare shape's writer did not finish")
+
     def _write(self) -> None:
         while True:
             with self.lock:
                 while not self.outbox or self.direct_writing:
                     self.writer_waiting = True
+                    self.idle.notify_all()
                     self.writable.wait()
                     self.writer_waiting = False
                 batch, self.outbox = self.outbox, []
+                self.outbox_bytes = 0
+                self.send_room.notify_all()
             self.sock.sendall(b"".join(batch))
 
     def _read(self) -> None:
@@ -257,6 +276,7 @@ def bare_receiver(port_queue: Any, result_queue: Any, count: int, size: int) -> 
         end.recv()
     elapsed = time.perf_counter() - start
     end.send(b"k")
+    end.flush()
     result_queue.put({"side": "receiver", "elapsed": elapsed, "messages": count - 1, **_usage()})
 
 
@@ -273,6 +293,7 @@ def bare_echo_server(port_queue: Any, result_queue: Any, count: int, size: int) 
     end = _bare_accept(port_queue, direct=True)
     for _ in range(count):
         end.send(end.recv())
+    end.flush()
     result_queue.put({"side": "receiver", **_usage()})
 
 
