@@ -135,6 +135,18 @@ def raw_ping_client(port: int, result_queue: Any, count: int, size: int) -> None
     result_queue.put({"side": "sender", "rtts": times, **_usage()})
 
 
+def _round_trips(send: Callable[[bytes], object], recv: Callable[[], object], count: int, size: int) -> list[float]:
+    """Seconds per request and reply, ``count`` of them with ``size`` bytes each."""
+    payload = os.urandom(size)
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        send(payload)
+        recv()
+        times.append(time.perf_counter() - start)
+    return times
+
+
 def _recv_exact(sock: socket.socket, size: int) -> bytes:
     data = b""
     while len(data) < size:
@@ -299,13 +311,7 @@ def bare_echo_server(port_queue: Any, result_queue: Any, count: int, size: int) 
 
 def bare_ping_client(port: int, result_queue: Any, count: int, size: int) -> None:
     end = _BareShape(socket.create_connection(("127.0.0.1", port)), direct=True)
-    payload = os.urandom(size)
-    times = []
-    for _ in range(count):
-        start = time.perf_counter()
-        end.send(payload)
-        end.recv()
-        times.append(time.perf_counter() - start)
+    times = _round_trips(end.send, end.recv, count, size)
     result_queue.put({"side": "sender", "rtts": times, **_usage()})
 
 
@@ -405,13 +411,7 @@ def rt_ping_client(port: int, result_queue: Any, count: int, size: int) -> None:
     import reliable_tcp
 
     channel = reliable_tcp.connect(("127.0.0.1", port))
-    payload = os.urandom(size)
-    times = []
-    for _ in range(count):
-        start = time.perf_counter()
-        channel.send(payload)
-        channel.recv()
-        times.append(time.perf_counter() - start)
+    times = _round_trips(channel.send, channel.recv, count, size)
     channel.close(timeout=30)
     result_queue.put({"side": "sender", "rtts": times, **_usage()})
 
@@ -469,13 +469,7 @@ def zmq_req_client(port: int, result_queue: Any, count: int, size: int) -> None:
     context = zmq.Context()
     req = context.socket(zmq.REQ)
     req.connect(f"tcp://127.0.0.1:{port}")
-    payload = os.urandom(size)
-    times = []
-    for _ in range(count):
-        start = time.perf_counter()
-        req.send(payload)
-        req.recv()
-        times.append(time.perf_counter() - start)
+    times = _round_trips(req.send, req.recv, count, size)
     req.close(linger=-1)
     context.term()
     result_queue.put({"side": "sender", "rtts": times, **_usage()})
@@ -537,14 +531,8 @@ def ws_echo_server(port_queue: Any, result_queue: Any, count: int, size: int) ->
 def ws_ping_client(port: int, result_queue: Any, count: int, size: int) -> None:
     from websockets.sync.client import connect
 
-    payload = os.urandom(size)
-    times = []
     with connect(f"ws://127.0.0.1:{port}", compression=None, max_size=None) as ws:
-        for _ in range(count):
-            start = time.perf_counter()
-            ws.send(payload)
-            ws.recv()
-            times.append(time.perf_counter() - start)
+        times = _round_trips(ws.send, ws.recv, count, size)
     result_queue.put({"side": "sender", "rtts": times, **_usage()})
 
 
