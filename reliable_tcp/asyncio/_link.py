@@ -102,8 +102,8 @@ class LinkProtocol(asyncio.BufferedProtocol):
         #: no buffer of a whole read's size is allocated and freed per read:
         #: glibc returns such buffers to the kernel and takes them back
         #: (brk, page faults), and how often depends on the build's timing
-        #: (the compiled asyncio 64 KiB receiver spent a third of its CPU
-        #: there with a single bytearray here).
+        #: (the compiled asyncio 64 KiB receiver used a fifth more CPU with
+        #: a single bytearray here: docs/performance.md).
         self._backlog: deque[bytes] = deque()
         self._slicing = False  # a call to hand over the next slice is scheduled
         self.closed_event = asyncio.Event()
