@@ -21,6 +21,7 @@ import enum
 import re
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import chain
 from typing import Union
@@ -346,6 +347,13 @@ ZERO_COPY_SIZE = 16 * 1024
 JOIN_SIZE = 64 * 1024
 
 
+def _prefixed(messages: list[bytes] | tuple[bytes, ...]) -> Iterator[bytes]:
+    """Length prefix, message, length prefix, message, ...: the body of a
+    run of small messages, produced by C iterators (no Python step per
+    message)."""
+    return chain.from_iterable(zip(map(_U32.pack, map(len, messages)), messages, strict=True))
+
+
 def encode_data_parts(first_seq: int, ack: int, messages: list[bytes] | tuple[bytes, ...]) -> list[bytes]:
     """:func:`encode_data` as a list of buffers whose concatenation is the
     frame: small messages are joined (in pieces of at most about
@@ -362,12 +370,10 @@ def encode_data_parts(first_seq: int, ack: int, messages: list[bytes] | tuple[by
         # the head in the same join (one copy, not two).
         per_piece = max(1, JOIN_SIZE // (largest + _U32.size))
         if len(messages) <= per_piece:
-            runs = chain.from_iterable(zip(map(_U32.pack, map(len, messages)), messages, strict=True))
-            return list(_frame_parts(FrameType.DATA, b"".join(chain((head,), runs))))
+            return list(_frame_parts(FrameType.DATA, b"".join(chain((head,), _prefixed(messages)))))
         pieces = [head]
         for start in range(0, len(messages), per_piece):
-            run = messages[start : start + per_piece]
-            pieces.append(b"".join(chain.from_iterable(zip(map(_U32.pack, map(len, run)), run, strict=True))))
+            pieces.append(b"".join(_prefixed(messages[start : start + per_piece])))
     else:
         pieces = [head]
         small: list[bytes] = []
