@@ -31,7 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..exceptions import ChannelClosed, ReliableTCPError, SessionHandedOver, SessionLost
+from ..core.frames import RejectReason
+from ..exceptions import ChannelClosed, RejectedByPeer, ReliableTCPError, SessionHandedOver, SessionLost
 from ..sync.channel import Channel
 
 __all__ = [
@@ -496,7 +497,12 @@ class _Relay:
                 self._fail(f"the session did not end cleanly: {exc}", Fault.SESSION, tell_peer=False)
 
     def _lost(self, exc: SessionLost) -> None:
-        if self._eof_received and exc.unacked and all(payload == self.framing.end for _, payload in exc.unacked):
+        # An abort is the far end's verdict that its stream failed (its output
+        # closed, its input broke): what it acknowledged need not have reached
+        # its endpoint, so nothing here passes for delivered.
+        cause = exc.__cause__
+        aborted = isinstance(cause, RejectedByPeer) and cause.reason == RejectReason.ABORTED
+        if not aborted and self._eof_received and exc.unacked and all(payload == self.framing.end for _, payload in exc.unacked):
             # Both directions had ended here, and all the far end missed is
             # this side's end again: a side restarted from its journal sends
             # it once more, and the far end, which had it from before,
