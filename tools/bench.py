@@ -17,13 +17,16 @@ through a local mosquitto (each only when installed: ``pip install -e
 '.[bench]'``, ``apt-get install mosquitto``). Prints a table with ratios
 to raw TCP from the same run (median of the repetitions, with min-max
 spread), then every target of issue 26 as a ratio marked PASS or short,
-and writes JSON (and with --chart, a matplotlib chart).
+and writes JSON (and with --chart, a matplotlib chart). The repetitions
+go round robin (each measures every transport and size once), so that the
+machine's drift during the run falls on every transport alike.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -38,13 +41,20 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 # The checkout's reliable_tcp (the pure build), unless --installed asks for
 # the one this interpreter has installed (the compiled build in its venv).
+# A side started under the compiled build's interpreter (_run_pair) gets
+# that interpreter's own import path in _CHILD_PATH: spawn hands every child
+# the parent's sys.path, which would find the checkout instead.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if "--installed" not in sys.argv:
+_CHILD_PATH = "RELIABLE_TCP_BENCH_SYS_PATH"
+if os.environ.get(_CHILD_PATH):
+    sys.path[:] = json.loads(os.environ[_CHILD_PATH])
+elif "--installed" not in sys.argv:
     sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -719,15 +729,75 @@ def run_recovery(count: int) -> dict[str, Any]:
 # -------------------------------------------------------------------- harness
 
 
-def _run_pair(server: Callable[..., None], client: Callable[..., None], count: int, size: int, **server_kwargs: Any) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Interpreter:
+    """Where a side runs: an interpreter and the import path it finds
+    reliable_tcp on (None: this process's own)."""
+
+    executable: str
+    sys_path: list[str] | None = None
+
+    @contextlib.contextmanager
+    def starting(self) -> Iterator[None]:
+        """While processes are started: spawn them with this interpreter."""
+        if self.sys_path is None:
+            yield
+            return
+        os.environ[_CHILD_PATH] = json.dumps(self.sys_path)
+        mp.set_executable(self.executable)
+        try:
+            yield
+        finally:
+            mp.set_executable(sys.executable)
+            del os.environ[_CHILD_PATH]
+
+
+THIS_INTERPRETER = Interpreter(sys.executable)
+
+
+def _run_pair(server: Callable[..., None], client: Callable[..., None], count: int, size: int,
+              interpreter: Interpreter = THIS_INTERPRETER, **server_kwargs: Any) -> dict[str, Any]:
     context = mp.get_context("spawn")
     port_queue, result_queue = context.Queue(), context.Queue()
     server_proc = context.Process(target=server, args=(port_queue, result_queue, count, size), kwargs=server_kwargs)
-    server_proc.start()
+    with interpreter.starting():
+        server_proc.start()
     port = port_queue.get(timeout=30)
     client_proc = context.Process(target=client, args=(port, result_queue, count, size))
-    client_proc.start()
+    with interpreter.starting():
+        client_proc.start()
     return _gather(result_queue, (server_proc, client_proc), timeout=600, join=30)
+
+
+@dataclass(frozen=True, eq=False)
+class _Job:
+    """One transport at one size, measured once per repetition."""
+
+    name: str  # the row's name, COMPILED_SUFFIX included
+    size: int
+    count: int
+    server: Callable[..., None]
+    client: Callable[..., None]
+    interpreter: Interpreter = THIS_INTERPRETER
+    server_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def run(self) -> dict[str, Any]:
+        return _run_pair(self.server, self.client, self.count, self.size, self.interpreter, **self.server_kwargs)
+
+
+def _measure_stream(job: _Job) -> dict[str, float]:
+    """One one-way run: the receiver's rate, each side's CPU per message and peak RSS."""
+    pair = job.run()
+    rx, tx = pair["receiver"], pair["sender"]
+    rate = rx["messages"] / rx["elapsed"] if rx["elapsed"] > 0 else float("nan")
+    return {
+        "msgs_per_s": rate,
+        "mb_per_s": rate * job.size / 1e6,
+        "cpu_us_per_msg_sender": 1e6 * tx["cpu"] / job.count,
+        "cpu_us_per_msg_receiver": 1e6 * rx["cpu"] / job.count,
+        "rss_mb_sender": tx["rss_mb"],
+        "rss_mb_receiver": rx["rss_mb"],
+    }
 
 
 def _gather(result_queue: Any, procs: tuple[Any, ...], *, timeout: float, join: float) -> dict[str, Any]:
@@ -830,8 +900,9 @@ def main() -> int:
     parser.add_argument("--installed", action="store_true", help="measure the installed reliable_tcp, not the checkout's")
     parser.add_argument(
         "--compiled", default="", metavar="PYTHON|build",
-        help="also measure the compiled build: the reliable_tcp transports run again under PYTHON (an interpreter "
-             "with `RELIABLE_TCP_COMPILE=1 pip install .` done), or under a venv this run builds ('build', ~1 min)")
+        help="also measure the compiled build: the reliable_tcp transports run under PYTHON too (an interpreter "
+             "with `RELIABLE_TCP_COMPILE=1 pip install .` done), or under a venv this run builds ('build', ~1 min), "
+             "in the same rounds as the rest")
     args = parser.parse_args()
     import reliable_tcp
 
@@ -848,10 +919,16 @@ def main() -> int:
         "oneway": {},
         "latency": {},
     }
-    broker = None
+    broker: _Mosquitto | None = None
     print(f"reliable_tcp benchmark ({build} build at {os.path.dirname(reliable_tcp.__file__)}): "
           f"{repeat} repetitions, ~{seconds} s each, sizes {sizes}", flush=True)
-    try:
+    with contextlib.ExitStack() as stack:
+        builds = [("", THIS_INTERPRETER)]
+        if args.compiled:
+            builds.append((COMPILED_SUFFIX, stack.enter_context(_compiled_interpreter(args.compiled))))
+            results["compiled_python"] = builds[-1][1].executable
+        oneway_jobs: list[_Job] = []
+        ping_jobs: list[_Job] = []
         for name, (server, client) in ONEWAY.items():
             if wanted and not any(name.startswith(w) for w in wanted):
                 continue
@@ -861,43 +938,50 @@ def main() -> int:
                 continue
             kwargs = {}
             if name.startswith("paho"):
-                broker = broker or _Mosquitto()
+                if broker is None:
+                    broker = _Mosquitto()
+                    stack.callback(broker.stop)
                 kwargs["broker_port"] = broker.port
-            for size in sizes:
-                count = _count_for(size, seconds)
-                if name.startswith("paho"):
-                    count = min(count, 20_000 if not args.quick else 5_000)
-                runs = []
-                for _ in range(repeat):
-                    pair = _run_pair(server, client, count, size, **kwargs)
-                    rx, tx = pair["receiver"], pair["sender"]
-                    rate = rx["messages"] / rx["elapsed"] if rx["elapsed"] > 0 else float("nan")
-                    runs.append({
-                        "msgs_per_s": rate,
-                        "mb_per_s": rate * size / 1e6,
-                        "cpu_us_per_msg_sender": 1e6 * tx["cpu"] / count,
-                        "cpu_us_per_msg_receiver": 1e6 * rx["cpu"] / count,
-                        "rss_mb_sender": tx["rss_mb"],
-                        "rss_mb_receiver": rx["rss_mb"],
-                    })
-                summary = {key: _median_spread([r[key] for r in runs]) for key in runs[0]}
-                results["oneway"].setdefault(name, {})[str(size)] = {"count": count, **summary}
-                m, lo, hi = summary["msgs_per_s"]
-                print(f"  {name:<24} {size:>6} B  {m:>11,.0f} msg/s ({lo:,.0f}-{hi:,.0f})  {summary['mb_per_s'][0]:>8.1f} MB/s",
-                      flush=True)
+            for suffix, interpreter in builds:
+                if suffix and not name.startswith("reliable_tcp"):
+                    continue  # the peers are the baseline for both builds
+                for size in sizes:
+                    count = _count_for(size, seconds)
+                    if name.startswith("paho"):
+                        count = min(count, 20_000 if not args.quick else 5_000)
+                    oneway_jobs.append(_Job(name + suffix, size, count, server, client, interpreter, kwargs))
         for name, (server, client) in PINGPONG.items():
             if wanted and not any(name.startswith(w) for w in wanted):
                 continue
-            count = 1000 if args.quick else 5000
-            p50s, p99s = [], []
-            for _ in range(repeat):
-                pair = _run_pair(server, client, count, 64)
-                rtts = sorted(pair["sender"]["rtts"])
-                p50s.append(rtts[len(rtts) // 2] * 1e6)
-                p99s.append(rtts[int(len(rtts) * 0.99)] * 1e6)
-            results["latency"][name] = {"p50_us": _median_spread(p50s), "p99_us": _median_spread(p99s), "count": count}
-            print(f"  {name:<24} round trip 64 B: p50 {statistics.median(p50s):.1f} us, p99 {statistics.median(p99s):.1f} us",
+            for suffix, interpreter in builds:
+                if not suffix or name.startswith("reliable_tcp"):
+                    ping_jobs.append(_Job(name + suffix, 64, 1000 if args.quick else 5000, server, client, interpreter))
+        # Round robin: each repetition measures every transport once, so
+        # that a drift of the machine's speed during the run (it happens:
+        # pyzmq's own figure moved by a third between runs of one hour)
+        # falls on every transport alike, and the ratios stay fair.
+        oneway_runs: dict[_Job, list[dict[str, float]]] = {job: [] for job in oneway_jobs}
+        ping_runs: dict[_Job, list[list[float]]] = {job: [] for job in ping_jobs}
+        for rep in range(repeat):
+            print(f"  repetition {rep + 1} of {repeat}: {len(oneway_jobs)} streams, {len(ping_jobs)} round trips",
                   flush=True)
+            for job in oneway_jobs:
+                oneway_runs[job].append(_measure_stream(job))
+            for job in ping_jobs:
+                ping_runs[job].append(sorted(job.run()["sender"]["rtts"]))
+        for job, stream_runs in oneway_runs.items():
+            summary = {key: _median_spread([r[key] for r in stream_runs]) for key in stream_runs[0]}
+            results["oneway"].setdefault(job.name, {})[str(job.size)] = {"count": job.count, **summary}
+            m, lo, hi = summary["msgs_per_s"]
+            print(f"  {job.name:<24} {job.size:>6} B  {m:>11,.0f} msg/s ({lo:,.0f}-{hi:,.0f})  "
+                  f"{summary['mb_per_s'][0]:>8.1f} MB/s", flush=True)
+        for job, rtt_runs in ping_runs.items():
+            p50s = [rtts[len(rtts) // 2] * 1e6 for rtts in rtt_runs]
+            p99s = [rtts[int(len(rtts) * 0.99)] * 1e6 for rtts in rtt_runs]
+            results["latency"][job.name] = {"p50_us": _median_spread(p50s), "p99_us": _median_spread(p99s),
+                                            "count": job.count}
+            print(f"  {job.name:<24} round trip 64 B: p50 {statistics.median(p50s):.1f} us, "
+                  f"p99 {statistics.median(p99s):.1f} us", flush=True)
         if not wanted or "many" in wanted:
             sessions = 200 if args.quick else 1000
             runs = [run_many(sessions, 5.0 if args.quick else 10.0, 2560 if args.quick else 10240) for _ in range(repeat)]
@@ -939,11 +1023,6 @@ def main() -> int:
             results["recovery"] = recovery
             print(f"  recovery: {recovery['messages']} messages replayed in {recovery['seconds_after_heal']:.2f} s "
                   f"after the heal ({recovery['msgs_per_s']:,.0f} msg/s)", flush=True)
-        if args.compiled:
-            _measure_compiled(args, results)
-    finally:
-        if broker is not None:
-            broker.stop()
     _print_table(results)
     _print_targets(results)
     if args.chart:
@@ -955,12 +1034,12 @@ def main() -> int:
     return 0
 
 
-def _measure_compiled(args: argparse.Namespace, results: dict[str, Any]) -> None:
-    """Run this script's reliable_tcp transports under the compiled build and
-    add them to ``results`` with COMPILED_SUFFIX (the peers measured above
-    are the baseline for both builds)."""
+@contextlib.contextmanager
+def _compiled_interpreter(python: str) -> Iterator[Interpreter]:
+    """The interpreter the compiled build's sides run under: ``python`` (one
+    with `RELIABLE_TCP_COMPILE=1 pip install .` done), or with "build" a
+    venv built for this run and removed after it."""
     built = ""
-    python = args.compiled
     if python == "build":
         built = tempfile.mkdtemp(prefix="bench-compiled-")
         python = os.path.join(built, "venv", "bin", "python")
@@ -968,24 +1047,16 @@ def _measure_compiled(args: argparse.Namespace, results: dict[str, Any]) -> None
         subprocess.run([sys.executable, "-m", "venv", os.path.join(built, "venv")], check=True)
         subprocess.run([python, "-m", "pip", "install", "-q", ROOT], check=True, env={**os.environ, "RELIABLE_TCP_COMPILE": "1"})
     try:
-        out = os.path.join(tempfile.gettempdir(), f"bench-compiled-{os.getpid()}.json")
-        command = [python, os.path.abspath(__file__), "--installed", "--only", "reliable_tcp", "--sizes", args.sizes,
-                   "--repeat", str(args.repeat or (2 if args.quick else 5)), "--json", out]
-        if args.seconds:
-            command += ["--seconds", str(args.seconds)]
-        if args.quick:
-            command.append("--quick")
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONSAFEPATH": "1"})
-        with open(out) as f:
-            compiled = json.load(f)
-        os.unlink(out)
-        if compiled["build"] != "compiled":
-            raise SystemExit(f"--compiled {args.compiled}: that interpreter's reliable_tcp is the {compiled['build']} build")
-        for section in ("oneway", "latency"):
-            for name, row in compiled[section].items():
-                results[section][name + COMPILED_SUFFIX] = row
-            print(f"  compiled build: {', '.join(compiled[section])} ({section})", flush=True)
-        results["compiled_python"] = python
+        # Its import path as it starts outside the checkout (PYTHONSAFEPATH:
+        # not even the current directory), and what it finds there.
+        probe = "import json, sys, reliable_tcp; print(json.dumps([reliable_tcp.COMPILED, reliable_tcp.__file__, sys.path]))"
+        found = subprocess.run([python, "-c", probe], check=True, capture_output=True, text=True,
+                               env={**os.environ, "PYTHONSAFEPATH": "1"}, cwd=tempfile.gettempdir())
+        compiled, where, path = json.loads(found.stdout)
+        if not compiled:
+            raise SystemExit(f"--compiled {python}: that interpreter's reliable_tcp ({where}) is the pure build")
+        print(f"  compiled build: {os.path.dirname(where)}", flush=True)
+        yield Interpreter(python, path)
     finally:
         if built:
             shutil.rmtree(built, ignore_errors=True)
