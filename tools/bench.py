@@ -31,7 +31,6 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import resource
 import shutil
 import socket
 import statistics
@@ -64,9 +63,7 @@ SIZES = (64, 1024, 65536)
 _LEN = struct.Struct(">I")
 
 
-def _usage() -> dict[str, float]:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return {"cpu": usage.ru_utime + usage.ru_stime, "rss_mb": usage.ru_maxrss / 1024}
+_usage = aio._usage  # CPU seconds and peak RSS (VmHWM: see there why not ru_maxrss)
 
 
 def _count_for(size: int, seconds: float) -> int:
