@@ -968,7 +968,12 @@ def main() -> int:
                 ping_runs[job].append(sorted(job.run()["sender"]["rtts"]))
         for job, stream_runs in oneway_runs.items():
             summary = {key: _median_spread([r[key] for r in stream_runs]) for key in stream_runs[0]}
-            results["oneway"].setdefault(job.name, {})[str(job.size)] = {"count": job.count, **summary}
+            results["oneway"].setdefault(job.name, {})[str(job.size)] = {
+                "count": job.count, **summary,
+                # each repetition's figure, in the order of the rounds (for paired ratios)
+                "msgs_per_s_runs": [r["msgs_per_s"] for r in stream_runs],
+                "mb_per_s_runs": [r["mb_per_s"] for r in stream_runs],
+            }
             m, lo, hi = summary["msgs_per_s"]
             print(f"  {job.name:<24} {job.size:>6} B  {m:>11,.0f} msg/s ({lo:,.0f}-{hi:,.0f})  "
                   f"{summary['mb_per_s'][0]:>8.1f} MB/s", flush=True)
@@ -976,7 +981,7 @@ def main() -> int:
             p50s = [rtts[len(rtts) // 2] * 1e6 for rtts in rtt_runs]
             p99s = [rtts[int(len(rtts) * 0.99)] * 1e6 for rtts in rtt_runs]
             results["latency"][job.name] = {"p50_us": _median_spread(p50s), "p99_us": _median_spread(p99s),
-                                            "count": job.count}
+                                            "count": job.count, "p50_us_runs": p50s}
             print(f"  {job.name:<24} round trip 64 B: p50 {statistics.median(p50s):.1f} us, "
                   f"p99 {statistics.median(p99s):.1f} us", flush=True)
         if not wanted or "many" in wanted:
@@ -1059,10 +1064,27 @@ def _compiled_interpreter(python: str) -> Iterator[Interpreter]:
             shutil.rmtree(built, ignore_errors=True)
 
 
-def _ratio(results: dict[str, Any], name: str, size: int, base: str, key: str = "msgs_per_s") -> float | None:
+class _Ratio(float):
+    """A ratio of two medians from one run, with the lowest and highest of
+    the ratios the repetitions give pair by pair (the round robin pairs them
+    in time): how far the machine's noise moves it."""
+
+    per_repetition: tuple[float, float] | None = None
+
+    @classmethod
+    def of(cls, ours: dict[str, Any], base: dict[str, Any], key: str) -> _Ratio:
+        ratio = cls(ours[key][0] / base[key][0])
+        ours_runs, base_runs = ours.get(key + "_runs"), base.get(key + "_runs")
+        if ours_runs and base_runs and len(ours_runs) == len(base_runs):
+            pairs = [a / b for a, b in zip(ours_runs, base_runs, strict=True)]
+            ratio.per_repetition = (min(pairs), max(pairs))
+        return ratio
+
+
+def _ratio(results: dict[str, Any], name: str, size: int, base: str, key: str = "msgs_per_s") -> _Ratio | None:
     oneway = results["oneway"]
     try:
-        return float(oneway[name][str(size)][key][0] / oneway[base][str(size)][key][0])
+        return _Ratio.of(oneway[name][str(size)], oneway[base][str(size)], key)
     except KeyError:
         return None
 
@@ -1089,10 +1111,10 @@ def _print_targets(results: dict[str, Any]) -> None:
         ok = None if value is None else (value < goal if strictly else value <= goal)
         add(label, value, f"{'<' if strictly else '<='} {goal}", ok)
 
-    def p50_ratio(name: str, base: str) -> float | None:
+    def p50_ratio(name: str, base: str) -> _Ratio | None:
         if name not in latency or base not in latency:
             return None
-        return float(latency[name]["p50_us"][0] / latency[base]["p50_us"][0])
+        return _Ratio.of(latency[name], latency[base], "p50_us")
 
     best = "reliable_tcp send" + (COMPILED_SUFFIX if "reliable_tcp send" + COMPILED_SUFFIX in oneway else "")
     if best.endswith(COMPILED_SUFFIX):
@@ -1154,12 +1176,15 @@ def _print_targets(results: dict[str, Any]) -> None:
         add("  ... dead_after + one interval, without the loop's lag", detection["dead_after_s"] + detection["heartbeat_s"],
             "report", None)
         add("  ... the loop's lag meanwhile, worst s", detection["loop_lag_max_s"], "report", None)
-    print("\ntargets (ratios from this run)")
+    print("\ntargets (ratios from this run; in brackets the range of the repetitions' own ratios)")
     for label, value, goal, ok in rows:
         shown = "-" if value is None else (f"{value:,.0f}" if value >= 1000 else f"{value:.2f}")
         mark = "n/a" if ok is None else ("PASS" if ok else "short")
-        print(f"  {label:<62} {shown:>10}  goal {goal:<7} {mark}")
-    results["targets"] = [{"target": l, "value": v, "goal": g, "pass": o} for l, v, g, o in rows]
+        spread = getattr(value, "per_repetition", None)
+        shown_spread = f"({spread[0]:.2f}-{spread[1]:.2f})" if spread else ""
+        print(f"  {label:<62} {shown:>10} {shown_spread:<11}  goal {goal:<7} {mark}")
+    results["targets"] = [{"target": l, "value": v, "per_repetition": getattr(v, "per_repetition", None),
+                           "goal": g, "pass": o} for l, v, g, o in rows]
 
 
 def _print_table(results: dict[str, Any]) -> None:
