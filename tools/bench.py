@@ -133,18 +133,12 @@ def raw_ping_client(port: int, result_queue: Any, count: int, size: int) -> None
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     payload = _LEN.pack(size) + os.urandom(size)
-    times = []
-    for _ in range(count):
-        start = time.perf_counter()
-        sock.sendall(payload)
-        _recv_exact(sock, len(payload))
-        times.append(time.perf_counter() - start)
+    times = _round_trips(sock.sendall, lambda: _recv_exact(sock, len(payload)), count, payload)
     result_queue.put({"side": "sender", "rtts": times, **_usage()})
 
 
-def _round_trips(send: Callable[[bytes], object], recv: Callable[[], object], count: int, size: int) -> list[float]:
-    """Seconds per request and reply, ``count`` of them with ``size`` bytes each."""
-    payload = os.urandom(size)
+def _round_trips(send: Callable[[bytes], object], recv: Callable[[], object], count: int, payload: bytes) -> list[float]:
+    """Seconds per request and reply, ``count`` of them, each request ``payload``."""
     times = []
     for _ in range(count):
         start = time.perf_counter()
@@ -318,7 +312,7 @@ def bare_echo_server(port_queue: Any, result_queue: Any, count: int, size: int) 
 
 def bare_ping_client(port: int, result_queue: Any, count: int, size: int) -> None:
     end = _BareShape(socket.create_connection(("127.0.0.1", port)), direct=True)
-    times = _round_trips(end.send, end.recv, count, size)
+    times = _round_trips(end.send, end.recv, count, os.urandom(size))
     result_queue.put({"side": "sender", "rtts": times, **_usage()})
 
 
@@ -418,7 +412,7 @@ def rt_ping_client(port: int, result_queue: Any, count: int, size: int) -> None:
     import reliable_tcp
 
     channel = reliable_tcp.connect(("127.0.0.1", port))
-    times = _round_trips(channel.send, channel.recv, count, size)
+    times = _round_trips(channel.send, channel.recv, count, os.urandom(size))
     channel.close(timeout=30)
     result_queue.put({"side": "sender", "rtts": times, **_usage()})
 
@@ -476,7 +470,7 @@ def zmq_req_client(port: int, result_queue: Any, count: int, size: int) -> None:
     context = zmq.Context()
     req = context.socket(zmq.REQ)
     req.connect(f"tcp://127.0.0.1:{port}")
-    times = _round_trips(req.send, req.recv, count, size)
+    times = _round_trips(req.send, req.recv, count, os.urandom(size))
     req.close(linger=-1)
     context.term()
     result_queue.put({"side": "sender", "rtts": times, **_usage()})
@@ -539,7 +533,7 @@ def ws_ping_client(port: int, result_queue: Any, count: int, size: int) -> None:
     from websockets.sync.client import connect
 
     with connect(f"ws://127.0.0.1:{port}", compression=None, max_size=None) as ws:
-        times = _round_trips(ws.send, ws.recv, count, size)
+        times = _round_trips(ws.send, ws.recv, count, os.urandom(size))
     result_queue.put({"side": "sender", "rtts": times, **_usage()})
 
 
@@ -1177,10 +1171,10 @@ def _print_targets(results: dict[str, Any]) -> None:
             "report", None)
         add("  ... the loop's lag meanwhile, worst s", detection["loop_lag_max_s"], "report", None)
     print("\ntargets (ratios from this run; in brackets the range of the repetitions' own ratios)")
-    for label, value, goal, ok in rows:
-        shown = "-" if value is None else (f"{value:,.0f}" if value >= 1000 else f"{value:.2f}")
+    for label, figure, goal, ok in rows:
+        shown = "-" if figure is None else (f"{figure:,.0f}" if figure >= 1000 else f"{figure:.2f}")
         mark = "n/a" if ok is None else ("PASS" if ok else "short")
-        spread = getattr(value, "per_repetition", None)
+        spread = getattr(figure, "per_repetition", None)
         shown_spread = f"({spread[0]:.2f}-{spread[1]:.2f})" if spread else ""
         print(f"  {label:<62} {shown:>10} {shown_spread:<11}  goal {goal:<7} {mark}")
     results["targets"] = [{"target": l, "value": v, "per_repetition": getattr(v, "per_repetition", None),
